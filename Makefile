@@ -1,0 +1,41 @@
+# GNU make. `make test` creates the virtualenv on first use, installs the package in
+# (compat) editable mode so twistd sees twisted/plugins/, then lints and runs trial.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# Directories to lint; those that do not exist (yet) are skipped.
+LINT_DIRS := $(wildcard viworks tests twisted bench)
+
+.PHONY: all test lint tools run clean
+
+all: test
+
+# Compat editable mode: a PEP 660 editable install hides twisted/plugins from twistd.
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $@
+
+# htpasswd (apache2-utils) is used by the agent's panel verbs and their tests.
+tools:
+	@command -v htpasswd >/dev/null || (apt-get update -qq && apt-get install -y -qq apache2-utils)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+
+# Run both steps and fail if either failed, reporting both.
+test: $(VENV)/.installed tools
+	@status=0; \
+	$(VENV)/bin/ruff check $(LINT_DIRS) || status=1; \
+	$(PY) -m twisted.trial tests || status=1; \
+	exit $$status
+
+run: $(VENV)/.installed tools
+	$(VENV)/bin/viworks dev --dir .dev
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info _trial_temp* .dev .hypothesis .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -f twisted/plugins/dropin.cache

@@ -1,0 +1,388 @@
+"""Tests for viworks.config."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import stat
+
+from twisted.trial import unittest
+
+from viworks.config import (
+    AgentConfig,
+    BackendConfig,
+    ConfigError,
+    ensure_private_dir,
+    load_agent_config,
+    load_backend_config,
+    parse_bind,
+    parse_wss_url,
+)
+
+ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc")
+
+GOOD_PIN = "sha256/" + base64.b64encode(b"\x01" * 32).decode()
+
+AGENT_MINIMAL = """\
+[outbound]
+backend_url = "wss://backend.example/ws/agent"
+agent_id = "agent-1"
+
+[tls]
+cert = "pki/agent.crt"
+key = "pki/agent.key"
+ca = "pki/ca.crt"
+"""
+
+BACKEND_MINIMAL = """\
+[tls]
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+"""
+
+
+class _ConfigTestCase(unittest.TestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.dir, "pki"))
+        for name in ("agent.crt", "agent.key", "server.crt", "server.key", "ca.crt"):
+            with open(os.path.join(self.dir, "pki", name), "w") as f:
+                f.write("-----BEGIN PLACEHOLDER-----\n")
+
+    def write(self, text: str, name: str = "config.toml") -> str:
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def agent(self, extra: str = "", base: str = AGENT_MINIMAL) -> AgentConfig:
+        return load_agent_config(self.write(base + extra))
+
+    def assertAgentError(self, text: str, *fragments: str) -> ConfigError:
+        """Loading ``text`` as an agent config fails; the one-line message has every fragment."""
+        path = self.write(text)
+        err = self.assertRaises(ConfigError, load_agent_config, path)
+        return self.assertMessage(err, path, *fragments)
+
+    def assertBackendError(self, text: str, *fragments: str) -> ConfigError:
+        path = self.write(text)
+        err = self.assertRaises(ConfigError, load_backend_config, path)
+        return self.assertMessage(err, path, *fragments)
+
+    def assertMessage(self, err: ConfigError, path: str, *fragments: str) -> ConfigError:
+        message = str(err)
+        self.assertNotIn("\n", message)
+        self.assertTrue(message.startswith(path + ": "), message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        return err
+
+
+class ShippedFilesTests(_ConfigTestCase):
+    def test_agent_example_parses(self):
+        """etc/agent.toml is valid and holds the documented example values."""
+        config = load_agent_config(os.path.join(ETC, "agent.toml"), check_files=False)
+        self.assertEqual(config.agent.bind_host, "127.0.0.1")
+        self.assertEqual(config.agent.bind_port, 8443)
+        self.assertEqual(config.agent.site, "production")
+        self.assertEqual(config.agent.state_dir, "/var/lib/viworks/agent")
+        self.assertEqual(config.outbound.backend_url, "wss://backend.example:8081/ws/agent")
+        self.assertEqual(config.outbound.agent_id, "os-agent-1")
+        self.assertEqual(config.tls.cert, "/etc/viworks/pki/agents/os-agent-1.crt")
+        self.assertEqual(config.tls.key, "/etc/viworks/pki/agents/os-agent-1.key")
+        self.assertEqual(config.tls.ca, "/etc/viworks/pki/ca.crt")
+        self.assertEqual(config.panel.users_file, "/etc/viworks/panel.htpasswd")
+
+    def test_backend_example_parses(self):
+        """etc/backend.toml is valid and holds the documented example values."""
+        config = load_backend_config(os.path.join(ETC, "backend.toml"), check_files=False)
+        self.assertEqual((config.backend.http_host, config.backend.http_port), ("127.0.0.1", 8080))
+        self.assertEqual((config.backend.ws_host, config.backend.ws_port), ("0.0.0.0", 8081))
+        self.assertEqual(config.backend.ws_path, "/ws/agent")
+        self.assertEqual(config.backend.database, "/var/lib/viworks/backend.db")
+        self.assertFalse(config.backend.is_postgres)
+        self.assertEqual(config.tls.cert, "/etc/viworks/pki/server.crt")
+        self.assertEqual(config.tls.key, "/etc/viworks/pki/server.key")
+        self.assertEqual(config.tls.client_ca, "/etc/viworks/pki/ca.crt")
+
+    def test_examples_set_every_key(self):
+        """The shipped examples spell out every key, with the loader's default values."""
+        import tomllib
+
+        from viworks import config as mod
+
+        for name, sections in (("agent.toml", mod._AGENT_SECTIONS),
+                               ("backend.toml", mod._BACKEND_SECTIONS)):
+            with open(os.path.join(ETC, name), "rb") as f:
+                data = tomllib.load(f)
+            self.assertEqual(set(data), set(sections), name)
+            for section, (cls, _checks) in sections.items():
+                keys = {f.name for f in mod.dataclasses.fields(cls)}
+                self.assertEqual(set(data[section]), keys, f"{name} [{section}]")
+
+    def test_example_with_existing_files(self):
+        """A copy of etc/agent.toml whose TLS files exist loads with file checks enabled."""
+        with open(os.path.join(ETC, "agent.toml")) as f:
+            text = f.read().replace("/etc/viworks/pki/agents/os-agent-1", "pki/agent")
+            text = text.replace("/etc/viworks/pki/", "pki/")
+        config = load_agent_config(self.write(text))
+        self.assertEqual(config.tls.cert, os.path.join(self.dir, "pki", "agent.crt"))
+        self.assertEqual(config.tls.ca, os.path.join(self.dir, "pki", "ca.crt"))
+        shutil.copy(os.path.join(ETC, "backend.toml"), self.dir)
+        err = self.assertRaises(
+            ConfigError, load_backend_config, os.path.join(self.dir, "backend.toml")
+        )
+        self.assertIn("[tls] cert: file does not exist", str(err))
+
+
+class DefaultsTests(_ConfigTestCase):
+    def test_agent_defaults(self):
+        """Keys left out of an agent file take their documented defaults."""
+        config = self.agent()
+        self.assertEqual(config.path, os.path.join(self.dir, "config.toml"))
+        self.assertEqual(config.agent.bind_address, "127.0.0.1:8443")
+        self.assertEqual(config.agent.log_level, "info")
+        self.assertEqual(config.agent.site, "production")
+        self.assertEqual(config.agent.state_dir, "/var/lib/viworks/agent")
+        self.assertEqual(config.agent.max_connections, 100)
+        self.assertEqual(config.agent.request_timeout, 30.0)
+        self.assertEqual(config.agent.labels, {})
+        self.assertEqual(config.outbound.heartbeat_interval, 15.0)
+        self.assertEqual(config.outbound.reconnect_initial, 1.0)
+        self.assertEqual(config.outbound.reconnect_max, 60.0)
+        self.assertEqual(config.outbound.backend_port, 443)
+        self.assertEqual(config.outbound.backend_path, "/ws/agent")
+        self.assertEqual(config.tls.backend_spki_pins, ())
+        self.assertEqual(config.panel.users_file, "/etc/viworks/panel.htpasswd")
+        self.assertEqual(config.panel.htpasswd, "/usr/bin/htpasswd")
+
+    def test_backend_defaults(self):
+        """Keys left out of a backend file take their documented defaults."""
+        config = load_backend_config(self.write(BACKEND_MINIMAL))
+        self.assertIsInstance(config, BackendConfig)
+        b = config.backend
+        self.assertEqual(b.http_bind, "127.0.0.1:8080")
+        self.assertEqual(b.ws_bind, "0.0.0.0:8081")
+        self.assertEqual(b.ws_path, "/ws/agent")
+        self.assertEqual(b.database, "/var/lib/viworks/backend.db")
+        self.assertEqual(b.log_level, "info")
+        self.assertEqual(b.heartbeat_interval, 15.0)
+        self.assertEqual(b.max_message_size, 1048576)
+        self.assertEqual(b.default_command_timeout, 60.0)
+        self.assertEqual(b.public_url, "")
+
+    def test_values_are_read(self):
+        """Explicit values are used; integers are accepted for floats, 'warning' means warn."""
+        config = self.agent(
+            f'backend_spki_pins = ["{GOOD_PIN}"]\n'
+            '[agent]\nbind_address = "[::1]:9443"\nlog_level = "WARNING"\n'
+            'request_timeout = 5\nlabels = { rack = "r12" }\n'
+        )
+        self.assertEqual((config.agent.bind_host, config.agent.bind_port), ("::1", 9443))
+        self.assertEqual(config.agent.log_level, "warn")
+        self.assertEqual(config.agent.request_timeout, 5.0)
+        self.assertIsInstance(config.agent.request_timeout, float)
+        self.assertEqual(config.agent.labels, {"rack": "r12"})
+        self.assertEqual(config.tls.backend_spki_pins, (GOOD_PIN,))
+
+    def test_postgres_url_kept(self):
+        """A PostgreSQL URL for database is kept verbatim rather than resolved as a path."""
+        url = "postgresql://viworks:pw@127.0.0.1:5432/viworks"
+        config = load_backend_config(
+            self.write(BACKEND_MINIMAL + f'[backend]\ndatabase = "{url}"\n')
+        )
+        self.assertEqual(config.backend.database, url)
+        self.assertTrue(config.backend.is_postgres)
+
+
+class PathTests(_ConfigTestCase):
+    def test_relative_paths_resolved(self):
+        """Relative paths are resolved against the configuration file's directory."""
+        config = self.agent('[agent]\nstate_dir = "state"\n[panel]\nusers_file = "../u"\n')
+        self.assertEqual(config.agent.state_dir, os.path.join(self.dir, "state"))
+        self.assertEqual(config.panel.users_file, os.path.join(os.path.dirname(self.dir), "u"))
+        self.assertEqual(config.tls.key, os.path.join(self.dir, "pki", "agent.key"))
+
+    def test_relative_sqlite_path(self):
+        """A relative SQLite database path is resolved against the config directory."""
+        path = self.write(BACKEND_MINIMAL + '[backend]\ndatabase = "db/x.db"\n')
+        config = load_backend_config(path)
+        self.assertEqual(config.backend.database, os.path.join(self.dir, "db", "x.db"))
+        self.assertEqual(config.tls.client_ca, os.path.join(self.dir, "pki", "ca.crt"))
+
+    def test_missing_tls_file(self):
+        """A TLS file that does not exist is reported with its key."""
+        os.remove(os.path.join(self.dir, "pki", "ca.crt"))
+        self.assertAgentError(AGENT_MINIMAL, "[tls] ca:", "does not exist")
+
+    def test_tls_path_is_directory(self):
+        """A TLS path naming a directory is rejected."""
+        text = AGENT_MINIMAL.replace('"pki/agent.key"', '"pki"')
+        self.assertAgentError(text, "[tls] key:", "not a regular file")
+
+    def test_unreadable_tls_file(self):
+        """A TLS file that cannot be opened is reported with its key."""
+        if os.getuid() == 0:
+            raise unittest.SkipTest("root can read any file")
+        os.chmod(os.path.join(self.dir, "pki", "agent.key"), 0)
+        self.assertAgentError(AGENT_MINIMAL, "[tls] key:", "cannot read")
+
+    def test_ensure_private_dir(self):
+        """ensure_private_dir creates missing parents and a 0700 directory, idempotently."""
+        target = os.path.join(self.dir, "a", "b", "state")
+        self.assertEqual(ensure_private_dir(target), target)
+        self.assertEqual(stat.S_IMODE(os.stat(target).st_mode), 0o700)
+        ensure_private_dir(target)
+        self.assertTrue(os.path.isdir(target))
+        self.assertRaises(OSError, ensure_private_dir, os.path.join(self.dir, "pki", "ca.crt"))
+
+
+class FileErrorTests(_ConfigTestCase):
+    def test_missing_file(self):
+        """A missing configuration file is a ConfigError naming the file."""
+        path = os.path.join(self.dir, "nope.toml")
+        err = self.assertRaises(ConfigError, load_agent_config, path)
+        self.assertEqual(str(err), f"{path}: configuration file not found")
+
+    def test_syntax_error(self):
+        """A TOML syntax error names the file and the line."""
+        err = self.assertAgentError(AGENT_MINIMAL + "[agent\n", "TOML syntax error", "line 9")
+        self.assertIsNone(err.key)
+
+    def test_unknown_section(self):
+        """An unknown section is rejected with a suggestion."""
+        self.assertAgentError(
+            AGENT_MINIMAL + "[outbund]\n", "unknown section [outbund]", "'outbound'"
+        )
+
+    def test_section_not_table(self):
+        """A section given as a plain value is rejected."""
+        self.assertBackendError('backend = 3\n' + BACKEND_MINIMAL, "[backend]", "must be a table")
+
+
+class KeyErrorTests(_ConfigTestCase):
+    def test_unknown_key(self):
+        """An unknown key is rejected, naming section and key, with a suggestion."""
+        err = self.assertAgentError(
+            AGENT_MINIMAL + '[agent]\nbind_adress = "1.2.3.4:1"\n',
+            "[agent] bind_adress: unknown key", "'bind_address'",
+        )
+        self.assertEqual((err.section, err.key), ("agent", "bind_adress"))
+
+    def test_missing_required_key(self):
+        """A required key that is absent is reported."""
+        self.assertAgentError(
+            AGENT_MINIMAL.replace('agent_id = "agent-1"\n', ""),
+            "[outbound] agent_id: required key is missing",
+        )
+
+    def test_missing_required_section(self):
+        """A missing section with required keys reports its first required key."""
+        self.assertBackendError("[backend]\n", "[tls] cert: required key is missing")
+
+    def test_wrong_types(self):
+        """Wrong TOML types are rejected; a boolean is not an integer."""
+        cases = [
+            ("[agent]\nmax_connections = true\n", "[agent] max_connections:", "boolean"),
+            ("[agent]\nmax_connections = 1.5\n", "[agent] max_connections:", "an integer"),
+            ("[agent]\nrequest_timeout = false\n", "[agent] request_timeout:", "a number"),
+            ('[agent]\nrequest_timeout = "30"\n', "[agent] request_timeout:", "string"),
+            ("[agent]\nsite = 1\n", "[agent] site:", "expected a string"),
+            ('[agent]\nlabels = ["a"]\n', "[agent] labels:", "array"),
+            ("[agent]\nlabels = { rack = 1 }\n", "[agent] labels.rack:", "must be a string"),
+            ('[panel]\nusers_file = ["x"]\n', "[panel] users_file:", "array"),
+        ]
+        for extra, *fragments in cases:
+            self.assertAgentError(AGENT_MINIMAL + extra, *fragments)
+        pins = AGENT_MINIMAL + 'backend_spki_pins = "x"\n'
+        self.assertAgentError(pins, "[tls] backend_spki_pins:", "string array")
+        self.assertBackendError(
+            BACKEND_MINIMAL + "[backend]\nmax_message_size = true\n",
+            "[backend] max_message_size:", "boolean",
+        )
+
+    def test_bad_url(self):
+        """backend_url must be wss:// with a host and a valid port."""
+        for url, why in [
+            ("https://backend.example/ws", "wss://"),
+            ("ws://backend.example/ws", "wss://"),
+            ("wss:///ws/agent", "no host"),
+            ("wss://backend.example:99999/ws", "invalid URL"),
+            ("wss://u:p@backend.example/ws", "credentials"),
+        ]:
+            text = AGENT_MINIMAL.replace("wss://backend.example/ws/agent", url)
+            self.assertAgentError(text, "[outbound] backend_url:", why)
+
+    def test_bad_agent_id(self):
+        """agent_id must match the identifier pattern."""
+        for bad in ["", "-agent", "a b", "x" * 65, "agent/1"]:
+            text = AGENT_MINIMAL.replace('"agent-1"', f'"{bad}"')
+            self.assertAgentError(text, "[outbound] agent_id:")
+
+    def test_reconnect_max_below_initial(self):
+        """reconnect_max smaller than reconnect_initial is rejected."""
+        text = AGENT_MINIMAL.replace(
+            'agent_id = "agent-1"',
+            'agent_id = "agent-1"\nreconnect_initial = 10\nreconnect_max = 5',
+        )
+        self.assertAgentError(text, "[outbound] reconnect_max:", ">= reconnect_initial")
+
+    def test_bad_pin(self):
+        """SPKI pins must be sha256/ plus the base64 of 32 bytes."""
+        for bad in ["sha1/" + GOOD_PIN[7:], "sha256/not-base64!", "sha256/" + "QUJD", GOOD_PIN[7:]]:
+            text = AGENT_MINIMAL + f'backend_spki_pins = ["{GOOD_PIN}", "{bad}"]\n'
+            self.assertAgentError(text, "[tls] backend_spki_pins:", "item 1")
+
+    def test_bad_values(self):
+        """Out-of-range and malformed values are rejected, naming the key."""
+        agent_cases = [
+            ('[agent]\nbind_address = "localhost"\n', "[agent] bind_address:"),
+            ('[agent]\nbind_address = "1.2.3.4:0"\n', "[agent] bind_address:"),
+            ('[agent]\nbind_address = "::1:80"\n', "[agent] bind_address:"),
+            ('[agent]\nlog_level = "loud"\n', "[agent] log_level:"),
+            ('[agent]\nsite = " "\n', "[agent] site:"),
+            ('[agent]\nstate_dir = ""\n', "[agent] state_dir:"),
+            ("[agent]\nmax_connections = 0\n", "[agent] max_connections:"),
+            ("[agent]\nrequest_timeout = 0\n", "[agent] request_timeout:"),
+        ]
+        for extra, fragment in agent_cases:
+            self.assertAgentError(AGENT_MINIMAL + extra, fragment)
+        backend_cases = [
+            ('ws_path = "ws"', "[backend] ws_path:"),
+            ("max_message_size = 1023", "[backend] max_message_size:"),
+            ("heartbeat_interval = -1", "[backend] heartbeat_interval:"),
+            ("default_command_timeout = 0", "[backend] default_command_timeout:"),
+            ('database = "mysql://x/y"', "[backend] database:"),
+            ('ws_bind = "0.0.0.0:http"', "[backend] ws_bind:"),
+        ]
+        for extra, fragment in backend_cases:
+            self.assertBackendError(BACKEND_MINIMAL + f"[backend]\n{extra}\n", fragment)
+
+
+class HelperTests(unittest.TestCase):
+    def test_parse_bind(self):
+        """parse_bind splits host:port and bracketed IPv6, and rejects malformed values."""
+        self.assertEqual(parse_bind("127.0.0.1:8443"), ("127.0.0.1", 8443))
+        self.assertEqual(parse_bind("[::1]:8443"), ("::1", 8443))
+        self.assertEqual(parse_bind("backend.example:1"), ("backend.example", 1))
+        for bad in ["", "host", ":80", "host:", "host:65536", "::1:80", "[::1]", "a b:1"]:
+            self.assertRaises(ValueError, parse_bind, bad)
+
+    def test_parse_wss_url(self):
+        """parse_wss_url returns host, port (default 443) and path (default /)."""
+        self.assertEqual(
+            parse_wss_url("wss://b.example:8081/ws/agent"), ("b.example", 8081, "/ws/agent")
+        )
+        self.assertEqual(parse_wss_url("wss://b.example"), ("b.example", 443, "/"))
+        self.assertEqual(parse_wss_url("wss://[::1]:9/x"), ("::1", 9, "/x"))
+        self.assertRaises(ValueError, parse_wss_url, "wss://b.example/?q=1")
+
+    def test_error_format(self):
+        """ConfigError renders as one line with file, [section] key and message."""
+        self.assertEqual(
+            str(ConfigError("/f.toml", "bad\nthing", section="agent", key="site")),
+            "/f.toml: [agent] site: bad thing",
+        )
+        self.assertEqual(str(ConfigError("/f.toml", "oops", section="x")), "/f.toml: [x]: oops")

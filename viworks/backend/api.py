@@ -1,0 +1,265 @@
+"""The operators' JSON HTTP API (Klein). Routes are thin: parse, call, render."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
+
+from viworks import __version__
+from viworks.backend.ledger import FINAL_STATUSES, CommandLedger, LedgerError
+from viworks.backend.registry import SessionRegistry
+from viworks.timeutil import rfc3339
+
+MAX_BODY = 1 << 20
+MAX_WAIT = 300.0
+COMMAND_STATUSES = frozenset({"queued", "dispatched", "running"}) | FINAL_STATUSES
+
+
+class ApiError(Exception):
+    """An error response: status, machine code, human message, offending field."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def hash_token(token: str) -> str:
+    """Tokens are stored as SHA-256 hex digests only (they are random, so no salt is needed)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def agent_json(agent: dict, online: bool) -> dict:
+    """The API's view of an agent; ``online`` comes from the live-session registry."""
+    return {
+        "agent_id": agent["agent_id"],
+        "status": "online" if online else "offline",
+        "version": agent["version"],
+        "site": agent["site"],
+        "hostname": agent["hostname"],
+        "labels": agent.get("labels") or {},
+        "protocol": agent["protocol"],
+        "verbs": sorted(agent["verbs"]),
+        "connected_at": rfc3339(agent["connected_at"]),
+        "last_seen": rfc3339(agent["last_seen"]),
+        "peer": agent["peer"],
+    }
+
+
+_COMMAND_TIMES = ("created_at", "dispatched_at", "started_at", "finished_at")
+
+
+def command_json(command: dict) -> dict:
+    """The API's view of a command (args were redacted before they were stored)."""
+    body = {
+        key: command.get(key)
+        for key in (
+            "command_id",
+            "agent_id",
+            "verb",
+            "args",
+            "status",
+            "timeout",
+            "exit_code",
+            "result",
+            "stdout",
+            "stderr",
+            "error",
+        )
+    }
+    body["stdout"] = body["stdout"] or ""
+    body["stderr"] = body["stderr"] or ""
+    body["stdout_truncated"] = bool(command.get("stdout_truncated"))
+    body["stderr_truncated"] = bool(command.get("stderr_truncated"))
+    body.update({key: rfc3339(command.get(key)) for key in _COMMAND_TIMES})
+    return body
+
+
+def _query(request: Any, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8", "replace") if values else None
+
+
+def _number(request: Any, name: str, low: float, high: float) -> float | None:
+    raw = _query(request, name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise ApiError(400, "BAD_REQUEST", f"{name} must be a number in [{low:g}, {high:g}]", name)
+    return value
+
+
+class BackendAPI:
+    """The HTTP API over the store, the live registry and the ledger."""
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self, store: Any, registry: SessionRegistry, ledger: CommandLedger, clock: IReactorTime
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.ledger = ledger
+        self.clock = clock
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _json(self, request: Any, body: Any, status: int = 200) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+    async def _authenticate(self, request: Any) -> str:
+        header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <token>")
+        name = await self.store.token_name_for_hash(hash_token(token.strip()))
+        if name is None:
+            raise ApiError(401, "UNAUTHORIZED", "the token is not valid")
+        return name
+
+    def _body(self, request: Any) -> dict:
+        data = request.content.read(MAX_BODY + 1)
+        if len(data) > MAX_BODY:
+            raise ApiError(413, "PAYLOAD_TOO_LARGE", f"request bodies are limited to {MAX_BODY}")
+        try:
+            body = json.loads(data or b"{}")
+        except ValueError as e:
+            raise ApiError(400, "BAD_REQUEST", f"the body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "BAD_REQUEST", "the body must be a JSON object")
+        return body
+
+    @app.handle_errors(ApiError, LedgerError)
+    def _domain_error(self, request: Any, failure: Any) -> bytes:
+        e = failure.value
+        error = {"code": e.code, "message": e.message}
+        if e.field is not None:
+            error["field"] = e.field
+        if e.status == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="viworks"')
+        return self._json(request, {"error": error}, e.status)
+
+    @app.handle_errors(HTTPException)
+    def _http_error(self, request: Any, failure: Any) -> bytes:
+        e = failure.value
+        code = (e.name or "error").upper().replace(" ", "_")
+        return self._json(request, {"error": {"code": code, "message": e.description}}, e.code)
+
+    @app.handle_errors(Exception)
+    def _unexpected(self, request: Any, failure: Any) -> bytes:
+        self.log.failure("API request {uri} failed", failure, uri=request.uri)
+        return self._json(
+            request, {"error": {"code": "INTERNAL", "message": "internal error; see the log"}}, 500
+        )
+
+    # -- routes -------------------------------------------------------------------
+
+    @app.route("/health", methods=["GET"])
+    @app.route("/api/v1/health", methods=["GET"])
+    def health(self, request: Any) -> bytes:
+        return self._json(
+            request,
+            {
+                "status": "healthy",
+                "timestamp": rfc3339(self.clock.seconds()),
+                "version": __version__,
+                "agents_online": len(self.registry),
+            },
+        )
+
+    @app.route("/api/v1/agents", methods=["GET"])
+    async def list_agents(self, request: Any) -> bytes:
+        await self._authenticate(request)
+        agents = await self.store.list_agents()
+        return self._json(
+            request,
+            {"agents": [agent_json(a, a["agent_id"] in self._online()) for a in agents]},
+        )
+
+    def _online(self) -> set[str]:
+        return {s.agent_id for s in self.registry}
+
+    async def _agent(self, agent_id: str) -> dict:
+        agent = await self.store.get_agent(agent_id)
+        if agent is None:
+            raise ApiError(404, "AGENT_NOT_FOUND", f"no agent {agent_id!r} is known")
+        return agent
+
+    @app.route("/api/v1/agents/<agent_id>", methods=["GET"])
+    async def get_agent(self, request: Any, agent_id: str) -> bytes:
+        await self._authenticate(request)
+        agent = await self._agent(agent_id)
+        return self._json(request, agent_json(agent, self.registry.get(agent_id) is not None))
+
+    @app.route("/api/v1/agents/<agent_id>/verbs", methods=["GET"])
+    async def get_verbs(self, request: Any, agent_id: str) -> bytes:
+        await self._authenticate(request)
+        agent = await self._agent(agent_id)
+        return self._json(request, {"agent_id": agent_id, "verbs": agent["verbs"]})
+
+    @app.route("/api/v1/agents/<agent_id>/commands", methods=["POST"])
+    async def create_command(self, request: Any, agent_id: str) -> bytes:
+        await self._authenticate(request)
+        wait = _number(request, "wait", 0, MAX_WAIT)
+        body = self._body(request)
+        unknown = set(body) - {"verb", "args", "timeout"}
+        if unknown:
+            field = sorted(unknown)[0]
+            raise ApiError(400, "BAD_REQUEST", f"unknown field {field!r}", field)
+        if "verb" not in body:
+            raise ApiError(422, "UNKNOWN_VERB", "the body needs a verb", "verb")
+        args = body.get("args", {})
+        if not isinstance(args, dict):
+            raise ApiError(422, "INVALID_ARGS", "args must be a JSON object", "args")
+        command = await self.ledger.submit(agent_id, body["verb"], args, body.get("timeout"))
+        if wait is None:
+            return self._json(request, command_json(command), 201)
+        if command["status"] not in FINAL_STATUSES:
+            finished = await self.ledger.wait(command["command_id"], wait)
+            if finished is None:
+                # Still running: report it as it stands now.
+                command = await self.store.get_command(command["command_id"]) or command
+                return self._json(request, command_json(command), 202)
+            command = finished
+        return self._json(request, command_json(command), 200)
+
+    @app.route("/api/v1/commands/<command_id>", methods=["GET"])
+    async def get_command(self, request: Any, command_id: str) -> bytes:
+        await self._authenticate(request)
+        command = await self.store.get_command(command_id)
+        if command is None:
+            raise ApiError(404, "COMMAND_NOT_FOUND", f"no command {command_id!r}")
+        return self._json(request, command_json(command))
+
+    @app.route("/api/v1/commands", methods=["GET"])
+    async def list_commands(self, request: Any) -> bytes:
+        await self._authenticate(request)
+        status = _query(request, "status")
+        if status is not None and status not in COMMAND_STATUSES:
+            raise ApiError(400, "BAD_REQUEST", f"unknown status {status!r}", "status")
+        limit = _number(request, "limit", 1, 1000)
+        commands = await self.store.list_commands(
+            agent_id=_query(request, "agent_id"),
+            status=status,
+            limit=int(limit or 100),
+        )
+        return self._json(request, {"commands": [command_json(c) for c in commands]})

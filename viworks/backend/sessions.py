@@ -1,0 +1,270 @@
+"""Agent sessions: the backend's end of each agent's WebSocket.
+
+The TLS listener already refused clients without a certificate from our CA;
+``AgentSession`` takes the agent's identity from that certificate, insists on a
+HELLO that names the same agent, registers the session (replacing an older one)
+and then moves frames between the agent and the command ledger. Nothing an
+agent sends can crash the process or touch another agent's session.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from viworks import protocol
+from viworks.backend.ledger import CommandLedger
+from viworks.backend.registry import SessionRegistry
+from viworks.schema import validate_schema
+
+HELLO_TIMEOUT = 10.0
+
+
+class AgentSession(WebSocketServerProtocol):
+    """One agent's live connection."""
+
+    log = Logger()
+    factory: AgentSessionFactory
+
+    agent_id: str | None = None
+    session_id: str | None = None
+    _identity: str | None = None
+    _hello_timer = None
+
+    # -- Autobahn callbacks -------------------------------------------------
+
+    def onConnect(self, request: Any) -> None:
+        if request.path != self.factory.ws_path:
+            raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "no WebSocket endpoint here")
+        # The HTTP upgrade arrives after the TLS handshake, so the verified
+        # peer certificate is available here (not in connectionMade).
+        identity = self.factory.identify(self.transport)
+        if identity is None:
+            self.log.warn("refused {peer}: no client certificate identity", peer=self.peer)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "a client certificate is required")
+        self._identity = identity
+
+    def onOpen(self) -> None:
+        self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._no_hello)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        try:
+            frame = protocol.decode(payload, isBinary)
+        except protocol.FrameError as e:
+            self.log.warn(
+                "bad frame from {agent}: {code} {message}",
+                agent=self.agent_id or self._identity,
+                code=e.code,
+                message=e.message,
+            )
+            self.send_frame(protocol.error_frame(e.code, e.message, e.command_id))
+            return
+        if self.agent_id is None:
+            self._on_first_frame(frame)
+            return
+        handler = self._handlers.get(frame.type)
+        if handler is None:
+            self.send_frame(
+                protocol.error_frame(
+                    protocol.INVALID_FRAME, f"agents do not send {frame.type} frames"
+                )
+            )
+            return
+        self._run(handler(self, frame))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        if self.agent_id is None:
+            return
+        self.log.info(
+            "agent {agent_id} disconnected (session {session_id}, code {code}, {reason})",
+            agent_id=self.agent_id,
+            session_id=self.session_id,
+            code=code,
+            reason=reason,
+        )
+        if self.factory.registry.unregister(self):
+            self._run(
+                self.factory.store.mark_agent_offline(
+                    self.agent_id, self.session_id, self.factory.clock.seconds()
+                )
+            )
+
+    # -- what the registry and the ledger call -------------------------------
+
+    def send_frame(self, payload: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=False)
+
+    def close_replaced(self) -> None:
+        self.log.warn(
+            "agent {agent_id}: session {session_id} replaced by a newer connection",
+            agent_id=self.agent_id,
+            session_id=self.session_id,
+        )
+        self.sendClose(protocol.CLOSE_REPLACED, "replaced")
+
+    # -- frames ---------------------------------------------------------------
+
+    def _refuse(self, code: str, message: str, close_code: int) -> None:
+        self.log.warn(
+            "refused agent {identity} from {peer}: {code} {message}",
+            identity=self._identity,
+            peer=self.peer,
+            code=code,
+            message=message,
+        )
+        self.send_frame(protocol.error_frame(code, message))
+        self.sendClose(close_code, message[:100])
+
+    def _no_hello(self) -> None:
+        self._refuse(protocol.HELLO_REQUIRED, "no hello received in time", protocol.CLOSE_POLICY)
+
+    def _on_first_frame(self, frame: protocol.Frame) -> None:
+        if frame.type != "hello":
+            self._refuse(
+                protocol.HELLO_REQUIRED, "the first frame must be hello", protocol.CLOSE_POLICY
+            )
+            return
+        if frame["agent_id"] != self._identity:
+            self._refuse(
+                protocol.IDENTITY_MISMATCH,
+                f"hello names {frame['agent_id']!r} but the certificate is {self._identity!r}",
+                protocol.CLOSE_HELLO_REFUSED,
+            )
+            return
+        try:
+            for name, description in frame["verbs"].items():
+                if not isinstance(description, dict):
+                    raise ValueError(f"verb {name!r}: description must be an object")
+                validate_schema(description.get("params", {}))
+        except ValueError as e:
+            self._refuse(protocol.INVALID_FRAME, str(e), protocol.CLOSE_HELLO_REFUSED)
+            return
+        self._hello_timer.cancel()
+        self.agent_id = frame["agent_id"]
+        self.session_id = uuid.uuid4().hex
+        replaced = self.factory.registry.register(self)
+        if replaced is not None:
+            replaced.close_replaced()
+        self._run(self._welcome(frame))
+
+    async def _welcome(self, hello: protocol.Frame) -> None:
+        factory = self.factory
+        labels = hello.get("labels")
+        await factory.store.upsert_agent_online(
+            self.agent_id,
+            version=hello["version"],
+            site=hello["site"],
+            hostname=hello["hostname"],
+            protocol=hello["protocol"],
+            verbs=hello["verbs"],
+            peer=self.peer,
+            session_id=self.session_id,
+            labels=labels if isinstance(labels, dict) else {},
+            now=factory.clock.seconds(),
+        )
+        if not factory.registry.is_current(self):
+            return
+        self.log.info(
+            "agent {agent_id} online (session {session_id}, version {version}, site {site})",
+            agent_id=self.agent_id,
+            session_id=self.session_id,
+            version=hello["version"],
+            site=hello["site"],
+        )
+        self.send_frame(
+            protocol.encode(
+                "welcome",
+                session_id=self.session_id,
+                heartbeat_interval=factory.heartbeat_interval,
+                heartbeat_timeout=2 * factory.heartbeat_interval,
+                server_time=factory.clock.seconds(),
+            )
+        )
+        await factory.ledger.deliver_pending(self)
+
+    async def _on_heartbeat(self, frame: protocol.Frame) -> None:
+        await self.factory.store.touch_agent(self.agent_id, self.factory.clock.seconds())
+
+    async def _on_ack(self, frame: protocol.Frame) -> None:
+        if self.factory.registry.is_current(self):
+            await self.factory.ledger.on_ack(self, frame["command_id"])
+
+    async def _on_result(self, frame: protocol.Frame) -> None:
+        # Fencing: a replaced session's late frames must not change anything.
+        if self.factory.registry.is_current(self):
+            await self.factory.ledger.on_result(self, frame.fields)
+
+    async def _on_error(self, frame: protocol.Frame) -> None:
+        self.log.warn(
+            "agent {agent_id} reports {code}: {message}",
+            agent_id=self.agent_id,
+            code=frame["code"],
+            message=frame["message"],
+        )
+
+    _handlers = {
+        "heartbeat": _on_heartbeat,
+        "ack": _on_ack,
+        "result": _on_result,
+        "error": _on_error,
+    }
+
+    def _run(self, coro: Any) -> None:
+        d = Deferred.fromCoroutine(coro)
+        d.addErrback(
+            lambda f: self.log.failure(
+                "agent {agent_id}: handling failed", f, agent_id=self.agent_id
+            )
+        )
+
+
+class AgentSessionFactory(WebSocketServerFactory):
+    """Builds ``AgentSession``s sharing the registry, store and ledger."""
+
+    protocol = AgentSession
+
+    def __init__(
+        self,
+        *,
+        registry: SessionRegistry,
+        store: Any,
+        ledger: CommandLedger,
+        clock: IReactorTime,
+        identify: Callable[[Any], str | None],
+        ws_path: str = "/ws/agent",
+        heartbeat_interval: float = 15.0,
+        max_message_size: int = 1 << 20,
+        hello_timeout: float = HELLO_TIMEOUT,
+    ) -> None:
+        super().__init__(reactor=clock)
+        self.registry = registry
+        self.store = store
+        self.ledger = ledger
+        self.clock = clock
+        self.identify = identify
+        self.ws_path = ws_path
+        self.heartbeat_interval = heartbeat_interval
+        self.hello_timeout = hello_timeout
+        # Don't advertise our version; no status page on a plain GET.
+        self.server = "viworks"
+        self.setProtocolOptions(
+            maxMessagePayloadSize=max_message_size,
+            maxFramePayloadSize=max_message_size,
+            # WebSocket pings detect dead (even half-open) peers within two
+            # heartbeat intervals.
+            autoPingInterval=heartbeat_interval,
+            autoPingTimeout=heartbeat_interval,
+            openHandshakeTimeout=10,
+            closeHandshakeTimeout=2,
+            webStatus=False,
+        )

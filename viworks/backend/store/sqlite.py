@@ -1,0 +1,82 @@
+"""SQLite store: one file, one connection (SQLite has a single writer)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Any, ClassVar
+
+from twisted.enterprise.adbapi import ConnectionPool, Transaction
+
+from viworks.backend.store.base import SQLStore
+
+_BUSY_TIMEOUT_MS = 5000
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    # busy_timeout makes a writer wait for another process's lock instead of
+    # failing at once; foreign_keys is off by default in SQLite; WAL lets
+    # readers in other processes (CLI tools) run during writes.
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    # Switching a fresh file to WAL needs an exclusive lock and SQLite
+    # returns "locked" without waiting when another connection is mid-write
+    # (deadlock avoidance), so retry here (we are in a pool thread).
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+class SQLiteStore(SQLStore):
+    """Store in a SQLite file (or ``:memory:``)."""
+
+    PARAMSTYLE: ClassVar[str] = "qmark"
+    DDL_TYPES: ClassVar[dict[str, str]] = {
+        "real": "REAL",
+        # AUTOINCREMENT: never reuse a seq, even after the newest row is deleted.
+        "serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    }
+
+    def __init__(self, path: str, reactor: Any = None) -> None:
+        self.path = path
+        if path != ":memory:":
+            _prepare_file(path)
+        super().__init__(reactor)
+
+    def _make_pool(self, reactor: Any) -> ConnectionPool:
+        return ConnectionPool(
+            "sqlite3",
+            self.path,
+            check_same_thread=False,
+            cp_min=1,
+            cp_max=1,
+            cp_openfun=_configure,
+            cp_reactor=reactor,
+        )
+
+    def _lock_for_migration(self, txn: Transaction) -> None:
+        # Take the write lock before reading schema_version, so two processes
+        # opening a fresh file cannot both decide to run migration 1.
+        txn.execute("BEGIN IMMEDIATE")
+
+
+def _prepare_file(path: str) -> None:
+    """Create the parent directory (0700) and the file (0600) if missing.
+
+    The database holds token hashes; SQLite would create it with the umask
+    (often world-readable). The -wal/-shm files copy the database's mode.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)

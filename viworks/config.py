@@ -1,0 +1,524 @@
+"""Strictly validated TOML configuration for the backend and the gateway agent.
+
+Every key is described once, by a small spec attached to the dataclass field that holds it
+(see ``_spec``): its TOML type, its default (or that it is required) and a validator that
+checks and normalises the value.  The loader walks those specs, so adding a key means adding
+one field.  Any problem raises ``ConfigError`` whose text is one line naming the file, the
+section and the key::
+
+    /etc/viworks/agent.toml: [outbound] backend_url: must be a wss:// URL, got 'https://x'
+
+Relative paths are resolved against the directory of the configuration file.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = [
+    "AgentConfig",
+    "AgentSection",
+    "AgentTLS",
+    "BackendConfig",
+    "BackendSection",
+    "BackendTLS",
+    "ConfigError",
+    "OutboundSection",
+    "PanelSection",
+    "ensure_private_dir",
+    "load_agent_config",
+    "load_backend_config",
+    "parse_bind",
+    "parse_wss_url",
+]
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` is a single line naming the file and the key."""
+
+    def __init__(self, path: str, message: str, section: str | None = None, key: str | None = None):
+        self.path = path
+        self.section = section
+        self.key = key
+        self.message = message
+        super().__init__(path, message, section, key)
+
+    def __str__(self) -> str:
+        where = ""
+        if self.section is not None:
+            where = f"[{self.section}]"
+            if self.key is not None:
+                where += f" {self.key}"
+            where += ": "
+        text = f"{self.path}: {where}{self.message}"
+        return " ".join(text.split())  # always one line
+
+
+class _Invalid(ValueError):
+    """Raised by validators; ``subkey`` refines the key (``labels.rack``)."""
+
+    def __init__(self, message: str, subkey: str | None = None):
+        super().__init__(message)
+        self.subkey = subkey
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """Parse ``host:port`` or ``[v6addr]:port`` into ``(host, port)``; raise ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected 'host:port', got {value!r}")
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.%\w]+)\]:(\d{1,5})|([^\[\]:\s]+):(\d{1,5})", value)
+    if m is None:
+        raise ValueError(f"expected 'host:port' or '[ipv6]:port', got {value!r}")
+    host = m.group(1) if m.group(1) is not None else m.group(3)
+    port = int(m.group(2) if m.group(2) is not None else m.group(4))
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be between 1 and 65535, got {port}")
+    return host, port
+
+
+def parse_wss_url(value: str) -> tuple[str, int, str]:
+    """Parse a ``wss://host[:port][/path]`` URL into ``(host, port, path)``; raise ValueError."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"invalid URL {value!r}: {e}") from None
+    if parts.scheme.lower() != "wss":
+        raise ValueError(f"must be a wss:// URL, got {value!r}")
+    if not parts.hostname:
+        raise ValueError(f"URL has no host: {value!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"URL must not contain credentials: {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"URL must not have a query or fragment: {value!r}")
+    if port == 0:
+        raise ValueError(f"URL port must be between 1 and 65535: {value!r}")
+    return parts.hostname, port or 443, parts.path or "/"
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create directory ``path`` (and parents) with mode 0700 if it is missing; return it.
+
+    An existing directory is left as it is.  Raises OSError if it cannot be created or if
+    ``path`` exists and is not a directory.
+    """
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    return path
+
+
+# --------------------------------------------------------------------------- field specs
+
+_REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    base_dir: str
+    check_files: bool
+
+
+@dataclass(frozen=True)
+class _Spec:
+    kind: str  # "string", "integer", "number", "string table", "string array"
+    default: Any = _REQUIRED
+    check: Callable[[Any, _Ctx], Any] | None = None
+
+
+def _spec(kind: str, default: Any = _REQUIRED, check: Callable[[Any, _Ctx], Any] | None = None):
+    """A dataclass field described by its TOML type, default and validator."""
+    return field(metadata={"spec": _Spec(kind, default, check)})
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return "date/time"
+
+
+def _coerce(kind: str, value: Any) -> Any:
+    """Check the TOML type of ``value``; bool is never a number, an integer is a number."""
+    actual = _toml_type(value)
+    if kind == "string" and actual == "string":
+        return value
+    if kind == "integer" and actual == "integer":
+        return value
+    if kind == "number" and actual in ("integer", "float"):
+        return float(value)
+    if kind == "string array" and actual == "array":
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise _Invalid(f"item {i} must be a string, got {_toml_type(item)}")
+        return tuple(value)
+    if kind == "string table" and actual == "table":
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise _Invalid(f"must be a string, got {_toml_type(v)}", subkey=k)
+        return dict(value)
+    expected = {"number": "a number", "integer": "an integer"}.get(kind, f"a {kind}")
+    raise _Invalid(f"expected {expected}, got {actual} ({value!r})")
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def _at_least(minimum: float) -> Callable[[Any, _Ctx], Any]:
+    def check(value: Any, ctx: _Ctx) -> Any:
+        if value < minimum:
+            raise _Invalid(f"must be >= {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _positive(value: float, ctx: _Ctx) -> float:
+    if not value > 0:
+        raise _Invalid(f"must be > 0, got {value}")
+    return value
+
+
+def _non_empty(value: str, ctx: _Ctx) -> str:
+    if not value.strip():
+        raise _Invalid("must not be empty")
+    return value
+
+
+_LOG_LEVELS = {"debug", "info", "warn", "warning", "error", "critical"}
+
+
+def _log_level(value: str, ctx: _Ctx) -> str:
+    """Accept the level names case-insensitively; ``warning`` is normalised to ``warn``."""
+    level = value.lower()
+    if level not in _LOG_LEVELS:
+        raise _Invalid(f"must be one of {', '.join(sorted(_LOG_LEVELS))}; got {value!r}")
+    return "warn" if level == "warning" else level
+
+
+def _bind(value: str, ctx: _Ctx) -> str:
+    try:
+        parse_bind(value)
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+    return value
+
+
+def _wss_url(value: str, ctx: _Ctx) -> str:
+    try:
+        parse_wss_url(value)
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+    return value
+
+
+_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _agent_id(value: str, ctx: _Ctx) -> str:
+    if not _AGENT_ID.fullmatch(value):
+        raise _Invalid(
+            f"must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a"
+            f" letter or digit; got {value!r}"
+        )
+    return value
+
+
+def _ws_path(value: str, ctx: _Ctx) -> str:
+    if not value.startswith("/"):
+        raise _Invalid(f"must start with '/', got {value!r}")
+    return value
+
+
+def _path(value: str, ctx: _Ctx) -> str:
+    _non_empty(value, ctx)
+    return os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(value)))
+
+
+def _readable_file(value: str, ctx: _Ctx) -> str:
+    path = _path(value, ctx)
+    if ctx.check_files:
+        if not os.path.exists(path):
+            raise _Invalid(f"file does not exist: {path}")
+        if not os.path.isfile(path):
+            raise _Invalid(f"not a regular file: {path}")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise _Invalid(f"cannot read {path}: {e.strerror or e}") from None
+    return path
+
+
+def _database(value: str, ctx: _Ctx) -> str:
+    """A PostgreSQL URL is kept as is; anything else is an SQLite file path."""
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    if "://" in value:
+        raise _Invalid(f"must be a file path (SQLite) or a postgresql:// URL, got {value!r}")
+    return _path(value, ctx)
+
+
+def _spki_pins(value: tuple[str, ...], ctx: _Ctx) -> tuple[str, ...]:
+    for i, pin in enumerate(value):
+        prefix, _, encoded = pin.partition("/")
+        try:
+            raw = base64.b64decode(encoded, validate=True) if prefix == "sha256" else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise _Invalid(
+                f"item {i} must be 'sha256/<base64 of a 32-byte SHA-256 digest>', got {pin!r}"
+            )
+    return value
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class AgentSection:
+    bind_address: str = _spec("string", "127.0.0.1:8443", _bind)
+    log_level: str = _spec("string", "info", _log_level)
+    site: str = _spec("string", "production", _non_empty)
+    state_dir: str = _spec("string", "/var/lib/viworks/agent", _path)
+    max_connections: int = _spec("integer", 100, _at_least(1))
+    request_timeout: float = _spec("number", 30.0, _positive)
+    labels: dict[str, str] = _spec("string table", {})
+
+    @property
+    def bind_host(self) -> str:
+        return parse_bind(self.bind_address)[0]
+
+    @property
+    def bind_port(self) -> int:
+        return parse_bind(self.bind_address)[1]
+
+
+@dataclass(frozen=True)
+class OutboundSection:
+    backend_url: str = _spec("string", check=_wss_url)
+    agent_id: str = _spec("string", check=_agent_id)
+    heartbeat_interval: float = _spec("number", 15.0, _positive)
+    reconnect_initial: float = _spec("number", 1.0, _positive)
+    reconnect_max: float = _spec("number", 60.0, _positive)
+
+    @property
+    def backend_host(self) -> str:
+        return parse_wss_url(self.backend_url)[0]
+
+    @property
+    def backend_port(self) -> int:
+        return parse_wss_url(self.backend_url)[1]
+
+    @property
+    def backend_path(self) -> str:
+        return parse_wss_url(self.backend_url)[2]
+
+
+def _check_outbound(values: Mapping[str, Any]) -> None:
+    if values["reconnect_max"] < values["reconnect_initial"]:
+        raise _Invalid(
+            f"must be >= reconnect_initial ({values['reconnect_initial']}),"
+            f" got {values['reconnect_max']}",
+            subkey="reconnect_max",
+        )
+
+
+@dataclass(frozen=True)
+class AgentTLS:
+    cert: str = _spec("string", check=_readable_file)
+    key: str = _spec("string", check=_readable_file)
+    ca: str = _spec("string", check=_readable_file)
+    backend_spki_pins: tuple[str, ...] = _spec("string array", (), _spki_pins)
+
+
+@dataclass(frozen=True)
+class PanelSection:
+    users_file: str = _spec("string", "/etc/viworks/panel.htpasswd", _path)
+    htpasswd: str = _spec("string", "/usr/bin/htpasswd", _path)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: str
+    agent: AgentSection
+    outbound: OutboundSection
+    tls: AgentTLS
+    panel: PanelSection
+
+
+@dataclass(frozen=True)
+class BackendSection:
+    http_bind: str = _spec("string", "127.0.0.1:8080", _bind)
+    ws_bind: str = _spec("string", "0.0.0.0:8081", _bind)
+    ws_path: str = _spec("string", "/ws/agent", _ws_path)
+    database: str = _spec("string", "/var/lib/viworks/backend.db", _database)
+    log_level: str = _spec("string", "info", _log_level)
+    heartbeat_interval: float = _spec("number", 15.0, _positive)
+    max_message_size: int = _spec("integer", 1048576, _at_least(1024))
+    default_command_timeout: float = _spec("number", 60.0, _positive)
+    public_url: str = _spec("string", "")
+
+    @property
+    def http_host(self) -> str:
+        return parse_bind(self.http_bind)[0]
+
+    @property
+    def http_port(self) -> int:
+        return parse_bind(self.http_bind)[1]
+
+    @property
+    def ws_host(self) -> str:
+        return parse_bind(self.ws_bind)[0]
+
+    @property
+    def ws_port(self) -> int:
+        return parse_bind(self.ws_bind)[1]
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database.startswith(("postgresql://", "postgres://"))
+
+
+@dataclass(frozen=True)
+class BackendTLS:
+    cert: str = _spec("string", check=_readable_file)
+    key: str = _spec("string", check=_readable_file)
+    client_ca: str = _spec("string", check=_readable_file)
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    path: str
+    backend: BackendSection
+    tls: BackendTLS
+
+
+# section name -> (dataclass, cross-field checks run after every key is valid)
+_SectionTable = dict[str, tuple[type, tuple[Callable[[Mapping[str, Any]], None], ...]]]
+
+_AGENT_SECTIONS: _SectionTable = {
+    "agent": (AgentSection, ()),
+    "outbound": (OutboundSection, (_check_outbound,)),
+    "tls": (AgentTLS, ()),
+    "panel": (PanelSection, ()),
+}
+
+_BACKEND_SECTIONS: _SectionTable = {
+    "backend": (BackendSection, ()),
+    "tls": (BackendTLS, ()),
+}
+
+
+# --------------------------------------------------------------------------- loader
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "is a directory, not a configuration file") from None
+    except OSError as e:
+        raise ConfigError(path, f"cannot read configuration file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, f"not valid UTF-8: {e.reason}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, f"TOML syntax error: {e}") from None
+
+
+def _load_section(path: str, name: str, cls: type, checks, table: Any, ctx: _Ctx):
+    def fail(message: str, key: str | None = None) -> ConfigError:
+        return ConfigError(path, message, section=name, key=key)
+
+    if not isinstance(table, dict):
+        raise fail(f"must be a table, got {_toml_type(table)}")
+    specs = {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in specs:
+            raise fail(f"unknown key{_suggest(key, list(specs))}", key)
+    values: dict[str, Any] = {}
+    for key, spec in specs.items():
+        if key not in table:
+            if spec.default is _REQUIRED:
+                raise fail("required key is missing", key)
+            raw, convert = spec.default, False
+        else:
+            raw, convert = table[key], True
+        try:
+            value = _coerce(spec.kind, raw) if convert else raw
+            if isinstance(value, dict):
+                value = dict(value)
+            # Defaults go through the validator too, so default paths are normalised the
+            # same way; defaults never need the file-existence check (no file defaults).
+            if spec.check is not None:
+                value = spec.check(value, ctx)
+        except _Invalid as e:
+            subkey = f"{key}.{e.subkey}" if e.subkey else key
+            raise fail(str(e), subkey) from None
+        values[key] = value
+    for check in checks:
+        try:
+            check(values)
+        except _Invalid as e:
+            raise fail(str(e), e.subkey) from None
+    return cls(**values)
+
+
+def _load(path: str, sections: _SectionTable, check_files: bool) -> dict[str, Any]:
+    path = os.path.abspath(os.fspath(path))
+    data = _read_toml(path)
+    for name in data:
+        if name not in sections:
+            known = ", ".join(f"[{s}]" for s in sections)
+            raise ConfigError(
+                path, f"unknown section [{name}]{_suggest(name, list(sections))}; known: {known}"
+            )
+    ctx = _Ctx(base_dir=os.path.dirname(path), check_files=check_files)
+    loaded: dict[str, Any] = {"path": path}
+    for name, (cls, checks) in sections.items():
+        loaded[name] = _load_section(path, name, cls, checks, data.get(name, {}), ctx)
+    return loaded
+
+
+def load_agent_config(path: str, *, check_files: bool = True) -> AgentConfig:
+    """Load and validate a gateway agent configuration file.
+
+    ``check_files=False`` skips the check that TLS files exist (only for tests of example
+    files); paths are still resolved.
+    """
+    return AgentConfig(**_load(path, _AGENT_SECTIONS, check_files))
+
+
+def load_backend_config(path: str, *, check_files: bool = True) -> BackendConfig:
+    """Load and validate a backend configuration file (see ``load_agent_config``)."""
+    return BackendConfig(**_load(path, _BACKEND_SECTIONS, check_files))

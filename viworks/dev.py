@@ -1,0 +1,157 @@
+"""``viworks dev``: a backend and one gateway on loopback, with a throw-away PKI and SQLite."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+
+from viworks import pki
+from viworks.config import ensure_private_dir, load_agent_config, load_backend_config
+
+DEV_AGENT = "dev-agent-1"
+
+BACKEND_TOML = """\
+# Written by `viworks dev`: a local backend on loopback.
+[backend]
+http_bind = "127.0.0.1:{http_port}"
+ws_bind = "127.0.0.1:{ws_port}"
+ws_path = "/ws/agent"
+database = "backend.db"
+log_level = "info"
+heartbeat_interval = 10
+
+[tls]
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+"""
+
+AGENT_TOML = """\
+# Written by `viworks dev`: a local gateway agent on loopback.
+[agent]
+bind_address = "127.0.0.1:{api_port}"
+site = "dev"
+state_dir = "agent-state"
+
+[outbound]
+backend_url = "wss://localhost:{ws_port}/ws/agent"
+agent_id = "{agent_id}"
+heartbeat_interval = 10
+reconnect_initial = 0.5
+reconnect_max = 5
+
+[tls]
+cert = "pki/agents/{agent_id}.crt"
+key = "pki/agents/{agent_id}.key"
+ca = "pki/ca.crt"
+backend_spki_pins = ["{pin}"]
+
+[panel]
+users_file = "panel.htpasswd"
+"""
+
+
+def prepare(directory: str, http_port: int, ws_port: int, api_port: int) -> tuple[str, str]:
+    """Create (once) the PKI and (every time) the two configs; return their paths."""
+    ensure_private_dir(directory)
+    pki_dir = os.path.join(directory, "pki")
+    if not os.path.exists(os.path.join(pki_dir, "ca.key")):
+        ensure_private_dir(pki_dir)
+        pki.init_ca(pki_dir, common_name="ViWorkS dev CA")
+        pki.issue_server(pki_dir, "localhost", ["127.0.0.1", "::1"])
+        pki.issue_agent(pki_dir, DEV_AGENT)
+    values = {
+        "http_port": http_port,
+        "ws_port": ws_port,
+        "api_port": api_port,
+        "agent_id": DEV_AGENT,
+        "pin": pki.spki_pin(os.path.join(pki_dir, "server.crt")),
+    }
+    paths = []
+    for name, template in (("backend.toml", BACKEND_TOML), ("agent.toml", AGENT_TOML)):
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(template.format(**values))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+async def dev_token(store: Any, directory: str, clock: Any) -> str:
+    """Reuse the token saved in DIR/token while the store still knows it; else make one."""
+    from viworks.backend.api import hash_token
+    from viworks.cli import new_token
+
+    path = os.path.join(directory, "token")
+    if os.path.exists(path):
+        with open(path) as f:
+            token = f.read().strip()
+        if await store.token_name_for_hash(hash_token(token)):
+            return token
+    token = new_token()
+    await store.create_token(f"dev-{int(clock.seconds())}", hash_token(token), clock.seconds())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
+    from twisted.internet import reactor
+
+    from viworks.backend.tap import build_backend
+    from viworks.gateway.tap import build_gateway
+
+    directory = os.path.abspath(directory)
+    backend_path, agent_path = prepare(directory, http_port, ws_port, api_port)
+    backend_config = load_backend_config(backend_path)
+    agent_config = load_agent_config(agent_path)
+    globalLogBeginner.beginLoggingTo(
+        [
+            FilteringLogObserver(
+                textFileLogObserver(sys.stdout), [LogLevelFilterPredicate(LogLevel.info)]
+            )
+        ],
+        redirectStandardIO=False,
+    )
+    top = MultiService()
+    backend = build_backend(backend_config, reactor)
+    backend.setServiceParent(top)
+    gateway = build_gateway(agent_config, reactor)
+
+    async def announce(_: Any) -> None:
+        token = await dev_token(backend.store, directory, reactor)
+        gateway.setServiceParent(top)
+        url = f"http://127.0.0.1:{http_port}"
+        print(
+            f"\nViWorkS dev stack is up (files in {directory})\n"
+            f"  API:   {url}   (health: {url}/health)\n"
+            f"  token: {token}\n"
+            f"  agent: {DEV_AGENT}, local API http://127.0.0.1:{api_port}/api/v1/health\n\n"
+            f"Try:\n"
+            f"  export VIWORKS_URL={url} VIWORKS_TOKEN={token}\n"
+            f"  .venv/bin/viworks agents\n"
+            f"  .venv/bin/viworks run {DEV_AGENT} system_health\n"
+            f"  .venv/bin/viworks run {DEV_AGENT} create_panel_user username=alice "
+            f"password=correct-horse\n\n"
+            f"Ctrl-C stops it.\n",
+            flush=True,
+        )
+
+    from twisted.internet.defer import Deferred
+
+    backend.ready.addCallback(lambda r: Deferred.fromCoroutine(announce(r)))
+    backend.ready.addErrback(lambda f: print(f"viworks dev: {f.getErrorMessage()}", file=sys.stderr))
+    reactor.callWhenRunning(top.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.run()
+    return 0

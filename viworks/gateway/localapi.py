@@ -1,0 +1,39 @@
+"""The gateway's local HTTP API (plain HTTP, loopback by default)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+
+from viworks import __version__
+from viworks.timeutil import rfc3339
+
+
+class GatewayAPI:
+    """Health of the agent itself, for local monitoring."""
+
+    app = Klein()
+
+    def __init__(self, link: Any, clock: IReactorTime) -> None:
+        self.link = link
+        self.clock = clock
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.route("/health", methods=["GET"])
+    @app.route("/api/v1/health", methods=["GET"])
+    def health(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        body = {
+            "status": "healthy",
+            "timestamp": rfc3339(self.clock.seconds()),
+            "version": __version__,
+            "agent_id": self.link.agent_id,
+            "backend": "connected" if self.link.connected else "disconnected",
+            "session_id": self.link.session_id,
+        }
+        return json.dumps(body).encode("utf-8")

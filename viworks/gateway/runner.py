@@ -1,0 +1,343 @@
+"""Run one allowlisted subprocess with bounded time and output.
+
+Modelled on buildbot-worker's ``runprocess.py``: a dedicated
+``ProcessProtocol`` that decodes output incrementally, caps it, and kills the
+whole process group with SIGTERM then SIGKILL on timeout or cancellation.
+
+Cancellation design: :meth:`ProcessRunner.start` returns a
+:class:`RunningProcess` handle. ``handle.cancel()`` kills the process group
+and ``handle.result`` later fires, once the process is really gone, with a
+:class:`RunResult` whose ``cancelled`` is true (never a ``CancelledError``).
+:meth:`ProcessRunner.run` is ``start(...).result`` for callers that do not
+need the handle; calling ``.cancel()`` on that Deferred (or on
+``handle.result``, e.g. through ``addTimeout``) also kills the group, but by
+Twisted's rules the Deferred then fails at once with ``CancelledError``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["DEFAULT_ENV", "SETSID", "ProcessRunner", "RunResult", "RunningProcess"]
+
+log = Logger()
+
+SETSID = "/usr/bin/setsid"
+DEFAULT_ENV: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+
+#: ``spawner(protocol, executable, args, env=..., path=...)``, like
+#: ``IReactorProcess.spawnProcess``.
+Spawner = Callable[..., IProcessTransport]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What happened to one subprocess.
+
+    ``exit_code`` is ``None`` when the process died from ``signal``.
+    ``started_at``/``finished_at`` come from the runner's reactor clock.
+    """
+
+    exit_code: int | None
+    signal: int | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    cancelled: bool
+    started_at: float
+    finished_at: float
+
+
+class _CappedText:
+    """Accumulate at most ``cap`` bytes of a stream, decoded as UTF-8."""
+
+    def __init__(self, cap: int) -> None:
+        self._remaining = cap
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._parts: list[str] = []
+        self.truncated = False
+
+    def feed(self, data: bytes) -> None:
+        if len(data) > self._remaining:
+            # Drop the excess but keep reading, so the child never blocks on
+            # a full pipe; memory stays bounded by the cap.
+            data = data[: self._remaining]
+            self.truncated = True
+        if data:
+            self._remaining -= len(data)
+            self._parts.append(self._decoder.decode(data))
+
+    def finish(self) -> str:
+        self._parts.append(self._decoder.decode(b"", final=True))
+        return "".join(self._parts)
+
+
+class _RunProtocol(ProcessProtocol):
+    def __init__(self, handle: RunningProcess, output_cap: int) -> None:
+        self._handle = handle
+        self.stdout = _CappedText(output_cap)
+        self.stderr = _CappedText(output_cap)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1:
+            self.stdout.feed(data)
+        elif childFD == 2:
+            self.stderr.feed(data)
+
+    def processExited(self, reason: Failure) -> None:
+        self._handle._leader_exited()
+
+    def processEnded(self, reason: Failure) -> None:
+        self._handle._ended(reason)
+
+
+class RunningProcess:
+    """Handle on one running child; see the module docstring.
+
+    Attributes: ``pid`` (also the process group id), ``result`` (a Deferred
+    firing with a :class:`RunResult` once the process has ended).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        argv: Sequence[str],
+        timeout: float,
+        output_cap: int,
+        kill_grace: float,
+        killpg: Callable[[int, int], None],
+    ) -> None:
+        self._reactor = reactor
+        self._killpg = killpg
+        self._argv = list(argv)
+        self._kill_grace = kill_grace
+        self._timeout = timeout
+        self._protocol = _RunProtocol(self, output_cap)
+        self._transport: IProcessTransport | None = None
+        self._timeout_call: IDelayedCall | None = None
+        self._kill_call: IDelayedCall | None = None
+        self._killing = False
+        self._done = False
+        self.pid: int | None = None
+        self.timed_out = False
+        self.cancelled = False
+        self.started_at = reactor.seconds()
+        self.result: Deferred[RunResult] = Deferred(lambda _d: self.cancel())
+
+    @property
+    def done(self) -> bool:
+        """True once the process has ended (even if ``result`` was cancelled)."""
+        return self._done
+
+    def _spawned(self, transport: IProcessTransport, stdin: bytes | None) -> None:
+        self._transport = transport
+        # setsid exec's the command in place, so pid == pgid.
+        self.pid = transport.pid
+        log.debug("spawned {executable} pid={pid}", executable=self._argv[0], pid=self.pid)
+        if not self._done:
+            self._timeout_call = self._reactor.callLater(self._timeout, self._on_timeout)
+            if stdin:
+                transport.write(stdin)
+            transport.closeStdin()
+
+    def cancel(self) -> None:
+        """Kill the process group; ``result`` then reports ``cancelled``."""
+        if self._done or self._killing:
+            return
+        self.cancelled = True
+        log.info("cancelling pid={pid}", pid=self.pid)
+        self._start_kill()
+
+    def _on_timeout(self) -> None:
+        self._timeout_call = None
+        if self._done or self._killing:
+            return
+        self.timed_out = True
+        log.info(
+            "pid={pid} timed out after {timeout}s, killing its group",
+            pid=self.pid,
+            timeout=self._timeout,
+        )
+        self._start_kill()
+
+    def _leader_exited(self) -> None:
+        # The direct child is gone but something it started still holds the
+        # output pipes open: verbs must not leave processes behind, so kill
+        # the rest of the group (the pgid stays reserved while it has members).
+        if not self._done and not self._killing:
+            self._start_kill()
+
+    def _start_kill(self) -> None:
+        self._killing = True
+        self._signal_group(signal.SIGTERM)
+        if not self._done:
+            self._kill_call = self._reactor.callLater(self._kill_grace, self._on_kill_grace)
+
+    def _on_kill_grace(self) -> None:
+        self._kill_call = None
+        if not self._done:
+            log.info("pid={pid} survived SIGTERM, sending SIGKILL", pid=self.pid)
+            self._signal_group(signal.SIGKILL)
+
+    def _signal_group(self, sig: int) -> None:
+        if self.pid is None or self._done:
+            return
+        try:
+            self._killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass  # the whole group already exited
+        except PermissionError:
+            # Should not happen for our own children; fall back to the leader.
+            try:
+                if self._transport is not None:
+                    self._transport.signalProcess("KILL" if sig == signal.SIGKILL else "TERM")
+            except error.ProcessExitedAlready:
+                pass
+
+    def _ended(self, reason: Failure) -> None:
+        if self._done:
+            return
+        self._done = True
+        for call in (self._timeout_call, self._kill_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timeout_call = self._kill_call = None
+
+        exit_code: int | None = None
+        sig: int | None = None
+        value = reason.value
+        if isinstance(value, error.ProcessTerminated):
+            exit_code, sig = value.exitCode, value.signal
+        elif isinstance(value, error.ProcessDone):
+            exit_code = 0
+        result = RunResult(
+            exit_code=exit_code,
+            signal=sig,
+            stdout=self._protocol.stdout.finish(),
+            stderr=self._protocol.stderr.finish(),
+            stdout_truncated=self._protocol.stdout.truncated,
+            stderr_truncated=self._protocol.stderr.truncated,
+            timed_out=self.timed_out,
+            cancelled=self.cancelled,
+            started_at=self.started_at,
+            finished_at=self._reactor.seconds(),
+        )
+        log.debug(
+            "pid={pid} ended exit_code={exit_code} signal={signal}",
+            pid=self.pid,
+            exit_code=exit_code,
+            signal=sig,
+        )
+        if not self.result.called:  # it may have been cancelled directly
+            self.result.callback(result)
+
+
+class ProcessRunner:
+    """Spawn children in their own process group with a minimal environment.
+
+    ``reactor`` defaults to the global reactor (imported lazily);
+    ``spawner`` defaults to ``reactor.spawnProcess`` and exists so unit tests
+    can record or fake spawns. ``setsid`` and ``killpg`` are injectable for
+    the same reason.
+    """
+
+    def __init__(
+        self,
+        reactor: Any = None,
+        spawner: Spawner | None = None,
+        *,
+        setsid: str = SETSID,
+        killpg: Callable[[int, int], None] = os.killpg,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self._reactor = reactor
+        self._spawner: Spawner = spawner if spawner is not None else reactor.spawnProcess
+        self._setsid = setsid
+        self._killpg = killpg
+
+    @property
+    def reactor(self) -> Any:
+        """The reactor used for timers (and spawning, by default)."""
+        return self._reactor
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30,
+        output_cap: int = 65536,
+        kill_grace: float = 5.0,
+        cwd: str | None = None,
+    ) -> RunningProcess:
+        """Spawn ``argv`` (never through a shell) and return its handle.
+
+        ``argv[0]`` must be an absolute path. ``env`` is passed exactly;
+        ``None`` means :data:`DEFAULT_ENV` (the agent's own environment is
+        never inherited). ``stdin`` is written and then stdin is closed.
+        Raises ``ValueError`` for bad arguments and whatever the spawner
+        raises (e.g. ``OSError``) if the process cannot be started.
+        """
+        argv = list(argv)
+        if not argv or not os.path.isabs(argv[0]):
+            raise ValueError("argv[0] must be an absolute path")
+        if not all(isinstance(a, str) for a in argv):
+            raise ValueError("argv items must be strings")
+        if timeout <= 0 or kill_grace < 0 or output_cap < 0:
+            raise ValueError("timeout must be > 0, kill_grace and output_cap >= 0")
+        handle = RunningProcess(
+            self._reactor, argv, timeout, output_cap, kill_grace, self._killpg
+        )
+        transport = self._spawner(
+            handle._protocol,
+            self._setsid,
+            [self._setsid, *argv],
+            env=dict(DEFAULT_ENV if env is None else env),
+            path=cwd,
+        )
+        handle._spawned(transport, stdin)
+        return handle
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 30,
+        output_cap: int = 65536,
+        kill_grace: float = 5.0,
+        cwd: str | None = None,
+    ) -> Deferred[RunResult]:
+        """``start(...).result``; a spawn error becomes a failed Deferred."""
+        try:
+            handle = self.start(
+                argv,
+                stdin=stdin,
+                env=env,
+                timeout=timeout,
+                output_cap=output_cap,
+                kill_grace=kill_grace,
+                cwd=cwd,
+            )
+        except Exception:
+            return fail()
+        return handle.result

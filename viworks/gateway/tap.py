@@ -1,0 +1,77 @@
+"""``twistd viworks-gateway``: options and the service tree.
+
+MultiService
+ |- BackendLink (ClientService: the outbound mutual-TLS WebSocket)
+ `- the local HTTP API listener (bind_address)
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+from twisted.web.server import Site
+
+from viworks.config import (
+    AgentConfig,
+    ensure_private_dir,
+    load_agent_config,
+    parse_bind,
+    parse_wss_url,
+)
+from viworks.gateway.link import BackendLink
+from viworks.gateway.localapi import GatewayAPI
+from viworks.gateway.runner import ProcessRunner
+from viworks.gateway.verbs import default_catalog
+from viworks.net import listen_service
+from viworks.service import load_config_or_exit
+from viworks.tls import client_tls_options
+
+
+class Options(usage.Options):
+    optParameters = [
+        ["config", "c", "/etc/viworks/agent.toml", "The gateway agent's configuration file (TOML)."]
+    ]
+
+
+def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
+    """The whole gateway agent for ``config``; used by twistd, the .tac and ``viworks dev``."""
+    ensure_private_dir(config.agent.state_dir)
+    catalog = default_catalog(
+        ProcessRunner(reactor),
+        panel_users_file=config.panel.users_file,
+        htpasswd=config.panel.htpasswd,
+        clock=reactor,
+    )
+    outbound = config.outbound
+    host, _port, _path = parse_wss_url(outbound.backend_url)
+    link = BackendLink(
+        reactor=reactor,
+        backend_url=outbound.backend_url,
+        agent_id=outbound.agent_id,
+        site=config.agent.site,
+        hostname=socket.gethostname(),
+        labels=dict(config.agent.labels),
+        catalog=catalog,
+        tls_options=client_tls_options(host, config.tls.cert, config.tls.key, config.tls.ca),
+        pins=list(config.tls.backend_spki_pins),
+        heartbeat_interval=outbound.heartbeat_interval,
+        reconnect_initial=outbound.reconnect_initial,
+        reconnect_max=outbound.reconnect_max,
+    )
+    top = MultiService()
+    link.setServiceParent(top)
+    api_host, api_port = parse_bind(config.agent.bind_address)
+    listen_service(
+        reactor, api_host, api_port, Site(GatewayAPI(link, reactor).resource())
+    ).setServiceParent(top)
+    return top
+
+
+def makeService(options: Any, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    config = load_config_or_exit(load_agent_config, options)
+    return build_gateway(config, reactor)

@@ -1,0 +1,479 @@
+"""The gateway's allowlist of verbs and how each one is executed.
+
+A :class:`Verb` is either an in-process callable (``call``) or a subprocess
+(``build`` turns validated arguments into an :class:`Invocation`; ``parse``
+turns a successful :class:`~viworks.gateway.runner.RunResult` into a JSON-able
+result). :class:`VerbCatalog` validates arguments, runs the verb and maps
+what happened onto a :class:`VerbOutcome`.
+
+Cancellation mirrors the runner: :meth:`VerbCatalog.start` returns a
+:class:`VerbExecution`; ``execution.cancel()`` kills the process group and
+``execution.outcome`` fires, once the process is gone, with status
+``"cancelled"`` (keeping any output). :meth:`VerbCatalog.execute` returns
+``start(...).outcome``; calling ``.cancel()`` on that Deferred also kills the
+process but, by Twisted's rules, fails it at once with ``CancelledError``.
+
+Secrets (``"secret"`` parameters) never reach argv, logs, error messages or
+the outcome: they travel on stdin, and any echo of one in the captured output
+is replaced by ``"***"``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from viworks import schema
+from viworks.gateway import health
+from viworks.gateway.runner import ProcessRunner, RunResult
+
+__all__ = [
+    "Invocation",
+    "Verb",
+    "VerbCatalog",
+    "VerbError",
+    "VerbExecution",
+    "VerbOutcome",
+    "default_catalog",
+]
+
+log = Logger()
+
+Status = Literal["succeeded", "failed", "timed_out", "rejected", "cancelled"]
+
+
+class VerbError(Exception):
+    """Raised by a verb's ``call``/``build``/``parse`` to fail with ``code``.
+
+    ``message`` is sent to the backend: it must not contain secrets.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A subprocess to run: absolute ``argv`` and optional ``stdin`` bytes."""
+
+    argv: list[str]
+    stdin: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One allowlisted operation.
+
+    Exactly one of ``call`` (in-process: ``call(args)`` returns a JSON-able
+    result or a Deferred of one) and ``build`` (``build(args) -> Invocation``)
+    must be set. ``parse(args, run_result)`` is applied to subprocess results
+    that exited 0 (default: result ``None``). Any of them may raise
+    :class:`VerbError`. ``timeout`` is the maximum run time; verbs with the
+    same ``serialize`` key never run concurrently (e.g. writers of one file).
+    """
+
+    name: str
+    params: dict[str, Any]
+    description: str = ""
+    changes_state: bool = False
+    timeout: float = 30.0
+    output_cap: int = 65536
+    kill_grace: float = 5.0
+    call: Callable[[dict[str, Any]], Any] | None = None
+    build: Callable[[dict[str, Any]], Invocation] | None = None
+    parse: Callable[[dict[str, Any], RunResult], Any] | None = None
+    serialize: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.call is None) == (self.build is None):
+            raise ValueError(f"verb {self.name!r}: set exactly one of call and build")
+        if self.timeout <= 0:
+            raise ValueError(f"verb {self.name!r}: timeout must be positive")
+        schema.validate_schema(self.params)
+
+
+@dataclass(frozen=True)
+class VerbOutcome:
+    """The result of one execution, ready to be sent to the backend."""
+
+    status: Status
+    exit_code: int | None = None
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    error: dict[str, str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _error(status: Status, code: str, message: str, **kw: Any) -> VerbOutcome:
+    return VerbOutcome(status=status, error={"code": code, "message": message}, **kw)
+
+
+@dataclass
+class VerbExecution:
+    """Handle on one execution: ``outcome`` Deferred and :meth:`cancel`."""
+
+    outcome: Deferred[VerbOutcome] = field(init=False)
+    cancelled: bool = field(default=False, init=False)
+    _cancel_step: Callable[[], object] | None = field(default=None, init=False, repr=False)
+
+    def cancel(self) -> None:
+        """Stop the execution; ``outcome`` then fires with ``"cancelled"``."""
+        if self.cancelled or self.outcome.called:
+            return
+        self.cancelled = True
+        if self._cancel_step is not None:
+            self._cancel_step()
+
+
+class VerbCatalog:
+    """The verbs this gateway offers, keyed by name."""
+
+    def __init__(self, runner: ProcessRunner, verbs: Mapping[str, Verb]) -> None:
+        for key, verb in verbs.items():
+            if key != verb.name:
+                raise ValueError(f"verb registered as {key!r} is named {verb.name!r}")
+        self._runner = runner
+        self._verbs = dict(verbs)
+        self._locks: dict[str, DeferredLock] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self._verbs)
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Public description of every verb, for the agent HELLO."""
+        return {
+            name: {
+                "params": verb.params,
+                "description": verb.description,
+                "changes_state": verb.changes_state,
+            }
+            for name, verb in sorted(self._verbs.items())
+        }
+
+    def execute(
+        self, name: str, args: object, timeout: float | None = None
+    ) -> Deferred[VerbOutcome]:
+        """``start(name, args, timeout).outcome``."""
+        return self.start(name, args, timeout).outcome
+
+    def start(self, name: str, args: object, timeout: float | None = None) -> VerbExecution:
+        """Validate and start a verb; never raises.
+
+        Unknown verbs and invalid arguments give a ``"rejected"`` outcome and
+        nothing runs. ``timeout`` may only shorten the verb's own maximum.
+        """
+        execution = VerbExecution()
+        verb = self._verbs.get(name)
+        if verb is None:
+            outcome = _error("rejected", "UNKNOWN_VERB", "unknown verb")
+            d: Deferred[VerbOutcome] = Deferred()
+            d.callback(outcome)
+        else:
+            d = Deferred.fromCoroutine(self._execute(verb, args, timeout, execution))
+        outer: Deferred[VerbOutcome] = Deferred(lambda _d: execution.cancel())
+
+        def deliver(value: VerbOutcome | Failure) -> None:
+            if isinstance(value, Failure):
+                log.failure("verb {verb} crashed", value, verb=name)
+                value = _error("failed", "INTERNAL_ERROR", "the agent failed to run the verb")
+            if not outer.called:  # a direct cancel of ``outer`` already failed it
+                outer.callback(value)
+
+        d.addBoth(deliver)
+        execution.outcome = outer
+        return execution
+
+    async def _execute(
+        self, verb: Verb, raw_args: object, timeout: float | None, ex: VerbExecution
+    ) -> VerbOutcome:
+        try:
+            args = schema.validate_args(verb.params, raw_args)
+            effective = _effective_timeout(verb, timeout)
+        except schema.ArgsError as e:
+            log.info(
+                "verb {verb} rejected: {field} {reason}",
+                verb=verb.name,
+                field=e.field,
+                reason=e.message,
+            )
+            return _error("rejected", e.code, str(e))
+
+        secrets = [
+            v for k, v in args.items() if verb.params[k]["type"] == "secret" and v
+        ]
+        lock = None
+        if verb.serialize is not None:
+            lock = self._locks.setdefault(verb.serialize, DeferredLock())
+            acquiring = lock.acquire()
+            ex._cancel_step = acquiring.cancel
+            try:
+                await acquiring
+            except CancelledError:
+                return _error("cancelled", "CANCELLED", "cancelled before it started")
+        try:
+            if ex.cancelled:
+                return _error("cancelled", "CANCELLED", "cancelled before it started")
+            if verb.call is not None:
+                outcome = await self._run_call(verb, args, effective, ex)
+            else:
+                outcome = await self._run_process(verb, args, effective, ex)
+        finally:
+            if lock is not None:
+                lock.release()
+        outcome = _scrub(outcome, secrets)
+        log.info(
+            "verb {verb} finished {status} exit_code={exit_code}",
+            verb=verb.name,
+            status=outcome.status,
+            exit_code=outcome.exit_code,
+        )
+        return outcome
+
+    async def _run_call(
+        self, verb: Verb, args: dict[str, Any], timeout: float, ex: VerbExecution
+    ) -> VerbOutcome:
+        assert verb.call is not None
+        d = maybeDeferred(verb.call, args)
+        timed_out = False
+
+        def on_timeout(result: object, _timeout: float) -> object:
+            nonlocal timed_out
+            timed_out = True
+            return result
+
+        d.addTimeout(timeout, self._runner.reactor, onTimeoutCancel=on_timeout)
+        ex._cancel_step = d.cancel
+        try:
+            result = await d
+        except CancelledError:
+            if timed_out:
+                return _error("timed_out", "TIMEOUT", f"did not finish within {timeout}s")
+            return _error("cancelled", "CANCELLED", "cancelled")
+        except VerbError as e:
+            return _error("failed", e.code, e.message)
+        except Exception:
+            # Log the traceback locally; the backend gets no internals.
+            log.failure("verb {verb} raised", verb=verb.name)
+            return _error("failed", "INTERNAL_ERROR", "the verb raised an unexpected error")
+        return VerbOutcome(status="succeeded", result=result)
+
+    async def _run_process(
+        self, verb: Verb, args: dict[str, Any], timeout: float, ex: VerbExecution
+    ) -> VerbOutcome:
+        assert verb.build is not None
+        try:
+            invocation = verb.build(args)
+        except VerbError as e:
+            return _error("failed", e.code, e.message)
+        except schema.ArgsError as e:
+            return _error("rejected", e.code, str(e))
+        try:
+            handle = self._runner.start(
+                invocation.argv,
+                stdin=invocation.stdin,
+                timeout=timeout,
+                output_cap=verb.output_cap,
+                kill_grace=verb.kill_grace,
+            )
+        except Exception:
+            log.failure("verb {verb} could not be spawned", verb=verb.name)
+            return _error("failed", "SPAWN_FAILED", "the command could not be started")
+        ex._cancel_step = handle.cancel
+        run = await handle.result
+        output = {
+            "exit_code": run.exit_code,
+            "stdout": run.stdout,
+            "stderr": run.stderr,
+            "stdout_truncated": run.stdout_truncated,
+            "stderr_truncated": run.stderr_truncated,
+        }
+        if run.cancelled:
+            return _error("cancelled", "CANCELLED", "cancelled", **output)
+        if run.timed_out:
+            return _error("timed_out", "TIMEOUT", f"did not finish within {timeout}s", **output)
+        if run.exit_code != 0:
+            if run.exit_code is None:
+                message = f"killed by signal {run.signal}"
+            else:
+                message = f"exited with code {run.exit_code}"
+            return _error("failed", "EXIT_NONZERO", message, **output)
+        if verb.parse is None:
+            return VerbOutcome(status="succeeded", **output)
+        try:
+            result = verb.parse(args, run)
+        except VerbError as e:
+            return _error("failed", e.code, e.message, **output)
+        except Exception:
+            log.failure("verb {verb} output could not be parsed", verb=verb.name)
+            return _error("failed", "PARSE_ERROR", "unexpected output", **output)
+        return VerbOutcome(status="succeeded", result=result, **output)
+
+
+def _effective_timeout(verb: Verb, requested: float | None) -> float:
+    if requested is None:
+        return verb.timeout
+    if (
+        isinstance(requested, bool)
+        or not isinstance(requested, (int, float))
+        or not requested > 0
+        or requested == float("inf")
+    ):
+        raise schema.ArgsError("timeout", "must be a positive number of seconds")
+    return min(float(requested), verb.timeout)
+
+
+def _scrub(outcome: VerbOutcome, secrets: list[str]) -> VerbOutcome:
+    # Defence in depth: a tool that echoes its input must not leak a secret.
+    if not secrets:
+        return outcome
+
+    def clean(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, schema.REDACTED)
+        return text
+
+    error = outcome.error
+    if error is not None:
+        error = {k: clean(v) for k, v in error.items()}
+    return VerbOutcome(
+        status=outcome.status,
+        exit_code=outcome.exit_code,
+        result=outcome.result,
+        stdout=clean(outcome.stdout),
+        stderr=clean(outcome.stderr),
+        stdout_truncated=outcome.stdout_truncated,
+        stderr_truncated=outcome.stderr_truncated,
+        error=error,
+    )
+
+
+def _rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+USERNAME_SPEC: dict[str, Any] = {
+    "type": "string",
+    # No leading "-": a name must never look like a command-line option.
+    "pattern": "[A-Za-z0-9_][A-Za-z0-9_-]*",
+    "min_length": 3,
+    "max_length": 64,
+    "description": "panel user name",
+}
+PASSWORD_SPEC: dict[str, Any] = {
+    "type": "secret",
+    # htpasswd -i reads one line: control characters would corrupt it.
+    "pattern": "[^\\x00-\\x1f\\x7f]+",
+    "min_length": 8,
+    "max_length": 128,
+    "description": "new password (bcrypt uses the first 72 bytes)",
+}
+
+
+def default_catalog(
+    runner: ProcessRunner,
+    *,
+    panel_users_file: str,
+    htpasswd: str = "/usr/bin/htpasswd",
+    clock: IReactorTime | None = None,
+) -> VerbCatalog:
+    """The built-in verbs: ping, system_health, create/delete_panel_user."""
+    if not os.path.isabs(panel_users_file):
+        raise ValueError("panel_users_file must be an absolute path")
+
+    def ping(_args: dict[str, Any]) -> dict[str, Any]:
+        now = clock.seconds() if clock is not None else time.time()
+        return {"pong": True, "agent_time": _rfc3339(now)}
+
+    def build_create(args: dict[str, Any]) -> Invocation:
+        # Create the file ourselves with restrictive permissions instead of
+        # letting htpasswd -c create it with the umask's.
+        try:
+            fd = os.open(panel_users_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise VerbError(
+                "USERS_FILE_ERROR", f"cannot create users file: {e.strerror}"
+            ) from None
+        else:
+            os.fchmod(fd, 0o640)  # the umask may have removed bits
+            os.close(fd)
+        return Invocation(
+            argv=[htpasswd, "-i", "-B", panel_users_file, args["username"]],
+            stdin=args["password"].encode("utf-8"),
+        )
+
+    def parse_create(args: dict[str, Any], run: RunResult) -> dict[str, Any]:
+        out = run.stdout + run.stderr
+        if "Adding password for user" in out:
+            return {"username": args["username"], "created": True}
+        if "Updating password for user" in out:
+            return {"username": args["username"], "created": False}
+        raise VerbError("UNEXPECTED_OUTPUT", "htpasswd did not confirm the change")
+
+    def build_delete(args: dict[str, Any]) -> Invocation:
+        if not os.path.exists(panel_users_file):
+            raise VerbError("NOT_FOUND", "panel user not found")
+        return Invocation(argv=[htpasswd, "-D", panel_users_file, args["username"]])
+
+    def parse_delete(args: dict[str, Any], run: RunResult) -> dict[str, Any]:
+        # htpasswd exits 0 and prints "User X not found" for a missing user.
+        if "not found" in run.stdout + run.stderr:
+            raise VerbError("NOT_FOUND", "panel user not found")
+        return {"username": args["username"], "deleted": True}
+
+    verbs = [
+        Verb(
+            name="ping",
+            params={},
+            description="Check that the agent answers; returns its clock.",
+            timeout=5.0,
+            call=ping,
+        ),
+        Verb(
+            name="system_health",
+            params={},
+            description="Load, memory, CPU, uptime, disk and network counters.",
+            timeout=10.0,
+            call=lambda _args: health.system_health(),
+        ),
+        Verb(
+            name="create_panel_user",
+            params={"username": USERNAME_SPEC, "password": PASSWORD_SPEC},
+            description="Create a panel user or set the password of an existing one.",
+            changes_state=True,
+            timeout=30.0,
+            build=build_create,
+            parse=parse_create,
+            serialize="panel_users",
+        ),
+        Verb(
+            name="delete_panel_user",
+            params={"username": USERNAME_SPEC},
+            description="Delete a panel user.",
+            changes_state=True,
+            timeout=30.0,
+            build=build_delete,
+            parse=parse_delete,
+            serialize="panel_users",
+        ),
+    ]
+    return VerbCatalog(runner, {v.name: v for v in verbs})

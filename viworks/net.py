@@ -1,0 +1,37 @@
+"""Listening endpoints for both services (IPv4 or IPv6, plain or TLS)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+
+def listen_service(
+    reactor: Any,
+    host: str,
+    port: int,
+    factory: IProtocolFactory,
+    tls_options: Any = None,
+) -> StreamServerEndpointService:
+    """A service listening on ``host:port``; TLS when ``tls_options`` is given.
+
+    TLS wraps the factory rather than using an ``ssl:`` endpoint because the
+    endpoint string cannot express client-certificate verification.
+    """
+    try:
+        is_v6 = ipaddress.ip_address(host).version == 6
+    except ValueError:
+        is_v6 = False
+    endpoint_class = TCP6ServerEndpoint if is_v6 else TCP4ServerEndpoint
+    endpoint = endpoint_class(reactor, port, interface=host)
+    if tls_options is not None:
+        factory = TLSMemoryBIOFactory(tls_options, False, factory)
+    service = StreamServerEndpointService(endpoint, factory)
+    # Fail the start-up loudly if the port is taken instead of logging and idling.
+    service._raiseSynchronously = True
+    return service

@@ -1,0 +1,175 @@
+"""The agent <-> backend wire protocol: JSON frames, pure (no I/O).
+
+Every frame is one WebSocket text message holding a JSON object with a ``type``
+and the protocol version ``v``. ``decode`` turns bytes into a validated ``Frame``
+or raises ``FrameError`` carrying the error code to send back; ``encode`` is its
+inverse. docs/protocol.md describes every frame.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# Close codes (RFC 6455 and the 4000-4999 private range).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_HELLO_REFUSED = 4001
+CLOSE_REPLACED = 4002
+CLOSE_HEARTBEAT_TIMEOUT = 4003
+
+# Error codes carried by ``error`` frames.
+MALFORMED_FRAME = "MALFORMED_FRAME"
+UNKNOWN_TYPE = "UNKNOWN_TYPE"
+UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+INVALID_FRAME = "INVALID_FRAME"
+FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
+HELLO_REQUIRED = "HELLO_REQUIRED"
+IDENTITY_MISMATCH = "IDENTITY_MISMATCH"
+
+_STR = (str,)
+_NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
+_OPT_STR = (str, type(None))
+_OPT_DICT = (dict, type(None))
+
+# Required fields of each frame type and the JSON types they accept.  Extra
+# fields are allowed so that newer peers can add information.
+FRAME_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
+    "hello": {
+        "agent_id": _STR,
+        "version": _STR,
+        "site": _STR,
+        "hostname": _STR,
+        "protocol": (int,),
+        "verbs": (dict,),
+    },
+    "welcome": {
+        "session_id": _STR,
+        "heartbeat_interval": _NUM,
+        "heartbeat_timeout": _NUM,
+    },
+    "command": {"command_id": _STR, "verb": _STR, "args": (dict,), "timeout": _NUM},
+    "ack": {"command_id": _STR},
+    "result": {
+        "command_id": _STR,
+        "status": _STR,
+        "exit_code": (int, type(None)),
+        "result": (dict, list, str, int, float, bool, type(None)),
+        "stdout": _STR,
+        "stderr": _STR,
+        "stdout_truncated": (bool,),
+        "stderr_truncated": (bool,),
+        "error": _OPT_DICT,
+        "started_at": _OPT_NUM,
+        "finished_at": _OPT_NUM,
+    },
+    "heartbeat": {"ts": _NUM},
+    "error": {"code": _STR, "message": _STR},
+}
+
+# The final statuses an agent may report in a ``result`` frame.
+RESULT_STATUSES = frozenset({"succeeded", "failed", "timed_out", "rejected", "cancelled"})
+
+_TYPE_NAMES = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    dict: "object",
+    list: "array",
+    type(None): "null",
+}
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted; ``code`` goes into the error frame."""
+
+    def __init__(self, code: str, message: str, command_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.command_id = command_id
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A decoded, validated frame."""
+
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.fields[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.fields.get(key, default)
+
+
+def encode(frame_type: str, **fields: Any) -> bytes:
+    """Serialise a frame; ``fields`` must be JSON-able."""
+    if frame_type not in FRAME_FIELDS:
+        raise ValueError(f"unknown frame type {frame_type!r}")
+    body = {"type": frame_type, "v": PROTOCOL_VERSION}
+    body.update(fields)
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def error_frame(code: str, message: str, command_id: str | None = None) -> bytes:
+    """An ``error`` frame, optionally about one command."""
+    extra = {"command_id": command_id} if command_id is not None else {}
+    return encode("error", code=code, message=message, **extra)
+
+
+def _type_ok(value: Any, accepted: tuple[type, ...]) -> bool:
+    # bool is a subclass of int in Python but not a number on the wire.
+    if isinstance(value, bool):
+        return bool in accepted
+    return isinstance(value, accepted)
+
+
+def decode(payload: bytes, is_binary: bool = False, max_size: int | None = None) -> Frame:
+    """Parse and validate one frame, raising ``FrameError`` on anything wrong."""
+    if max_size is not None and len(payload) > max_size:
+        raise FrameError(FRAME_TOO_LARGE, f"frame of {len(payload)} bytes exceeds {max_size}")
+    if is_binary:
+        raise FrameError(MALFORMED_FRAME, "binary frames are not accepted; send JSON text")
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise FrameError(MALFORMED_FRAME, f"frame is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise FrameError(MALFORMED_FRAME, "frame must be a JSON object")
+    frame_type = body.pop("type", None)
+    command_id = body.get("command_id") if isinstance(body.get("command_id"), str) else None
+    if not isinstance(frame_type, str):
+        raise FrameError(MALFORMED_FRAME, "frame has no string 'type'", command_id)
+    version = body.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise FrameError(
+            UNSUPPORTED_VERSION,
+            f"protocol version {version!r} is not supported (want {PROTOCOL_VERSION})",
+            command_id,
+        )
+    spec = FRAME_FIELDS.get(frame_type)
+    if spec is None:
+        raise FrameError(UNKNOWN_TYPE, f"unknown frame type {frame_type!r}", command_id)
+    for name, accepted in spec.items():
+        if name not in body:
+            raise FrameError(INVALID_FRAME, f"{frame_type} frame lacks {name!r}", command_id)
+        if not _type_ok(body[name], accepted):
+            want = " or ".join(_TYPE_NAMES[t] for t in accepted)
+            raise FrameError(
+                INVALID_FRAME, f"{frame_type} frame field {name!r} must be {want}", command_id
+            )
+    if frame_type == "result" and body["status"] not in RESULT_STATUSES:
+        raise FrameError(
+            INVALID_FRAME, f"result status {body['status']!r} is not a final status", command_id
+        )
+    return Frame(frame_type, body)
