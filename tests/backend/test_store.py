@@ -351,8 +351,8 @@ class StoreTestsMixin:
         await self.online(store)
         await store.create_command(_command("c1"))
         await store.create_token("ci", "aa" * 32, 10.0)
-        store.close()
-        store.close()  # idempotent
+        await store.close()
+        await store.close()  # idempotent
 
         again = await self.open_store()
         self.assertEqual((await again.get_agent("gw1"))["verbs"], VERBS)

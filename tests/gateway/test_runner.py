@@ -20,7 +20,13 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from viworks.gateway.runner import DEFAULT_ENV, SETSID, ProcessRunner, RunResult
+from viworks.gateway.runner import (
+    DEFAULT_ENV,
+    LEFTOVER_LINGER,
+    SETSID,
+    ProcessRunner,
+    RunResult,
+)
 
 PY = sys.executable
 
@@ -125,8 +131,9 @@ class RealProcessTests(unittest.TestCase):
     async def test_env_explicit(self) -> None:
         """An explicit env is passed exactly."""
         code = "import json, os; print(json.dumps(dict(os.environ)))"
-        result = await self.runner.run([PY, "-c", code], env={"A": "1"}, timeout=20)
-        self.assertEqual(json.loads(result.stdout), {"A": "1"})
+        env = {"A": "1", "LANG": "C.UTF-8"}  # a LANG stops Python adding LC_CTYPE
+        result = await self.runner.run([PY, "-c", code], env=env, timeout=20)
+        self.assertEqual(json.loads(result.stdout), env)
 
     async def test_own_process_group(self) -> None:
         """The child leads its own process group and session (pid == pgid)."""
@@ -339,3 +346,17 @@ class FakeTimerTests(unittest.TestCase):
         self.clock.advance(2)
         self.end(ProcessTerminated(signal=signal.SIGTERM))
         self.assertTrue(self.successResultOf(handle.result).timed_out)
+
+    def test_leftovers_killed_after_linger(self) -> None:
+        """If the output pipes stay open after the child exits, the rest of
+        its group is killed after LEFTOVER_LINGER; a normal end sends nothing."""
+        handle = self.runner.start(["/bin/true"], timeout=30, kill_grace=2)
+        protocol = self.spawner.calls[-1]["protocol"]
+        protocol.processExited(Failure(ProcessDone(0)))
+        self.clock.advance(LEFTOVER_LINGER)
+        self.assertEqual(self.signals, [(4242, signal.SIGTERM)])
+        protocol.processEnded(Failure(ProcessDone(0)))
+        result = self.successResultOf(handle.result)
+        self.assertEqual(result.exit_code, 0)
+        self.assertFalse(result.timed_out or result.cancelled)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

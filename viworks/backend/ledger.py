@@ -119,14 +119,15 @@ class CommandLedger:
         an earlier link and are sent again; the rest are the queued ones.
         """
         sent = 0
-        for status in ("dispatched", "queued"):
-            for command in await self.store.list_commands(
-                agent_id=session.agent_id, status=status, limit=10000
-            ):
-                if not self.registry.is_current(session):
-                    return sent
-                if await self._dispatch(session, command, (status,)):
-                    sent += 1
+        unacknowledged = await self.store.list_commands(
+            agent_id=session.agent_id, status="dispatched", limit=10000
+        )
+        queued = await self.store.queued_commands(session.agent_id)
+        for command in [*reversed(unacknowledged), *queued]:
+            if not self.registry.is_current(session):
+                break
+            if await self._dispatch(session, command, (command["status"],)):
+                sent += 1
         return sent
 
     async def _dispatch(

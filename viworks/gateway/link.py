@@ -102,7 +102,7 @@ class BackendLink(MultiService):
         self.session_id: str | None = None
         self._current: AgentLinkProtocol | None = None
         self._outbox: deque[bytes] = deque()
-        self._running: dict[str, Deferred] = {}
+        self._running: dict[str, Any] = {}  # command id -> VerbExecution
         # Results of recently finished commands, so a redelivery (the ack was
         # lost with the link) is answered without running the verb again.
         self._finished: OrderedDict[str, bytes] = OrderedDict()
@@ -138,8 +138,8 @@ class BackendLink(MultiService):
     def stopService(self) -> Deferred:
         if self._heartbeat.running:
             self._heartbeat.stop()
-        for running in list(self._running.values()):
-            running.cancel()
+        for execution in list(self._running.values()):
+            execution.cancel()
         return super().stopService()
 
     # -- connection events ----------------------------------------------------------
@@ -222,8 +222,9 @@ class BackendLink(MultiService):
         self.log.info(
             "command {command_id}: {verb} started", command_id=command_id, verb=frame["verb"]
         )
-        d = self.catalog.execute(frame["verb"], frame["args"], frame["timeout"])
-        self._running[command_id] = d
+        execution = self.catalog.start(frame["verb"], frame["args"], frame["timeout"])
+        self._running[command_id] = execution
+        d = execution.outcome
         d.addCallback(self._report, command_id, started_at)
         d.addErrback(
             lambda f: self.log.failure("command {command_id} failed", f, command_id=command_id)

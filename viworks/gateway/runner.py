@@ -35,6 +35,9 @@ __all__ = ["DEFAULT_ENV", "SETSID", "ProcessRunner", "RunResult", "RunningProces
 log = Logger()
 
 SETSID = "/usr/bin/setsid"
+#: Seconds to wait, after the direct child exits, for its output pipes to
+#: close before killing whatever else in its group still holds them.
+LEFTOVER_LINGER = 1.0
 DEFAULT_ENV: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 #: ``spawner(protocol, executable, args, env=..., path=...)``, like
@@ -130,6 +133,7 @@ class RunningProcess:
         self._transport: IProcessTransport | None = None
         self._timeout_call: IDelayedCall | None = None
         self._kill_call: IDelayedCall | None = None
+        self._linger_call: IDelayedCall | None = None
         self._killing = False
         self._done = False
         self.pid: int | None = None
@@ -175,10 +179,17 @@ class RunningProcess:
         self._start_kill()
 
     def _leader_exited(self) -> None:
-        # The direct child is gone but something it started still holds the
-        # output pipes open: verbs must not leave processes behind, so kill
-        # the rest of the group (the pgid stays reserved while it has members).
+        # The output pipes normally close along with the child. If they are
+        # still open shortly after, something it started holds them: verbs
+        # must not leave processes behind, so kill the rest of the group (its
+        # pgid stays reserved while the group has members).
         if not self._done and not self._killing:
+            self._linger_call = self._reactor.callLater(LEFTOVER_LINGER, self._on_linger)
+
+    def _on_linger(self) -> None:
+        self._linger_call = None
+        if not self._done and not self._killing:
+            log.info("pid={pid} exited but left processes behind, killing them", pid=self.pid)
             self._start_kill()
 
     def _start_kill(self) -> None:
@@ -212,10 +223,10 @@ class RunningProcess:
         if self._done:
             return
         self._done = True
-        for call in (self._timeout_call, self._kill_call):
+        for call in (self._timeout_call, self._kill_call, self._linger_call):
             if call is not None and call.active():
                 call.cancel()
-        self._timeout_call = self._kill_call = None
+        self._timeout_call = self._kill_call = self._linger_call = None
 
         exit_code: int | None = None
         sig: int | None = None

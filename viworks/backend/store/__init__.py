@@ -3,7 +3,7 @@
 ``open_store(database)`` picks the engine from the string: a
 ``postgresql://`` / ``postgres://`` URL gives a :class:`PostgresStore`,
 anything else is a SQLite file path. Call ``await store.open()`` (runs
-migrations) before use and ``store.close()`` (synchronous) when done.
+migrations) before use and ``await store.close()`` when done.
 """
 
 from __future__ import annotations

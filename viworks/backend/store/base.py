@@ -161,8 +161,12 @@ class SQLStore:
         """Apply pending migrations; return the schema version now in use."""
         return await self._run(self._migrate_txn, time.time())
 
-    def close(self) -> None:
-        """Close the pool (joins its threads). Safe to call twice."""
+    async def close(self) -> None:
+        """Close the pool. Safe to call twice.
+
+        ``async`` for callers' sake (``await store.close()``); adbapi's close
+        itself is synchronous and briefly joins the idle pool threads.
+        """
         if not self._closed:
             self._closed = True
             self._pool.close()

@@ -1,0 +1,79 @@
+"""Shared fixtures for backend tests: a real SQLite store and a fake live session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from viworks import protocol
+from viworks.backend.store import open_store
+
+VERBS = {
+    "ping": {"params": {}, "description": "liveness", "changes_state": False},
+    "create_panel_user": {
+        "params": {
+            "username": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]+$",
+                "min_length": 3,
+                "max_length": 64,
+            },
+            "password": {"type": "secret", "min_length": 8, "max_length": 128},
+        },
+        "description": "add a panel user",
+        "changes_state": True,
+    },
+}
+
+
+class FakeSession:
+    """Stands in for an AgentSession: records the frames the backend sends."""
+
+    def __init__(self, agent_id: str, session_id: str = "s1") -> None:
+        self.agent_id = agent_id
+        self.session_id = session_id
+        self.sent: list[protocol.Frame] = []
+        self.replaced = False
+
+    def send_frame(self, payload: bytes) -> None:
+        self.sent.append(protocol.decode(payload))
+
+    def close_replaced(self) -> None:
+        self.replaced = True
+
+    def commands(self) -> list[protocol.Frame]:
+        return [f for f in self.sent if f.type == "command"]
+
+
+async def sqlite_store(testcase: Any) -> Any:
+    """An open SQLite store in the test's temp dir, closed at cleanup."""
+    store = open_store(testcase.mktemp() + ".db", reactor=reactor)
+    await store.open()
+    testcase.addCleanup(store.close)
+    return store
+
+
+async def add_agent(store: Any, agent_id: str = "gw-1", verbs: dict = VERBS) -> dict:
+    return await store.upsert_agent_online(
+        agent_id,
+        version="0.1.0",
+        site="test",
+        hostname="host-" + agent_id,
+        protocol=1,
+        verbs=verbs,
+        peer="tcp:127.0.0.1:5000",
+        session_id="s1",
+        labels={},
+        now=1000.0,
+    )
+
+
+async def eventually(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` on the real reactor (the store runs in a thread), bounded in time."""
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("condition not reached in time")

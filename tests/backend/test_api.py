@@ -1,0 +1,245 @@
+"""The HTTP API over a real SQLite store, driven with StubTreq and a fake agent session."""
+
+from __future__ import annotations
+
+import json
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from tests.backend.helpers import FakeSession, add_agent, eventually, sqlite_store
+from viworks.backend.api import BackendAPI, hash_token
+from viworks.backend.ledger import CommandLedger
+from viworks.backend.registry import SessionRegistry
+
+TOKEN = "vw_test-token"
+
+
+class APITests(unittest.TestCase):
+    async def _setUp(self):
+        self.store = await sqlite_store(self)
+        await self.store.create_token("tester", hash_token(TOKEN), 1.0)
+        await add_agent(self.store)
+        self.clock = Clock()
+        self.clock.advance(2000)
+        self.registry = SessionRegistry()
+        self.ledger = CommandLedger(self.store, self.registry, self.clock)
+        self.api = BackendAPI(self.store, self.registry, self.ledger, self.clock)
+        self.http = StubTreq(self.api.resource())
+
+    def setUp(self):
+        return Deferred.fromCoroutine(self._setUp())
+
+    async def call(self, method, path, body=None, token=TOKEN, raw=None):
+        headers = {b"authorization": [f"Bearer {token}".encode()]} if token else {}
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        # The store answers from a thread, so the in-memory HTTP exchange needs
+        # flushing until the response is complete.
+        done = []
+        d = self.http.request(method, "http://api" + path, data=data, headers=headers)
+        d.addCallback(lambda r: r.content().addCallback(lambda c: (r, c)))
+        d.addBoth(done.append)
+        await eventually(lambda: self.http.flush() or done)
+        response, content = done[0]
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+        return response.code, json.loads(content)
+
+    def go_online(self, agent_id="gw-1") -> FakeSession:
+        session = FakeSession(agent_id)
+        self.registry.register(session)
+        return session
+
+    async def test_health_needs_no_token(self):
+        """/health and /api/v1/health answer healthy with an RFC 3339 timestamp, without auth."""
+        for path in ("/health", "/api/v1/health"):
+            code, body = await self.call("GET", path, token=None)
+            self.assertEqual(code, 200)
+            self.assertEqual(body["status"], "healthy")
+            self.assertRegex(body["timestamp"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+    async def test_auth_required(self):
+        """Without a token, or with a wrong one, every other route is a JSON 401."""
+        for token in (None, "wrong"):
+            code, body = await self.call("GET", "/api/v1/agents", token=token)
+            self.assertEqual(code, 401)
+            self.assertEqual(body["error"]["code"], "UNAUTHORIZED")
+
+    async def test_agents(self):
+        """Agents are listed with the contract fields; offline unless a live session exists."""
+        code, body = await self.call("GET", "/api/v1/agents")
+        self.assertEqual(code, 200)
+        [agent] = body["agents"]
+        self.assertEqual(agent["agent_id"], "gw-1")
+        self.assertEqual(agent["status"], "offline")
+        self.assertEqual(agent["verbs"], ["create_panel_user", "ping"])
+        for key in ("version", "site", "hostname", "connected_at", "last_seen", "peer"):
+            self.assertIn(key, agent)
+        self.go_online()
+        code, agent = await self.call("GET", "/api/v1/agents/gw-1")
+        self.assertEqual((code, agent["status"]), (200, "online"))
+
+    async def test_agent_not_found(self):
+        """An unknown agent is a 404 with code AGENT_NOT_FOUND."""
+        code, body = await self.call("GET", "/api/v1/agents/nope")
+        self.assertEqual((code, body["error"]["code"]), (404, "AGENT_NOT_FOUND"))
+
+    async def test_verbs(self):
+        """The verbs route returns the schemas the agent announced."""
+        code, body = await self.call("GET", "/api/v1/agents/gw-1/verbs")
+        self.assertEqual(code, 200)
+        self.assertEqual(body["verbs"]["create_panel_user"]["params"]["password"]["type"], "secret")
+
+    async def test_unknown_route(self):
+        """Unknown paths get a JSON 404, not an HTML page."""
+        code, body = await self.call("GET", "/api/v1/nothing-here")
+        self.assertEqual(code, 404)
+        self.assertIn("code", body["error"])
+
+    async def test_queued_while_offline_then_delivered(self):
+        """A command for an offline agent is queued (201) and delivered when it comes back."""
+        code, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
+        self.assertEqual((code, command["status"]), (201, "queued"))
+        session = self.go_online()
+        sent = await self.ledger.deliver_pending(session)
+        self.assertEqual(sent, 1)
+        [frame] = session.commands()
+        self.assertEqual(frame["command_id"], command["command_id"])
+        code, stored = await self.call("GET", f"/api/v1/commands/{command['command_id']}")
+        self.assertEqual(stored["status"], "dispatched")
+        self.assertIsNotNone(stored["dispatched_at"])
+
+    async def test_online_dispatch_and_secret_redaction(self):
+        """An online agent gets the real args; the stored and returned args are redacted."""
+        session = self.go_online()
+        code, command = await self.call(
+            "POST",
+            "/api/v1/agents/gw-1/commands",
+            {"verb": "create_panel_user", "args": {"username": "alice", "password": "s3cret-pw!"}},
+        )
+        self.assertEqual((code, command["status"]), (201, "dispatched"))
+        self.assertEqual(command["args"], {"username": "alice", "password": "***"})
+        [frame] = session.commands()
+        self.assertEqual(frame["args"]["password"], "s3cret-pw!")
+        code, listed = await self.call("GET", "/api/v1/commands?agent_id=gw-1")
+        self.assertNotIn("s3cret-pw!", json.dumps(listed))
+
+    async def test_unknown_verb(self):
+        """An unknown verb is a 422 UNKNOWN_VERB and creates nothing."""
+        code, body = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "rm_rf"})
+        self.assertEqual((code, body["error"]["code"], body["error"]["field"]),
+                         (422, "UNKNOWN_VERB", "verb"))
+        code, listed = await self.call("GET", "/api/v1/commands")
+        self.assertEqual(listed["commands"], [])
+
+    async def test_invalid_args(self):
+        """Bad args are a 422 INVALID_ARGS naming the field, and nothing is sent or stored."""
+        session = self.go_online()
+        for args, field in (
+            ({"username": "a", "password": "longenough"}, "username"),
+            ({"username": "alice"}, "password"),
+            ({"username": "alice", "password": "longenough", "x": 1}, "x"),
+        ):
+            code, body = await self.call(
+                "POST", "/api/v1/agents/gw-1/commands", {"verb": "create_panel_user", "args": args}
+            )
+            self.assertEqual((code, body["error"]["code"]), (422, "INVALID_ARGS"))
+            self.assertEqual(body["error"]["field"], field)
+        self.assertEqual(session.sent, [])
+        code, listed = await self.call("GET", "/api/v1/commands")
+        self.assertEqual(listed["commands"], [])
+
+    async def test_bad_requests(self):
+        """Malformed bodies, bad timeouts and bad query values get clear 400/422 errors."""
+        path = "/api/v1/agents/gw-1/commands"
+        code, body = await self.call("POST", path, raw=b"{not json")
+        self.assertEqual((code, body["error"]["code"]), (400, "BAD_REQUEST"))
+        code, body = await self.call("POST", path, raw=b"[1]")
+        self.assertEqual(code, 400)
+        code, body = await self.call("POST", path, {"verb": "ping", "timeout": -1})
+        self.assertEqual((code, body["error"]["field"]), (422, "timeout"))
+        code, body = await self.call("POST", path + "?wait=abc", {"verb": "ping"})
+        self.assertEqual((code, body["error"]["field"]), (400, "wait"))
+        code, body = await self.call("GET", "/api/v1/commands?status=bogus")
+        self.assertEqual((code, body["error"]["field"]), (400, "status"))
+        code, body = await self.call("GET", "/api/v1/commands/nope")
+        self.assertEqual((code, body["error"]["code"]), (404, "COMMAND_NOT_FOUND"))
+
+    async def test_wait_returns_result(self):
+        """?wait holds the response until the agent's result arrives, then answers 200."""
+        session = self.go_online()
+        pending = Deferred.fromCoroutine(
+            self.call("POST", "/api/v1/agents/gw-1/commands?wait=30", {"verb": "ping"})
+        )
+        await eventually(lambda: session.commands())
+        [frame] = session.commands()
+        await self.ledger.on_ack(session, frame["command_id"])
+        await self.ledger.on_result(session, _result(frame["command_id"]))
+        code, command = await pending
+        self.assertEqual((code, command["status"]), (200, "succeeded"))
+        self.assertEqual(command["result"], {"pong": True})
+        self.assertIsNotNone(command["started_at"])
+        self.assertIsNotNone(command["finished_at"])
+
+    async def test_wait_runs_out(self):
+        """When the wait runs out first, the answer is 202 with the command as it stands."""
+        session = self.go_online()
+        pending = Deferred.fromCoroutine(
+            self.call("POST", "/api/v1/agents/gw-1/commands?wait=5", {"verb": "ping"})
+        )
+        await eventually(lambda: session.commands())
+        self.clock.advance(5)
+        code, command = await pending
+        self.assertEqual((code, command["status"]), (202, "dispatched"))
+
+    async def test_duplicate_result_ignored(self):
+        """A second result for a finished command changes nothing."""
+        session = self.go_online()
+        _, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
+        await self.ledger.on_result(session, _result(command["command_id"]))
+        await self.ledger.on_result(
+            session, _result(command["command_id"], status="failed", exit_code=9)
+        )
+        _, stored = await self.call("GET", f"/api/v1/commands/{command['command_id']}")
+        self.assertEqual((stored["status"], stored["exit_code"]), ("succeeded", 0))
+
+    async def test_result_from_another_agent_refused(self):
+        """An agent cannot report on another agent's command."""
+        await add_agent(self.store, "gw-2")
+        self.go_online()
+        intruder = FakeSession("gw-2")
+        self.registry.register(intruder)
+        _, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
+        await self.ledger.on_result(intruder, _result(command["command_id"]))
+        _, stored = await self.call("GET", f"/api/v1/commands/{command['command_id']}")
+        self.assertEqual(stored["status"], "dispatched")
+        self.assertEqual(intruder.sent[-1]["code"], "UNKNOWN_COMMAND")
+
+    async def test_list_filters(self):
+        """Commands can be filtered by agent and status, newest first, with a limit."""
+        ids = []
+        for _ in range(3):
+            self.clock.advance(1)
+            _, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
+            ids.append(command["command_id"])
+        _, body = await self.call("GET", "/api/v1/commands?agent_id=gw-1&status=queued&limit=2")
+        self.assertEqual([c["command_id"] for c in body["commands"]], ids[::-1][:2])
+        _, body = await self.call("GET", "/api/v1/commands?agent_id=other")
+        self.assertEqual(body["commands"], [])
+
+
+def _result(command_id, status="succeeded", exit_code=0):
+    return {
+        "command_id": command_id,
+        "status": status,
+        "exit_code": exit_code,
+        "result": {"pong": True},
+        "stdout": "",
+        "stderr": "",
+        "stdout_truncated": False,
+        "stderr_truncated": False,
+        "error": None,
+        "started_at": 1.0,
+        "finished_at": 2.0,
+    }
