@@ -150,7 +150,9 @@ def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
     from twisted.internet.defer import Deferred
 
     backend.ready.addCallback(lambda r: Deferred.fromCoroutine(announce(r)))
-    backend.ready.addErrback(lambda f: print(f"viworks dev: {f.getErrorMessage()}", file=sys.stderr))
+    backend.ready.addErrback(
+        lambda f: print(f"viworks dev: {f.getErrorMessage()}", file=sys.stderr)
+    )
     reactor.callWhenRunning(top.startService)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()

@@ -15,14 +15,12 @@ from typing import Any
 PROTOCOL_VERSION = 1
 
 # Close codes (RFC 6455 and the 4000-4999 private range).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
+# Autobahn itself closes with 1002 (protocol error), 1007 (invalid UTF-8) and
+# 1009 (message too big); ours are in the private range it lets us send.
+CLOSE_POLICY = 4000
 CLOSE_HELLO_REFUSED = 4001
 CLOSE_REPLACED = 4002
-CLOSE_HEARTBEAT_TIMEOUT = 4003
+CLOSE_SHUTDOWN = 4003
 
 # Error codes carried by ``error`` frames.
 MALFORMED_FRAME = "MALFORMED_FRAME"

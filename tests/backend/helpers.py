@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from viworks import protocol
 from viworks.backend.store import open_store
@@ -68,12 +67,3 @@ async def add_agent(store: Any, agent_id: str = "gw-1", verbs: dict = VERBS) -> 
         labels={},
         now=1000.0,
     )
-
-
-async def eventually(predicate: Any, timeout: float = 10.0) -> None:
-    """Poll ``predicate`` on the real reactor (the store runs in a thread), bounded in time."""
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition not reached in time")

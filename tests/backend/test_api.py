@@ -9,7 +9,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.backend.helpers import FakeSession, add_agent, eventually, sqlite_store
+from tests.backend.helpers import FakeSession, add_agent, sqlite_store
+from tests.stack import eventually
 from viworks.backend.api import BackendAPI, hash_token
 from viworks.backend.ledger import CommandLedger
 from viworks.backend.registry import SessionRegistry

@@ -15,6 +15,10 @@ class LiveSession(Protocol):
 
     def close_replaced(self) -> None: ...
 
+    def close_going_away(self) -> None: ...
+
+    def abort(self) -> None: ...
+
 
 class SessionRegistry:
     """One live session per agent id; a newer session replaces an older one."""

@@ -112,6 +112,13 @@ class AgentSession(WebSocketServerProtocol):
         )
         self.sendClose(protocol.CLOSE_REPLACED, "replaced")
 
+    def close_going_away(self) -> None:
+        """The backend is stopping: ask the agent to reconnect later."""
+        self.sendClose(protocol.CLOSE_SHUTDOWN, "backend shutting down")
+
+    def abort(self) -> None:
+        self.dropConnection(abort=True)
+
     # -- frames ---------------------------------------------------------------
 
     def _refuse(self, code: str, message: str, close_code: int) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
@@ -37,9 +38,10 @@ class BackendService(MultiService):
 
     log = Logger()
 
-    def __init__(self, store: Any, clock: Any) -> None:
+    def __init__(self, store: Any, registry: SessionRegistry, clock: Any) -> None:
         super().__init__()
         self.store = store
+        self.registry = registry
         self.clock = clock
         self.ready: Deferred = Deferred()
 
@@ -63,7 +65,20 @@ class BackendService(MultiService):
 
     async def _close(self) -> None:
         await MultiService.stopService(self)
+        await self._close_sessions()
         await self.store.close()
+
+    async def _close_sessions(self, grace: float = 3.0) -> None:
+        # Stopping a listener leaves its connections open: say goodbye to each
+        # agent, give the close handshakes a moment, then cut what is left.
+        for session in self.registry:
+            session.close_going_away()
+        for _ in range(int(grace / 0.05)):
+            if not len(self.registry):
+                return
+            await deferLater(self.clock, 0.05, lambda: None)
+        for session in self.registry:
+            session.abort()
 
     def stopService(self) -> Deferred:
         return Deferred.fromCoroutine(self._close())
@@ -76,7 +91,8 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
     ledger = CommandLedger(
         store, registry, reactor, default_timeout=config.backend.default_command_timeout
     )
-    top = BackendService(store, reactor)
+    top = BackendService(store, registry, reactor)
+    top.ledger = ledger
     sessions = AgentSessionFactory(
         registry=registry,
         store=store,

@@ -62,6 +62,7 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
         reconnect_max=outbound.reconnect_max,
     )
     top = MultiService()
+    top.link = link
     link.setServiceParent(top)
     api_host, api_port = parse_bind(config.agent.bind_address)
     listen_service(

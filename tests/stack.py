@@ -1,0 +1,149 @@
+"""A real backend and real gateways in this process, on loopback, for integration tests.
+
+Certificates are made once per test run (key generation is the slow part); every
+test gets its own directory, database, ports and configs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import tempfile
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from viworks import pki
+from viworks.backend.tap import build_backend
+from viworks.config import load_agent_config, load_backend_config
+from viworks.gateway.tap import build_gateway
+
+AGENTS = ("gw-1", "gw-2")
+_pki: dict[str, str] = {}
+
+
+def shared_pki() -> dict[str, str]:
+    """Our CA with a backend and agent certificates, plus a foreign CA with an agent of its own."""
+    if not _pki:
+        base = tempfile.mkdtemp(prefix="viworks-pki-")
+        atexit.register(shutil.rmtree, base, True)
+        ours, theirs = os.path.join(base, "ours"), os.path.join(base, "theirs")
+        for directory in (ours, theirs):
+            pki.init_ca(directory)
+            pki.issue_server(directory, "localhost", ["127.0.0.1"])
+            for agent_id in AGENTS:
+                pki.issue_agent(directory, agent_id)
+        _pki.update(ours=ours, theirs=theirs)
+    return _pki
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write(path: str, text: str) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+class Stack:
+    """Configs and services for one test; everything started is stopped at cleanup."""
+
+    def __init__(self, testcase: Any) -> None:
+        self.testcase = testcase
+        self.dir = os.path.abspath(testcase.mktemp())
+        os.makedirs(self.dir)
+        self.http_port = free_port()
+        self.ws_port = free_port()
+        self.backend = None
+        self.pki = shared_pki()
+
+    def backend_config(self, **backend: Any):
+        ours = self.pki["ours"]
+        values = {
+            "http_bind": f"127.0.0.1:{self.http_port}",
+            "ws_bind": f"127.0.0.1:{self.ws_port}",
+            "database": os.path.join(self.dir, "backend.db"),
+            "heartbeat_interval": 5,
+            **backend,
+        }
+        body = "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+        path = write(
+            os.path.join(self.dir, "backend.toml"),
+            f"[backend]\n{body}\n[tls]\n"
+            f'cert = "{ours}/server.crt"\nkey = "{ours}/server.key"\nclient_ca = "{ours}/ca.crt"\n',
+        )
+        return load_backend_config(path)
+
+    def agent_config(
+        self,
+        agent_id: str = "gw-1",
+        cert_of: str = "gw-1",
+        ca: str = "ours",
+        pins: tuple[str, ...] = (),
+        host: str = "localhost",
+        trust: str = "ours",
+    ):
+        certs = self.pki[ca]
+        agent_dir = os.path.join(self.dir, agent_id)
+        os.makedirs(agent_dir, exist_ok=True)
+        path = write(
+            os.path.join(agent_dir, "agent.toml"),
+            f'[agent]\nbind_address = "127.0.0.1:{free_port()}"\nsite = "test"\n'
+            f'state_dir = "{agent_dir}/state"\n'
+            f'[outbound]\nbackend_url = "wss://{host}:{self.ws_port}/ws/agent"\n'
+            f'agent_id = "{agent_id}"\nheartbeat_interval = 5\n'
+            f"reconnect_initial = 0.1\nreconnect_max = 0.5\n"
+            f'[tls]\ncert = "{certs}/agents/{cert_of}.crt"\nkey = "{certs}/agents/{cert_of}.key"\n'
+            f'ca = "{self.pki[trust]}/ca.crt"\nbackend_spki_pins = {_toml(list(pins))}\n'
+            f'[panel]\nusers_file = "{agent_dir}/panel.htpasswd"\n',
+        )
+        return load_agent_config(path)
+
+    async def start_backend(self, **backend: Any):
+        self.backend = build_backend(self.backend_config(**backend), reactor)
+        self.backend.startService()
+        await self.backend.ready
+        self.testcase.addCleanup(self.stop_backend)
+        return self.backend
+
+    async def stop_backend(self) -> None:
+        if self.backend is not None and self.backend.running:
+            await self.backend.stopService()
+
+    def start_gateway(self, **agent: Any):
+        gateway = build_gateway(self.agent_config(**agent), reactor)
+        gateway.startService()
+        self.testcase.addCleanup(lambda: gateway.running and gateway.stopService())
+        return gateway
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+async def eventually(predicate: Any, timeout: float = 15.0, step: float = 0.05) -> None:
+    """Wait on the real reactor until ``predicate()`` holds, bounded in time."""
+    for _ in range(int(timeout / step)):
+        if predicate():
+            return
+        await deferLater(reactor, step, lambda: None)
+    raise AssertionError(f"condition not reached within {timeout} s")
+
+
+async def stays(predicate: Any, duration: float = 1.5, step: float = 0.05) -> None:
+    """Check that ``predicate()`` keeps holding for ``duration`` seconds."""
+    for _ in range(int(duration / step)):
+        if not predicate():
+            raise AssertionError("condition stopped holding")
+        await deferLater(reactor, step, lambda: None)

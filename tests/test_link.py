@@ -1,0 +1,151 @@
+"""The agent <-> backend link over real mutual TLS on loopback (in one process).
+
+These are the few tests that use real sockets; each waits with generous, bounded
+timeouts and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.trial import unittest
+
+from tests.stack import Stack, eventually, stays
+from viworks import pki
+
+
+class LinkTests(unittest.TestCase):
+    timeout = 60
+
+    def setUp(self):
+        self.stack = Stack(self)
+
+    def online(self, agent_id="gw-1") -> bool:
+        return self.stack.backend.registry.get(agent_id) is not None
+
+    async def run_verb(self, agent_id, verb, args=None, timeout=None):
+        ledger = self.stack.backend.ledger
+        command = await ledger.submit(agent_id, verb, args or {}, timeout)
+        finished = await ledger.wait(command["command_id"], 20)
+        self.assertIsNotNone(finished, "the command did not finish in time")
+        return finished
+
+    async def test_hello_and_verb(self):
+        """An agent with a good certificate says HELLO, shows online and runs a verb."""
+        await self.stack.start_backend()
+        gateway = self.stack.start_gateway()
+        await eventually(self.online)
+        agent = await self.stack.backend.store.get_agent("gw-1")
+        self.assertEqual(agent["site"], "test")
+        self.assertIn("ping", agent["verbs"])
+        self.assertIn("username", agent["verbs"]["create_panel_user"]["params"])
+        command = await self.run_verb("gw-1", "ping")
+        self.assertEqual(command["status"], "succeeded")
+        self.assertTrue(command["result"]["pong"])
+        self.assertTrue(gateway.link.connected)
+
+    async def test_queued_until_agent_returns(self):
+        """A command submitted while the agent is away is delivered when it reconnects."""
+        await self.stack.start_backend()
+        gateway = self.stack.start_gateway()
+        await eventually(self.online)
+        await gateway.stopService()
+        await eventually(lambda: not self.online())
+        ledger = self.stack.backend.ledger
+        command = await ledger.submit("gw-1", "ping", {}, None)
+        self.assertEqual(command["status"], "queued")
+        self.stack.start_gateway()
+        finished = await ledger.wait(command["command_id"], 20)
+        self.assertEqual(finished["status"], "succeeded")
+
+    async def test_reconnects_after_backend_restart(self):
+        """When the backend restarts, the agent shows offline, then comes back by itself."""
+        await self.stack.start_backend()
+        self.stack.start_gateway()
+        await eventually(self.online)
+        await self.stack.stop_backend()
+        await self.stack.start_backend()
+        agent = await self.stack.backend.store.get_agent("gw-1")
+        self.assertEqual(agent["status"], "offline")
+        await eventually(self.online)
+        command = await self.run_verb("gw-1", "ping")
+        self.assertEqual(command["status"], "succeeded")
+
+    async def test_second_connection_replaces_first(self):
+        """A second agent with the same id replaces the first; the registry never shows two."""
+        await self.stack.start_backend()
+        self.stack.start_gateway()
+        await eventually(self.online)
+        registry = self.stack.backend.registry
+        first = registry.get("gw-1")
+        self.stack.start_gateway()
+        await eventually(lambda: registry.get("gw-1") not in (None, first))
+        agents = await self.stack.backend.store.list_agents()
+        self.assertEqual([a["agent_id"] for a in agents], ["gw-1"])
+
+    async def test_identity_mismatch_refused(self):
+        """A HELLO naming another agent than the certificate's is refused."""
+        await self.stack.start_backend()
+        self.stack.start_gateway(agent_id="gw-2", cert_of="gw-1")
+        await stays(lambda: len(self.stack.backend.registry) == 0)
+        self.assertEqual(await self.stack.backend.store.list_agents(), [])
+
+    async def test_foreign_ca_refused(self):
+        """An agent whose certificate comes from another CA never gets a session."""
+        await self.stack.start_backend()
+        self.stack.start_gateway(ca="theirs")
+        await stays(lambda: len(self.stack.backend.registry) == 0)
+        self.assertEqual(await self.stack.backend.store.list_agents(), [])
+
+    async def test_no_client_certificate_refused(self):
+        """A TLS client without a certificate gets no WebSocket: the connection is dropped."""
+        await self.stack.start_backend()
+        with open(self.stack.pki["ours"] + "/ca.crt", "rb") as f:
+            options = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(f.read()))
+        received = []
+
+        class Upgrade(Protocol):
+            def connectionMade(self):
+                self.transport.write(
+                    b"GET /ws/agent HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n\r\n"
+                )
+
+            def dataReceived(self, data):
+                received.append(data)
+
+            def connectionLost(self, reason):
+                received.append(None)
+
+        endpoint = wrapClientTLS(
+            options, TCP4ClientEndpoint(reactor, "127.0.0.1", self.stack.ws_port)
+        )
+        proto = await connectProtocol(endpoint, Upgrade())
+        self.addCleanup(lambda: None in received or proto.transport.abortConnection())
+        await eventually(lambda: None in received)
+        self.assertEqual([r for r in received if r], [])
+
+    async def test_pin_mismatch_refused(self):
+        """An agent pinning another key refuses the backend and never says HELLO."""
+        await self.stack.start_backend()
+        wrong = "sha256/" + base64.b64encode(b"\x01" * 32).decode()
+        self.stack.start_gateway(pins=(wrong,))
+        await stays(lambda: len(self.stack.backend.registry) == 0)
+
+    async def test_pin_match_accepted(self):
+        """An agent pinning the backend's real key connects."""
+        await self.stack.start_backend()
+        pin = pki.spki_pin(self.stack.pki["ours"] + "/server.crt")
+        self.stack.start_gateway(pins=(pin,))
+        await eventually(self.online)
+
+    async def test_backend_hostname_verified(self):
+        """An agent refuses a backend whose certificate does not match the URL's host name."""
+        await self.stack.start_backend()
+        self.stack.start_gateway(host="127.0.0.2")
+        await stays(lambda: len(self.stack.backend.registry) == 0)
