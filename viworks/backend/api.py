@@ -8,12 +8,12 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
 from viworks import __version__
 from viworks.backend.ledger import FINAL_STATUSES, CommandLedger, LedgerError
 from viworks.backend.registry import SessionRegistry
+from viworks.logs import Logger
 from viworks.timeutil import rfc3339
 
 MAX_BODY = 1 << 20

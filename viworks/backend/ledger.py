@@ -15,10 +15,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from viworks import protocol
 from viworks.backend.registry import LiveSession, SessionRegistry
+from viworks.logs import Logger
 from viworks.schema import ArgsError, redact, validate_args
 
 FINAL_STATUSES = frozenset(

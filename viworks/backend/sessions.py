@@ -17,11 +17,11 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from viworks import protocol
 from viworks.backend.ledger import CommandLedger
 from viworks.backend.registry import SessionRegistry
+from viworks.logs import Logger
 from viworks.schema import validate_schema
 
 HELLO_TIMEOUT = 10.0

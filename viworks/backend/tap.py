@@ -12,7 +12,6 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -22,6 +21,7 @@ from viworks.backend.registry import SessionRegistry
 from viworks.backend.sessions import AgentSessionFactory
 from viworks.backend.store import open_store
 from viworks.config import BackendConfig, load_backend_config, parse_bind
+from viworks.logs import Logger, set_log_level
 from viworks.net import listen_service
 from viworks.service import load_config_or_exit
 from viworks.tls import peer_agent_id, server_context_factory
@@ -86,6 +86,7 @@ class BackendService(MultiService):
 
 def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
     """The whole backend for ``config``; used by twistd, the .tac and ``viworks dev``."""
+    set_log_level(config.backend.log_level)
     store = open_store(config.backend.database, reactor=reactor)
     registry = SessionRegistry()
     ledger = CommandLedger(

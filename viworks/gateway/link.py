@@ -21,11 +21,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from viworks import __version__, protocol
 from viworks.config import parse_wss_url
+from viworks.logs import Logger
 from viworks.tls import enforce_pins
 
 FINISHED_MEMORY = 1000

@@ -27,8 +27,9 @@ from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from viworks.logs import Logger
 
 __all__ = ["DEFAULT_ENV", "SETSID", "ProcessRunner", "RunResult", "RunningProcess"]
 

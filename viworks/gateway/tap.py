@@ -25,6 +25,7 @@ from viworks.gateway.link import BackendLink
 from viworks.gateway.localapi import GatewayAPI
 from viworks.gateway.runner import ProcessRunner
 from viworks.gateway.verbs import default_catalog
+from viworks.logs import set_log_level
 from viworks.net import listen_service
 from viworks.service import load_config_or_exit
 from viworks.tls import client_tls_options
@@ -38,6 +39,7 @@ class Options(usage.Options):
 
 def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     """The whole gateway agent for ``config``; used by twistd, the .tac and ``viworks dev``."""
+    set_log_level(config.agent.log_level)
     ensure_private_dir(config.agent.state_dir)
     catalog = default_catalog(
         ProcessRunner(reactor),

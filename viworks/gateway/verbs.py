@@ -29,12 +29,12 @@ from typing import Any, Literal
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from viworks import schema
 from viworks.gateway import health
 from viworks.gateway.runner import ProcessRunner, RunResult
+from viworks.logs import Logger
 
 __all__ = [
     "Invocation",

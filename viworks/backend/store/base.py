@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from twisted.enterprise.adbapi import ConnectionPool, Transaction
-from twisted.logger import Logger
 
 from viworks.backend.store import schema
+from viworks.logs import Logger
 
 AGENT_JSON = frozenset({"verbs", "labels"})
 
