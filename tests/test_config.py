@@ -113,8 +113,10 @@ class ShippedFilesTests(_ConfigTestCase):
 
         from viworks import config as mod
 
-        for name, sections in (("agent.toml", mod._AGENT_SECTIONS),
-                               ("backend.toml", mod._BACKEND_SECTIONS)):
+        for name, sections in (
+            ("agent.toml", mod._AGENT_SECTIONS),
+            ("backend.toml", mod._BACKEND_SECTIONS),
+        ):
             with open(os.path.join(ETC, name), "rb") as f:
                 data = tomllib.load(f)
             self.assertEqual(set(data), set(sections), name)
@@ -171,7 +173,6 @@ class DefaultsTests(_ConfigTestCase):
         self.assertEqual(b.heartbeat_interval, 15.0)
         self.assertEqual(b.max_message_size, 1048576)
         self.assertEqual(b.default_command_timeout, 60.0)
-        self.assertEqual(b.public_url, "")
 
     def test_values_are_read(self):
         """Explicit values are used; integers are accepted for floats, 'warning' means warn."""
@@ -259,7 +260,7 @@ class FileErrorTests(_ConfigTestCase):
 
     def test_section_not_table(self):
         """A section given as a plain value is rejected."""
-        self.assertBackendError('backend = 3\n' + BACKEND_MINIMAL, "[backend]", "must be a table")
+        self.assertBackendError("backend = 3\n" + BACKEND_MINIMAL, "[backend]", "must be a table")
 
 
 class KeyErrorTests(_ConfigTestCase):
@@ -267,7 +268,8 @@ class KeyErrorTests(_ConfigTestCase):
         """An unknown key is rejected, naming section and key, with a suggestion."""
         err = self.assertAgentError(
             AGENT_MINIMAL + '[agent]\nbind_adress = "1.2.3.4:1"\n',
-            "[agent] bind_adress: unknown key", "'bind_address'",
+            "[agent] bind_adress: unknown key",
+            "'bind_address'",
         )
         self.assertEqual((err.section, err.key), ("agent", "bind_adress"))
 
@@ -300,7 +302,8 @@ class KeyErrorTests(_ConfigTestCase):
         self.assertAgentError(pins, "[tls] backend_spki_pins:", "string array")
         self.assertBackendError(
             BACKEND_MINIMAL + "[backend]\nmax_message_size = true\n",
-            "[backend] max_message_size:", "boolean",
+            "[backend] max_message_size:",
+            "boolean",
         )
 
     def test_bad_url(self):

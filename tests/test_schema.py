@@ -160,9 +160,7 @@ class RedactTests(unittest.TestCase):
     def test_secrets_replaced(self) -> None:
         """Secret values become *** and other values are kept; input untouched."""
         args = ok_args(count=2)
-        self.assertEqual(
-            redact(SCHEMA, args), {"name": "abc", "password": "***", "count": 2}
-        )
+        self.assertEqual(redact(SCHEMA, args), {"name": "abc", "password": "***", "count": 2})
         self.assertEqual(args["password"], "s3cretpassw")
 
     def test_unknown_keys_redacted(self) -> None:

@@ -379,7 +379,6 @@ class BackendSection:
     heartbeat_interval: float = _spec("number", 15.0, _positive)
     max_message_size: int = _spec("integer", 1048576, _at_least(1024))
     default_command_timeout: float = _spec("number", 60.0, _positive)
-    public_url: str = _spec("string", "")
 
     @property
     def http_host(self) -> str:

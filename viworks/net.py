@@ -8,6 +8,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 
@@ -35,3 +36,16 @@ def listen_service(
     # Fail the start-up loudly if the port is taken instead of logging and idling.
     service._raiseSynchronously = True
     return service
+
+
+class ConnectionLimit(WrappingFactory):
+    """Refuse (close at once) connections beyond ``limit`` open ones."""
+
+    def __init__(self, wrapped: IProtocolFactory, limit: int) -> None:
+        super().__init__(wrapped)
+        self.limit = limit
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.protocols) >= self.limit:
+            return None
+        return super().buildProtocol(addr)

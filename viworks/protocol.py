@@ -27,9 +27,9 @@ MALFORMED_FRAME = "MALFORMED_FRAME"
 UNKNOWN_TYPE = "UNKNOWN_TYPE"
 UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
 INVALID_FRAME = "INVALID_FRAME"
-FRAME_TOO_LARGE = "FRAME_TOO_LARGE"
 HELLO_REQUIRED = "HELLO_REQUIRED"
 IDENTITY_MISMATCH = "IDENTITY_MISMATCH"
+UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
 
 _STR = (str,)
 _NUM = (int, float)
@@ -132,10 +132,11 @@ def _type_ok(value: Any, accepted: tuple[type, ...]) -> bool:
     return isinstance(value, accepted)
 
 
-def decode(payload: bytes, is_binary: bool = False, max_size: int | None = None) -> Frame:
-    """Parse and validate one frame, raising ``FrameError`` on anything wrong."""
-    if max_size is not None and len(payload) > max_size:
-        raise FrameError(FRAME_TOO_LARGE, f"frame of {len(payload)} bytes exceeds {max_size}")
+def decode(payload: bytes, is_binary: bool = False) -> Frame:
+    """Parse and validate one frame, raising ``FrameError`` on anything wrong.
+
+    Size limits are enforced earlier, by Autobahn (close 1009).
+    """
     if is_binary:
         raise FrameError(MALFORMED_FRAME, "binary frames are not accepted; send JSON text")
     try:

@@ -87,7 +87,7 @@ def _validate_spec(name: str, spec: object) -> None:
     if not isinstance(spec, Mapping):
         raise ValueError(f"parameter {name!r}: spec must be an object")
     kind = spec.get("type")
-    if kind not in _TYPE_KEYS:
+    if not isinstance(kind, str) or kind not in _TYPE_KEYS:
         raise ValueError(f"parameter {name!r}: unknown type {kind!r}")
     unknown = set(spec) - _COMMON_KEYS - _TYPE_KEYS[kind]
     if unknown:

@@ -7,17 +7,22 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from viworks.config import ConfigError
+from viworks.tls import TLSConfigError
 
+C = TypeVar("C")
 T = TypeVar("T")
 
 
-def load_config_or_exit(loader: Callable[[str], T], options: Any) -> T:
-    """Load the config named by ``options["config"]``; on error print one line and exit 2.
+def build_or_exit(
+    loader: Callable[[str], C], build: Callable[[C, Any], T], options: Any, reactor: Any
+) -> T:
+    """Load the config named by ``options["config"]`` and build the service from it.
 
-    twistd would otherwise print a traceback (or its usage text) for a typo in a file.
+    A bad file, key or certificate prints one line and exits 2: twistd would
+    otherwise print a traceback (or its usage text) for a typo in a file.
     """
     try:
-        return loader(options["config"])
-    except ConfigError as e:
+        return build(loader(options["config"]), reactor)
+    except (ConfigError, TLSConfigError) as e:
         print(f"viworks: configuration error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

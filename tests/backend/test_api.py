@@ -129,8 +129,9 @@ class APITests(unittest.TestCase):
     async def test_unknown_verb(self):
         """An unknown verb is a 422 UNKNOWN_VERB and creates nothing."""
         code, body = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "rm_rf"})
-        self.assertEqual((code, body["error"]["code"], body["error"]["field"]),
-                         (422, "UNKNOWN_VERB", "verb"))
+        self.assertEqual(
+            (code, body["error"]["code"], body["error"]["field"]), (422, "UNKNOWN_VERB", "verb")
+        )
         code, listed = await self.call("GET", "/api/v1/commands")
         self.assertEqual(listed["commands"], [])
 

@@ -98,7 +98,7 @@ class AgentClient(WebSocketClientProtocol):
         return [f["code"] for f in self.of_type("error")]
 
     @property
-    def is_open(self) -> bool:
+    def live(self) -> bool:
         return self.state == self.STATE_OPEN and self.closed is None
 
 
@@ -140,7 +140,11 @@ class AgentSessionTests(unittest.TestCase):
         server_transport = FakeTransport(server, isServer=True)
         server_transport.identity = identity
         client.pump = connect(
-            server, server_transport, client, FakeTransport(client, isServer=False), clock=self.clock
+            server,
+            server_transport,
+            client,
+            FakeTransport(client, isServer=False),
+            clock=self.clock,
         )
         client.server = server
         self.clients.append(client)
@@ -207,9 +211,10 @@ class AgentSessionTests(unittest.TestCase):
         self.assertEqual(len(self.registry), 0)
 
     def _close_all(self) -> None:
+        # Dropping (rather than a closing handshake) also copes with a session
+        # that a test has left broken.
         for client in self.clients:
-            if client.state == client.STATE_OPEN:
-                client.sendClose()
+            client.dropConnection(abort=True)
         self.flush()
 
     # -- the opening handshake ----------------------------------------------------
@@ -246,8 +251,9 @@ class AgentSessionTests(unittest.TestCase):
         self.assertEqual(welcome["heartbeat_interval"], HEARTBEAT)
         self.assertEqual(welcome["heartbeat_timeout"], 2 * HEARTBEAT)
         self.assertEqual(welcome["server_time"], self.clock.seconds())
-        self.assertEqual([first["command_id"], second["command_id"]], [ping["command_id"],
-                                                                       user["command_id"]])
+        self.assertEqual(
+            [first["command_id"], second["command_id"]], [ping["command_id"], user["command_id"]]
+        )
         # The secret was kept in memory for delivery (the store has it redacted).
         self.assertEqual(second["args"], {"username": "alice", "password": "s3cret-pw"})
         self.assertIs(self.registry.get("gw-1"), client.server)
@@ -282,7 +288,7 @@ class AgentSessionTests(unittest.TestCase):
         client = self.connect()
         self.clock.advance(HELLO_TIMEOUT - 0.1)
         self.flush()
-        self.assertTrue(client.is_open)
+        self.assertTrue(client.live)
         self.clock.advance(0.1)
         self.assertClosed(client, protocol.CLOSE_POLICY)
         self.assertEqual(client.error_codes(), [protocol.HELLO_REQUIRED])
@@ -293,7 +299,7 @@ class AgentSessionTests(unittest.TestCase):
         client = await self.welcomed()
         self.clock.advance(HELLO_TIMEOUT * 2)
         self.flush()
-        self.assertTrue(client.is_open)
+        self.assertTrue(client.live)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     async def test_hello_with_invalid_verb_schema(self):
@@ -323,8 +329,9 @@ class AgentSessionTests(unittest.TestCase):
 
     # BUG (sessions.py): after a refusal the session is CLOSING but still reads
     # frames, and ``agent_id`` is still None, so a HELLO that follows the
-    # refused frame is accepted: the closing session is registered (replacing a
-    # good one) and marked online.
+    # refused frame is accepted: the closing session replaces the good one
+    # (closed 4002), is marked online, then unregisters on close, leaving the
+    # agent with no session at all.
     async def test_frames_after_refusal_are_ignored(self):
         """A HELLO arriving after the session was refused does not register it."""
         good = await self.welcomed()
@@ -334,7 +341,7 @@ class AgentSessionTests(unittest.TestCase):
         self.assertClosed(client, protocol.CLOSE_POLICY)
         self.assertEqual(client.error_codes(), [protocol.HELLO_REQUIRED])
         self.assertIs(self.registry.get("gw-1"), good.server)
-        self.assertTrue(good.is_open)
+        self.assertTrue(good.live)
 
     # BUG (sessions.py): same root cause; after the hello timer fired, a late
     # HELLO reaches ``self._hello_timer.cancel()`` on a called timer and raises
@@ -360,8 +367,12 @@ class AgentSessionTests(unittest.TestCase):
             (b'{"type": "heartbeat", "v": 2, "ts": 1}', False, protocol.UNSUPPORTED_VERSION),
             (b'{"type": "heartbeat", "v": 1}', False, protocol.INVALID_FRAME),
             (b'{"type": "heartbeat", "v": 1, "ts": true}', False, protocol.INVALID_FRAME),
-            (protocol.encode("welcome", session_id="x", heartbeat_interval=1,
-                             heartbeat_timeout=2), False, protocol.INVALID_FRAME),
+            (
+                b'{"type": "welcome", "v": 1, "session_id": "x", "heartbeat_interval": 1,'
+                b' "heartbeat_timeout": 2}',
+                False,
+                protocol.INVALID_FRAME,
+            ),
             (b'{"type": "heartbeat", "v": 1, "ts": 1}', True, protocol.MALFORMED_FRAME),
         ]
         for payload, binary, code in cases:
@@ -369,7 +380,7 @@ class AgentSessionTests(unittest.TestCase):
             client.send_raw(payload, binary)
             self.flush()
             self.assertEqual(client.error_codes(), [code], payload)
-            self.assertTrue(client.is_open, payload)
+            self.assertTrue(client.live, payload)
 
         # The error names the command when the bad frame did.
         client.frames.clear()
@@ -383,6 +394,9 @@ class AgentSessionTests(unittest.TestCase):
         await self.agent_row(lambda a: a["last_seen"] == self.clock.seconds())
         self.assertIs(self.registry.get("gw-1"), client.server)
 
+    # BUG (sessions.py): Autobahn's default failByDrop=True drops the TCP
+    # connection without a close frame, so the agent sees 1006, not the 1009
+    # that docs/protocol.md promises. AgentSessionFactory needs failByDrop=False.
     async def test_oversized_message(self):
         """A message over max_message_size is closed by Autobahn with 1009; others carry on."""
         big = await self.welcomed("gw-1")
@@ -392,7 +406,7 @@ class AgentSessionTests(unittest.TestCase):
         self.assertIsNone(self.registry.get("gw-1"))
         await self.agent_row(lambda a: a["status"] == "offline", "gw-1")
 
-        self.assertTrue(other.is_open)
+        self.assertTrue(other.live)
         self.assertIs(self.registry.get("gw-2"), other.server)
         self.clock.advance(30)
         other.send("heartbeat", ts=2.0)
@@ -440,6 +454,7 @@ class AgentSessionTests(unittest.TestCase):
 
         second = self.connect()
         second.hello()
+        second.pump.flush()
         # The replaced session reports before it has seen its close frame.
         first.send("result", **result_fields(command_id, stdout="stale"))
         await self.until(lambda: first.closed is not None)
@@ -464,7 +479,6 @@ class AgentSessionTests(unittest.TestCase):
         second = await self.welcomed()
         self.assertClosed(first, protocol.CLOSE_REPLACED)
         # The replaced session's close left the agent online under the new session.
-        await self.until(lambda: second.frames)
         agent = await self.store.get_agent("gw-1")
         self.assertEqual(
             (agent["status"], agent["session_id"]), ("online", second.server.session_id)
@@ -484,4 +498,4 @@ class AgentSessionTests(unittest.TestCase):
         client.send("error", code="OOPS", message="something broke")
         self.flush()
         self.assertEqual(client.frames, [])
-        self.assertTrue(client.is_open)
+        self.assertTrue(client.live)

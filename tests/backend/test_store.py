@@ -13,9 +13,7 @@ from twisted.trial import unittest
 from viworks.backend.store import DuplicateToken, SchemaTooNew, Store, open_store
 from viworks.backend.store import schema as store_schema
 
-POSTGRES_URL = os.environ.get(
-    "VIWORKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("VIWORKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 VERBS = {"ping": {"args": {}}, "exec": {"args": {"cmd": "string"}}}
 
@@ -46,8 +44,9 @@ class StoreTestsMixin:
         await store.open()
         return store
 
-    async def online(self, store: Store, agent_id: str = "gw1", session_id: str = "s1",
-                     now: float = 100.0) -> dict[str, Any]:
+    async def online(
+        self, store: Store, agent_id: str = "gw1", session_id: str = "s1", now: float = 100.0
+    ) -> dict[str, Any]:
         return await store.upsert_agent_online(
             agent_id,
             version="1.2.3",
@@ -111,8 +110,16 @@ class StoreTestsMixin:
         self.assertEqual(await store.get_agent("gw1"), agent)
 
         again = await store.upsert_agent_online(
-            "gw1", version="2.0", site=None, hostname="h", protocol=2, verbs={},
-            peer=None, session_id="s2", labels=None, now=200.0,
+            "gw1",
+            version="2.0",
+            site=None,
+            hostname="h",
+            protocol=2,
+            verbs={},
+            peer=None,
+            session_id="s2",
+            labels=None,
+            now=200.0,
         )
         self.assertEqual(again["version"], "2.0")
         self.assertEqual(again["session_id"], "s2")
@@ -130,9 +137,7 @@ class StoreTestsMixin:
         store = await self.open_store()
         for agent_id in ("gw3", "gw1", "gw2"):
             await self.online(store, agent_id)
-        self.assertEqual(
-            [a["agent_id"] for a in await store.list_agents()], ["gw1", "gw2", "gw3"]
-        )
+        self.assertEqual([a["agent_id"] for a in await store.list_agents()], ["gw1", "gw2", "gw3"])
 
     async def test_touch_agent(self) -> None:
         """touch_agent updates last_seen only, and reports unknown agents."""
@@ -279,9 +284,7 @@ class StoreTestsMixin:
         """update_command_if applies only when the status is expected, else None."""
         store = await self.open_store()
         await store.create_command(_command("c1"))
-        self.assertIsNone(
-            await store.update_command_if("c1", ("running",), status="succeeded")
-        )
+        self.assertIsNone(await store.update_command_if("c1", ("running",), status="succeeded"))
         self.assertEqual((await store.get_command("c1"))["status"], "queued")
 
         dispatched = await store.update_command_if(
@@ -294,9 +297,7 @@ class StoreTestsMixin:
         )
         self.assertEqual(running["status"], "running")
         # The old expectation no longer holds: refused.
-        self.assertIsNone(
-            await store.update_command_if("c1", ("queued",), status="cancelled")
-        )
+        self.assertIsNone(await store.update_command_if("c1", ("queued",), status="cancelled"))
         self.assertIsNone(await store.update_command_if("nope", ("queued",), status="x"))
         with self.assertRaises(ValueError):
             await store.update_command_if("c1", (), status="x")
@@ -305,12 +306,14 @@ class StoreTestsMixin:
         """Of many concurrent compare-and-sets from the same status, exactly one wins."""
         store = await self.open_store()
         await store.create_command(_command("c1"))
-        results = await defer.gatherResults([
-            defer.ensureDeferred(
-                store.update_command_if("c1", ("queued",), status="dispatched", stdout=str(i))
-            )
-            for i in range(8)
-        ])
+        results = await defer.gatherResults(
+            [
+                defer.ensureDeferred(
+                    store.update_command_if("c1", ("queued",), status="dispatched", stdout=str(i))
+                )
+                for i in range(8)
+            ]
+        )
         winners = [r for r in results if r is not None]
         self.assertEqual(len(winners), 1)
         self.assertEqual(await store.get_command("c1"), winners[0])
@@ -403,9 +406,7 @@ class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
             with psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True) as conn:
                 conn.execute(f"CREATE SCHEMA {self.schema}")
         except psycopg.OperationalError as e:
-            raise unittest.SkipTest(
-                f"PostgreSQL not reachable at {POSTGRES_URL}: {e}"
-            ) from e
+            raise unittest.SkipTest(f"PostgreSQL not reachable at {POSTGRES_URL}: {e}") from e
         self.addCleanup(self._drop_schema)
 
     def _drop_schema(self) -> None:

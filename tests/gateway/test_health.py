@@ -142,9 +142,7 @@ class SystemHealthTests(unittest.TestCase):
     def test_real_proc(self) -> None:
         """Against the real /proc every section is filled in sensibly."""
         snap = health.system_health()
-        self.assertEqual(
-            set(snap), {"load", "memory", "cpu", "uptime_seconds", "disk", "network"}
-        )
+        self.assertEqual(set(snap), {"load", "memory", "cpu", "uptime_seconds", "disk", "network"})
         self.assertGreaterEqual(snap["load"]["1m"], 0)
         self.assertGreater(snap["memory"]["total_bytes"], 0)
         self.assertTrue(0 <= snap["memory"]["used_percent"] <= 100)

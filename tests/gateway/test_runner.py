@@ -168,9 +168,7 @@ class RealProcessTests(unittest.TestCase):
     async def test_term_ignored_then_killed(self) -> None:
         """A child that ignores SIGTERM is SIGKILLed after the grace period."""
         code = (
-            "import signal, time\n"
-            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-            "time.sleep(60)\n"
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n"
         )
         result = await self.runner.run([PY, "-c", code], timeout=3, kill_grace=0.5)
         self.assertTrue(result.timed_out)
@@ -260,9 +258,7 @@ class FakeSpawner:
     def __call__(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> Any:
         transport = FakeTransport(pid=4242)
         protocol.makeConnection(transport)
-        self.calls.append(
-            {"protocol": protocol, "executable": executable, "args": args, **kw}
-        )
+        self.calls.append({"protocol": protocol, "executable": executable, "args": args, **kw})
         return transport
 
 

@@ -222,7 +222,9 @@ class CommandLedger:
                 command_id=command_id,
             )
             session.send_frame(
-                protocol.error_frame("UNKNOWN_COMMAND", "no such command for you", command_id)
+                protocol.error_frame(
+                    protocol.UNKNOWN_COMMAND, "no such command for you", command_id
+                )
             )
             return None
         return command

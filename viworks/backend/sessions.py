@@ -37,6 +37,7 @@ class AgentSession(WebSocketServerProtocol):
     session_id: str | None = None
     _identity: str | None = None
     _hello_timer = None
+    _refused = False
 
     # -- Autobahn callbacks -------------------------------------------------
 
@@ -55,6 +56,9 @@ class AgentSession(WebSocketServerProtocol):
         self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._no_hello)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._refused:
+            # Closing after a refusal: nothing more this peer sends counts.
+            return
         try:
             frame = protocol.decode(payload, isBinary)
         except protocol.FrameError as e:
@@ -129,6 +133,9 @@ class AgentSession(WebSocketServerProtocol):
             code=code,
             message=message,
         )
+        self._refused = True
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
         self.send_frame(protocol.error_frame(code, message))
         self.sendClose(close_code, message[:100])
 
@@ -153,7 +160,7 @@ class AgentSession(WebSocketServerProtocol):
                 if not isinstance(description, dict):
                     raise ValueError(f"verb {name!r}: description must be an object")
                 validate_schema(description.get("params", {}))
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             self._refuse(protocol.INVALID_FRAME, str(e), protocol.CLOSE_HELLO_REFUSED)
             return
         self._hello_timer.cancel()
@@ -274,4 +281,7 @@ class AgentSessionFactory(WebSocketServerFactory):
             openHandshakeTimeout=10,
             closeHandshakeTimeout=2,
             webStatus=False,
+            # Send the close code (1009 too big, 1007 bad UTF-8, 1002) before
+            # dropping, so agents learn why; the default drops silently (1006).
+            failByDrop=False,
         )

@@ -23,7 +23,7 @@ from viworks.backend.store import open_store
 from viworks.config import BackendConfig, load_backend_config, parse_bind
 from viworks.logs import Logger, set_log_level
 from viworks.net import listen_service
-from viworks.service import load_config_or_exit
+from viworks.service import build_or_exit
 from viworks.tls import peer_agent_id, server_context_factory
 
 
@@ -116,5 +116,4 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
 def makeService(options: Any, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    config = load_config_or_exit(load_backend_config, options)
-    return build_backend(config, reactor)
+    return build_or_exit(load_backend_config, build_backend, options, reactor)

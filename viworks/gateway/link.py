@@ -192,11 +192,14 @@ class BackendLink(MultiService):
 
     def _on_welcome(self, frame: protocol.Frame) -> None:
         self.session_id = frame["session_id"]
+        # The backend decides the heartbeat pace for its whole fleet.
+        self.heartbeat_interval = frame["heartbeat_interval"]
         self.log.info("connected to backend, session {session_id}", session_id=self.session_id)
         while self._outbox and self._current is not None:
             self._current.send_frame(self._outbox.popleft())
-        if not self._heartbeat.running:
-            self._heartbeat.start(self.heartbeat_interval, now=False)
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat.start(self.heartbeat_interval, now=False)
 
     def _send_heartbeat(self) -> None:
         self._send(protocol.encode("heartbeat", ts=self.reactor.seconds()), spool=False)

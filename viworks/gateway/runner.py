@@ -315,9 +315,7 @@ class ProcessRunner:
             raise ValueError("argv items must be strings")
         if timeout <= 0 or kill_grace < 0 or output_cap < 0:
             raise ValueError("timeout must be > 0, kill_grace and output_cap >= 0")
-        handle = RunningProcess(
-            self._reactor, argv, timeout, output_cap, kill_grace, self._killpg
-        )
+        handle = RunningProcess(self._reactor, argv, timeout, output_cap, kill_grace, self._killpg)
         transport = self._spawner(
             handle._protocol,
             self._setsid,

@@ -26,8 +26,8 @@ from viworks.gateway.localapi import GatewayAPI
 from viworks.gateway.runner import ProcessRunner
 from viworks.gateway.verbs import default_catalog
 from viworks.logs import set_log_level
-from viworks.net import listen_service
-from viworks.service import load_config_or_exit
+from viworks.net import ConnectionLimit, listen_service
+from viworks.service import build_or_exit
 from viworks.tls import client_tls_options
 
 
@@ -67,14 +67,14 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     top.link = link
     link.setServiceParent(top)
     api_host, api_port = parse_bind(config.agent.bind_address)
-    listen_service(
-        reactor, api_host, api_port, Site(GatewayAPI(link, reactor).resource())
-    ).setServiceParent(top)
+    # request_timeout closes idle local-API connections; max_connections caps them.
+    site = Site(GatewayAPI(link, reactor).resource(), timeout=config.agent.request_timeout)
+    limited = ConnectionLimit(site, config.agent.max_connections)
+    listen_service(reactor, api_host, api_port, limited).setServiceParent(top)
     return top
 
 
 def makeService(options: Any, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    config = load_config_or_exit(load_agent_config, options)
-    return build_gateway(config, reactor)
+    return build_or_exit(load_agent_config, build_gateway, options, reactor)

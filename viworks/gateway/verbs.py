@@ -214,9 +214,7 @@ class VerbCatalog:
             )
             return _error("rejected", e.code, str(e))
 
-        secrets = [
-            v for k, v in args.items() if verb.params[k]["type"] == "secret" and v
-        ]
+        secrets = [v for k, v in args.items() if verb.params[k]["type"] == "secret" and v]
         lock = None
         if verb.serialize is not None:
             lock = self._locks.setdefault(verb.serialize, DeferredLock())
@@ -364,8 +362,10 @@ def _scrub(outcome: VerbOutcome, secrets: list[str]) -> VerbOutcome:
 
 
 def _rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(seconds, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -410,9 +410,7 @@ def default_catalog(
         except FileExistsError:
             pass
         except OSError as e:
-            raise VerbError(
-                "USERS_FILE_ERROR", f"cannot create users file: {e.strerror}"
-            ) from None
+            raise VerbError("USERS_FILE_ERROR", f"cannot create users file: {e.strerror}") from None
         else:
             os.fchmod(fd, 0o640)  # the umask may have removed bits
             os.close(fd)

@@ -1,0 +1,80 @@
+"""The gateway's local API and the link's reconnect policy (no sockets)."""
+
+from __future__ import annotations
+
+import json
+
+from treq.testing import StubTreq
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from viworks.gateway.link import jittered_backoff
+from viworks.gateway.localapi import GatewayAPI
+from viworks.net import ConnectionLimit
+
+
+class FakeLink:
+    agent_id = "gw-1"
+    connected = False
+    session_id = None
+
+
+class LocalAPITests(unittest.TestCase):
+    async def health(self, link) -> dict:
+        clock = Clock()
+        clock.advance(1_800_000_000)
+        http = StubTreq(GatewayAPI(link, clock).resource())
+        response = await http.get("http://gw/api/v1/health")
+        self.assertEqual(response.code, 200)
+        return json.loads(await response.content())
+
+    async def test_disconnected(self):
+        """Health says healthy and backend disconnected while there is no session."""
+        body = await self.health(FakeLink())
+        self.assertEqual((body["status"], body["backend"]), ("healthy", "disconnected"))
+        self.assertEqual(body["timestamp"], "2027-01-15T08:00:00.000Z")
+
+    async def test_connected(self):
+        """Health says backend connected once the backend welcomed the agent."""
+        link = FakeLink()
+        link.connected, link.session_id = True, "s1"
+        body = await self.health(link)
+        self.assertEqual((body["backend"], body["session_id"]), ("connected", "s1"))
+
+
+class BackoffTests(unittest.TestCase):
+    def test_bounds(self):
+        """Delays stay within [initial, min(max, initial * 2**n)] whatever the randomness."""
+        for rand in (lambda: 0.0, lambda: 0.5, lambda: 0.999999):
+            policy = jittered_backoff(1.0, 60.0, rand)
+            for attempt in range(40):
+                delay = policy(attempt)
+                self.assertGreaterEqual(delay, 1.0)
+                self.assertLessEqual(delay, min(60.0, 2.0**attempt))
+
+    def test_spread(self):
+        """The delay is spread over the whole window, not fixed."""
+        low = jittered_backoff(1.0, 60.0, lambda: 0.0)(10)
+        high = jittered_backoff(1.0, 60.0, lambda: 1.0)(10)
+        self.assertEqual((low, high), (1.0, 60.0))
+
+
+class ConnectionLimitTests(unittest.TestCase):
+    def test_refuses_beyond_limit(self):
+        """Connections beyond the limit are refused; closing one makes room again."""
+        limited = ConnectionLimit(Factory.forProtocol(Protocol), 2)
+
+        def connect():
+            proto = limited.buildProtocol(None)
+            if proto is not None:
+                proto.makeConnection(StringTransport())
+            return proto
+
+        first = connect()
+        self.assertIsNotNone(first)
+        self.assertIsNotNone(connect())
+        self.assertIsNone(connect())
+        first.connectionLost(None)
+        self.assertIsNotNone(connect())
