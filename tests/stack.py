@@ -147,3 +147,13 @@ async def stays(predicate: Any, duration: float = 1.5, step: float = 0.05) -> No
         if not predicate():
             raise AssertionError("condition stopped holding")
         await deferLater(reactor, step, lambda: None)
+
+
+async def poll(fetch: Any, predicate: Any, timeout: float = 10.0, step: float = 0.01) -> Any:
+    """Await ``fetch()`` until ``predicate`` holds for its value (bounded); return the value."""
+    for _ in range(int(timeout / step)):
+        value = await fetch()
+        if predicate(value):
+            return value
+        await deferLater(reactor, step, lambda: None)
+    raise AssertionError(f"condition not reached within {timeout} s; last value {value!r}")

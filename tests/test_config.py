@@ -10,13 +10,16 @@ import stat
 from twisted.trial import unittest
 
 from viworks.config import (
+    BUILTIN_VERBS,
     AgentConfig,
     BackendConfig,
     ConfigError,
+    VerbConfig,
     ensure_private_dir,
     load_agent_config,
     load_backend_config,
     parse_bind,
+    parse_template,
     parse_wss_url,
 )
 
@@ -94,6 +97,24 @@ class ShippedFilesTests(_ConfigTestCase):
         self.assertEqual(config.tls.key, "/etc/viworks/pki/agents/os-agent-1.key")
         self.assertEqual(config.tls.ca, "/etc/viworks/pki/ca.crt")
         self.assertEqual(config.panel.users_file, "/etc/viworks/panel.htpasswd")
+        self.assertTrue(config.agent.exec_enable)
+        self.assertEqual(config.verbs, {})
+
+    def test_agent_example_verbs_parse(self):
+        """The commented-out [verbs.*] examples in etc/agent.toml are valid once uncommented."""
+        with open(os.path.join(ETC, "agent.toml")) as f:
+            text = f.read()
+        examples = text[text.index("# Verbs (optional)") :]
+        uncommented = "\n".join(
+            line[len("#   ") :] for line in examples.splitlines() if line.startswith("#   ")
+        )
+        config = load_agent_config(self.write(text + "\n" + uncommented + "\n"), check_files=False)
+        self.assertEqual(set(config.verbs), {"create_panel_user", "rotate_logs", "set_db_password"})
+        self.assertFalse(config.verbs["create_panel_user"].enabled)
+        rotate = config.verbs["rotate_logs"]
+        self.assertEqual(rotate.argv, ("/usr/sbin/logrotate", "--force", "{config}"))
+        self.assertEqual(rotate.params["config"]["pattern"], "^/etc/logrotate\\.d/[a-z0-9_-]+$")
+        self.assertEqual(config.verbs["set_db_password"].stdin, "{password}\n")
 
     def test_backend_example_parses(self):
         """etc/backend.toml is valid and holds the documented example values."""
@@ -173,6 +194,8 @@ class DefaultsTests(_ConfigTestCase):
         self.assertEqual(b.heartbeat_interval, 15.0)
         self.assertEqual(b.max_message_size, 1048576)
         self.assertEqual(b.default_command_timeout, 60.0)
+        self.assertEqual((b.default_ttl, b.lost_grace), (3600.0, 60.0))
+        self.assertEqual((b.handshake_rate, b.handshake_burst), (200.0, 200))
 
     def test_values_are_read(self):
         """Explicit values are used; integers are accepted for floats, 'warning' means warn."""
@@ -364,7 +387,237 @@ class KeyErrorTests(_ConfigTestCase):
             self.assertBackendError(BACKEND_MINIMAL + f"[backend]\n{extra}\n", fragment)
 
 
+ROTATE = """\
+[verbs.rotate_logs]
+argv = ["/usr/sbin/logrotate", "--force", "{config}"]
+timeout = 60
+changes_state = true
+params.config = {type = "string", pattern = "^/etc/logrotate\\\\.d/[a-z0-9_-]+$"}
+"""
+
+
+class VerbConfigTests(_ConfigTestCase):
+    def assertVerbError(self, extra: str, *fragments: str) -> ConfigError:
+        """``AGENT_MINIMAL + extra`` fails to load with every fragment in the message."""
+        return self.assertAgentError(AGENT_MINIMAL + extra, *fragments)
+
+    def test_declared_verb(self):
+        """A [verbs.NAME] table declares a verb: argv, timeout, changes_state and params."""
+        config = self.agent(ROTATE)
+        verb = config.verbs["rotate_logs"]
+        self.assertIsInstance(verb, VerbConfig)
+        self.assertEqual(verb.argv, ("/usr/sbin/logrotate", "--force", "{config}"))
+        self.assertEqual(verb.timeout, 60.0)
+        self.assertTrue(verb.changes_state)
+        self.assertEqual(
+            verb.params,
+            {"config": {"type": "string", "pattern": "^/etc/logrotate\\.d/[a-z0-9_-]+$"}},
+        )
+
+    def test_declared_verb_defaults(self):
+        """Unset keys: no stdin, limits left to the gateway, changes_state true, enabled."""
+        verb = self.agent('[verbs.hello]\nargv = ["/bin/true"]\n').verbs["hello"]
+        self.assertEqual(
+            verb,
+            VerbConfig(
+                argv=("/bin/true",),
+                stdin=None,
+                timeout=None,
+                output_cap=None,
+                concurrency=None,
+                changes_state=True,
+                description="",
+                params={},
+                enabled=True,
+            ),
+        )
+
+    def test_all_verb_keys(self):
+        """Every key of a declared verb is read, including a stdin template and all param
+        types."""
+        verb = self.agent(
+            "[verbs.set_pw]\n"
+            'argv = ["/usr/local/bin/setpw", "--user={user}", "--port", "{port}", "{mode}"]\n'
+            'stdin = "{password}\\n"\n'
+            "timeout = 2.5\noutput_cap = 4096\nconcurrency = 1\nchanges_state = false\n"
+            'description = "Set a password."\nenabled = true\n'
+            'params.user = {type = "string", min_length = 3, max_length = 32}\n'
+            'params.port = {type = "integer", min = 1, max = 65535, default = 22}\n'
+            'params.mode = {type = "enum", values = ["fast", "slow"]}\n'
+            'params.addr = {type = "ip", required = false}\n'
+            'params.password = {type = "secret"}\n'
+        ).verbs["set_pw"]
+        self.assertEqual(verb.stdin, "{password}\n")
+        self.assertEqual((verb.timeout, verb.output_cap, verb.concurrency), (2.5, 4096, 1))
+        self.assertFalse(verb.changes_state)
+        self.assertEqual(verb.description, "Set a password.")
+        self.assertEqual(set(verb.params), {"user", "port", "mode", "addr", "password"})
+
+    def test_builtin_overrides(self):
+        """A built-in verb accepts timeout, output_cap, concurrency and enabled."""
+        config = self.agent(
+            "[verbs.ping]\ntimeout = 1\n"
+            "[verbs.create_panel_user]\noutput_cap = 2048\nconcurrency = 2\n"
+            "[verbs.delete_panel_user]\nenabled = false\n"
+        )
+        self.assertEqual(config.verbs["ping"].timeout, 1.0)
+        self.assertEqual(config.verbs["create_panel_user"].output_cap, 2048)
+        self.assertEqual(config.verbs["create_panel_user"].concurrency, 2)
+        self.assertFalse(config.verbs["delete_panel_user"].enabled)
+        self.assertEqual(
+            BUILTIN_VERBS, {"ping", "system_health", "create_panel_user", "delete_panel_user"}
+        )
+
+    def test_exec_enable(self):
+        """[agent] exec_enable defaults to true and must be a boolean."""
+        self.assertTrue(self.agent().agent.exec_enable)
+        self.assertFalse(self.agent("[agent]\nexec_enable = false\n").agent.exec_enable)
+        self.assertVerbError(
+            '[agent]\nexec_enable = "no"\n', "[agent] exec_enable:", "expected a boolean"
+        )
+
+    def test_bad_verb_name(self):
+        """Verb names are 1-64 of a-z, 0-9, '_' starting with a letter; the error names it."""
+        for name in ["Rotate", "9lives", '"rotate-logs"', "_x", '"' + "a" * 65 + '"']:
+            err = self.assertVerbError(
+                f'[verbs.{name}]\nargv = ["/bin/true"]\n', "invalid verb name"
+            )
+            self.assertEqual(err.section, "verbs." + name.strip('"'))
+
+    def test_verbs_not_tables(self):
+        """[verbs] and each [verbs.NAME] must be tables."""
+        self.assertAgentError("verbs = 1\n" + AGENT_MINIMAL, "[verbs]: must be a table")
+        self.assertVerbError("[verbs]\nx = 1\n", "[verbs.x]: must be a table")
+
+    def test_relative_argv0(self):
+        """argv[0] must be an absolute path without placeholders; argv must not be empty."""
+        cases = [
+            ('argv = ["logrotate", "-f"]', "item 0 must be an absolute path"),
+            ('argv = ["./logrotate"]', "item 0 must be an absolute path"),
+            ("argv = []", "must not be empty"),
+            ('argv = ["/usr/bin/{tool}"]\nparams.tool = {type = "string"}', "placeholders"),
+            ('argv = "/bin/true"', "expected a string array"),
+            ('argv = ["/bin/true", 1]', "item 1 must be a string"),
+        ]
+        for body, fragment in cases:
+            self.assertVerbError(f"[verbs.x]\n{body}\n", "[verbs.x] argv:", fragment)
+
+    def test_declared_verb_needs_argv(self):
+        """A verb that is not built in must set argv."""
+        self.assertVerbError("[verbs.x]\ntimeout = 5\n", "[verbs.x] argv: required key is missing")
+
+    def test_unknown_placeholder(self):
+        """A placeholder in argv or stdin must name a declared parameter."""
+        self.assertVerbError(
+            ROTATE.replace('"{config}"', '"{confg}"'),
+            "[verbs.rotate_logs] argv:",
+            "{confg}",
+            "'config'",
+        )
+        self.assertVerbError(
+            '[verbs.x]\nargv = ["/bin/cat"]\nstdin = "{pw}"\n', "[verbs.x] stdin:", "{pw}"
+        )
+
+    def test_bad_template_syntax(self):
+        """Stray braces are errors; {{ and }} are literal braces."""
+        self.assertVerbError(
+            '[verbs.x]\nargv = ["/bin/echo", "{a"]\nparams.a = {type = "string"}\n',
+            "[verbs.x] argv:",
+            "item 1",
+            "unmatched '{'",
+        )
+        self.assertVerbError(
+            '[verbs.x]\nargv = ["/bin/cat"]\nstdin = "}"\n', "[verbs.x] stdin:", "unmatched '}'"
+        )
+        verb = self.agent('[verbs.x]\nargv = ["/bin/echo", "{{literal}}"]\n').verbs["x"]
+        self.assertEqual(verb.argv[1], "{{literal}}")
+
+    def test_optional_placeholder_needs_default(self):
+        """A placeholder cannot name an optional parameter that may have no value."""
+        self.assertVerbError(
+            '[verbs.x]\nargv = ["/bin/echo", "{a}"]\n'
+            'params.a = {type = "string", required = false}\n',
+            "[verbs.x] argv:",
+            "optional parameter without a default",
+        )
+        self.agent(
+            '[verbs.x]\nargv = ["/bin/echo", "{a}"]\n'
+            'params.a = {type = "string", required = false, default = "z"}\n'
+        )
+
+    def test_secret_in_argv(self):
+        """A secret parameter may appear in stdin only, never in argv."""
+        self.assertVerbError(
+            '[verbs.x]\nargv = ["/bin/setpw", "--password={pw}"]\nparams.pw = {type = "secret"}\n',
+            "[verbs.x] argv:",
+            "{pw} is a secret",
+            "stdin",
+        )
+        verb = self.agent(
+            '[verbs.x]\nargv = ["/bin/setpw"]\nstdin = "{pw}\\n"\nparams.pw = {type = "secret"}\n'
+        ).verbs["x"]
+        self.assertEqual(verb.stdin, "{pw}\n")
+
+    def test_bad_param_schema(self):
+        """Param specs are checked by viworks.schema; the error names params.NAME."""
+        cases = [
+            ('params.a = {type = "nope"}', "[verbs.x] params.a:", "unknown type 'nope'"),
+            ('params.a = {type = "string", max_lenght = 3}', "[verbs.x] params.a:", "unknown keys"),
+            ('params.a = {type = "integer", min = 5, max = 1}', "[verbs.x] params.a:", "min"),
+            ('params.a = {type = "string", pattern = "("}', "[verbs.x] params.a:", "bad pattern"),
+            ('params.a = {type = "secret", default = "x"}', "[verbs.x] params.a:", "default"),
+            ('params.a = "string"', "[verbs.x] params.a:", "must be a table"),
+            ('params."a-b" = {type = "string"}', "[verbs.x] params.a-b:", "parameter names"),
+            ('params = ["a"]', "[verbs.x] params:", "expected a table"),
+        ]
+        for body, *fragments in cases:
+            self.assertVerbError(f'[verbs.x]\nargv = ["/bin/true"]\n{body}\n', *fragments)
+
+    def test_builtin_rejects_definition_keys(self):
+        """A built-in verb cannot take argv, params, stdin, changes_state or description."""
+        for key, value in [
+            ("argv", '["/bin/true"]'),
+            ("params", '{a = {type = "string"}}'),
+            ("stdin", '"x"'),
+            ("changes_state", "false"),
+            ("description", '"x"'),
+        ]:
+            err = self.assertVerbError(
+                f"[verbs.create_panel_user]\n{key} = {value}\n",
+                f"[verbs.create_panel_user] {key}: cannot be set for the built-in verb",
+            )
+            self.assertEqual(err.key, key)
+
+    def test_bad_verb_values(self):
+        """Limits are range-checked, types are strict and unknown keys are errors."""
+        cases = [
+            ("timeout = 0", "[verbs.ping] timeout:", "must be > 0"),
+            ('timeout = "5"', "[verbs.ping] timeout:", "a number"),
+            ("output_cap = 1023", "[verbs.ping] output_cap:", ">= 1024"),
+            ("concurrency = 0", "[verbs.ping] concurrency:", ">= 1"),
+            ("concurrency = 1.5", "[verbs.ping] concurrency:", "an integer"),
+            ('enabled = "no"', "[verbs.ping] enabled:", "a boolean"),
+            ("timout = 5", "[verbs.ping] timout: unknown key", "'timeout'"),
+        ]
+        for body, *fragments in cases:
+            self.assertVerbError(f"[verbs.ping]\n{body}\n", *fragments)
+        self.assertVerbError(
+            '[verbs.x]\nargv = ["/bin/true"]\nchanges_state = 1\n',
+            "[verbs.x] changes_state:",
+            "a boolean",
+        )
+
+
 class HelperTests(unittest.TestCase):
+    def test_parse_template(self):
+        """parse_template splits literals and {name} placeholders; {{ }} are literal."""
+        self.assertEqual(parse_template("plain"), (("plain", None),))
+        self.assertEqual(parse_template("{a}"), (("", "a"), ("", None)))
+        self.assertEqual(parse_template("--x={a}:{b}!"), (("--x=", "a"), (":", "b"), ("!", None)))
+        self.assertEqual(parse_template("{{{a}}}"), (("{", "a"), ("}", None)))
+        for bad in ["{", "}", "{a", "{a.b}", "{0}", "{a!r}", "{}"]:
+            self.assertRaises(ValueError, parse_template, bad)
+
     def test_parse_bind(self):
         """parse_bind splits host:port and bracketed IPv6, and rejects malformed values."""
         self.assertEqual(parse_bind("127.0.0.1:8443"), ("127.0.0.1", 8443))

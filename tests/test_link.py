@@ -29,7 +29,7 @@ class LinkTests(unittest.TestCase):
 
     async def run_verb(self, agent_id, verb, args=None, timeout=None):
         ledger = self.stack.backend.ledger
-        command = await ledger.submit(agent_id, verb, args or {}, timeout)
+        command, _ = await ledger.submit(agent_id, verb, args or {}, timeout)
         finished = await ledger.wait(command["command_id"], 20)
         self.assertIsNotNone(finished, "the command did not finish in time")
         return finished
@@ -56,7 +56,7 @@ class LinkTests(unittest.TestCase):
         await gateway.stopService()
         await eventually(lambda: not self.online())
         ledger = self.stack.backend.ledger
-        command = await ledger.submit("gw-1", "ping", {}, None)
+        command, _ = await ledger.submit("gw-1", "ping", {}, None)
         self.assertEqual(command["status"], "queued")
         self.stack.start_gateway()
         finished = await ledger.wait(command["command_id"], 20)

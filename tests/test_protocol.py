@@ -36,9 +36,10 @@ class DecodeTests(unittest.TestCase):
         """Each frame type that ``encode`` produces decodes back to the same fields."""
         samples = {
             "hello": dict(agent_id="a", version="1", site="s", hostname="h", protocol=1, verbs={}),
-            "welcome": dict(session_id="s", heartbeat_interval=15, heartbeat_timeout=30),
-            "command": dict(command_id="c", verb="ping", args={}, timeout=5.5),
+            "welcome": dict(session_id="s", epoch=3, heartbeat_interval=15, heartbeat_timeout=30),
+            "command": dict(command_id="c", verb="ping", args={}, timeout=5.5, expires_at=None),
             "ack": dict(command_id="c"),
+            "result_ack": dict(command_id="c"),
             "result": GOOD_RESULT,
             "heartbeat": dict(ts=12.5),
             "error": dict(code="X", message="m"),
@@ -117,3 +118,12 @@ class DecodeTests(unittest.TestCase):
     def test_encode_unknown_type(self):
         """encode refuses to produce a frame type that does not exist."""
         self.assertRaises(ValueError, protocol.encode, "bogus")
+
+    def test_retry_after_roundtrip(self):
+        """A retry-after hint written into a close reason is read back; none gives None."""
+        reason = protocol.retry_after_reason("shutdown", 12.25)
+        self.assertAlmostEqual(protocol.parse_retry_after(reason), 12.2, places=1)
+        self.assertIsNone(protocol.parse_retry_after("replaced"))
+        self.assertIsNone(protocol.parse_retry_after(None))
+        text = "WebSocket connection upgrade failed (503 - busy; retry-after=3.5)"
+        self.assertEqual(protocol.parse_retry_after(text), 3.5)

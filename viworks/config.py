@@ -9,11 +9,16 @@ section and the key::
     /etc/viworks/agent.toml: [outbound] backend_url: must be a wss:// URL, got 'https://x'
 
 Relative paths are resolved against the directory of the configuration file.
+
+The agent's ``[verbs.NAME]`` tables (see ``VerbConfig``) override a built-in verb's limits or
+declare an extra verb; each table is loaded with the same field specs, as section
+``verbs.NAME``.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import difflib
 import os
@@ -24,20 +29,25 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from viworks.schema import validate_schema
+
 __all__ = [
     "AgentConfig",
     "AgentSection",
     "AgentTLS",
+    "BUILTIN_VERBS",
     "BackendConfig",
     "BackendSection",
     "BackendTLS",
     "ConfigError",
     "OutboundSection",
     "PanelSection",
+    "VerbConfig",
     "ensure_private_dir",
     "load_agent_config",
     "load_backend_config",
     "parse_bind",
+    "parse_template",
     "parse_wss_url",
 ]
 
@@ -120,6 +130,39 @@ def ensure_private_dir(path: str) -> str:
     return path
 
 
+_TEMPLATE_TOKEN = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|[{}]")
+
+
+def parse_template(text: str) -> tuple[tuple[str, str | None], ...]:
+    """Split a verb template into ``(literal, param_name_or_None)`` pairs; raise ValueError.
+
+    ``{name}`` is a placeholder for parameter ``name``; ``{{`` and ``}}`` are literal braces;
+    any other brace is an error.  No format specs, indexing or attributes: the value is
+    inserted as text, never through a shell.  ``"--config={path}"`` gives
+    ``(("--config=", "path"), ("", None))``.
+    """
+    parts: list[tuple[str, str | None]] = []
+    literal: list[str] = []
+    pos = 0
+    for m in _TEMPLATE_TOKEN.finditer(text):
+        literal.append(text[pos : m.start()])
+        pos = m.end()
+        token = m.group(0)
+        if token in ("{{", "}}"):
+            literal.append(token[0])
+        elif m.group(1) is not None:
+            parts.append(("".join(literal), m.group(1)))
+            literal = []
+        else:
+            raise ValueError(
+                f"unmatched {token!r} at position {m.start()} (placeholders are {{name}};"
+                f" write {token * 2!r} for a literal brace)"
+            )
+    literal.append(text[pos:])
+    parts.append(("".join(literal), None))
+    return tuple(parts)
+
+
 # --------------------------------------------------------------------------- field specs
 
 _REQUIRED: Any = object()
@@ -133,7 +176,7 @@ class _Ctx:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: str  # "string", "integer", "number", "string table", "string array"
+    kind: str  # "string", "integer", "number", "boolean", "table", "string table", "string array"
     default: Any = _REQUIRED
     check: Callable[[Any, _Ctx], Any] | None = None
 
@@ -168,6 +211,10 @@ def _coerce(kind: str, value: Any) -> Any:
         return value
     if kind == "number" and actual in ("integer", "float"):
         return float(value)
+    if kind == "boolean" and actual == "boolean":
+        return value
+    if kind == "table" and actual == "table":
+        return copy.deepcopy(value)
     if kind == "string array" and actual == "array":
         for i, item in enumerate(value):
             if not isinstance(item, str):
@@ -178,7 +225,9 @@ def _coerce(kind: str, value: Any) -> Any:
             if not isinstance(v, str):
                 raise _Invalid(f"must be a string, got {_toml_type(v)}", subkey=k)
         return dict(value)
-    expected = {"number": "a number", "integer": "an integer"}.get(kind, f"a {kind}")
+    expected = {"number": "a number", "integer": "an integer", "boolean": "a boolean"}.get(
+        kind, f"a {kind}"
+    )
     raise _Invalid(f"expected {expected}, got {actual} ({value!r})")
 
 
@@ -192,6 +241,15 @@ def _at_least(minimum: float) -> Callable[[Any, _Ctx], Any]:
         return value
 
     return check
+
+
+def _optional(check: Callable[[Any, _Ctx], Any]) -> Callable[[Any, _Ctx], Any]:
+    """``check`` for a key whose default ``None`` means "not set"."""
+
+    def optional(value: Any, ctx: _Ctx) -> Any:
+        return None if value is None else check(value, ctx)
+
+    return optional
 
 
 def _positive(value: float, ctx: _Ctx) -> float:
@@ -294,6 +352,90 @@ def _spki_pins(value: tuple[str, ...], ctx: _Ctx) -> tuple[str, ...]:
     return value
 
 
+#: The verbs the gateway ships (``viworks.gateway.verbs.default_catalog``).  A ``[verbs.NAME]``
+#: table for one of them may only set ``_BUILTIN_VERB_KEYS``.
+BUILTIN_VERBS = frozenset({"ping", "system_health", "create_panel_user", "delete_panel_user"})
+_BUILTIN_VERB_KEYS = ("timeout", "output_cap", "concurrency", "enabled")
+_VERB_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _template(value: str | None, ctx: _Ctx) -> str | None:
+    if value is not None:
+        try:
+            parse_template(value)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+    return value
+
+
+def _argv(value: tuple[str, ...] | None, ctx: _Ctx) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not value:
+        raise _Invalid("must not be empty")
+    if not os.path.isabs(value[0]):
+        raise _Invalid(f"item 0 must be an absolute path to the program, got {value[0]!r}")
+    for i, item in enumerate(value):
+        try:
+            parts = parse_template(item)
+        except ValueError as e:
+            raise _Invalid(f"item {i}: {e}") from None
+        if i == 0 and len(parts) > 1:
+            raise _Invalid(f"item 0 (the program) must not contain placeholders, got {item!r}")
+    return value
+
+
+def _param_specs(value: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
+    for name, spec in value.items():
+        if not _PARAM_NAME.fullmatch(name):
+            raise _Invalid(
+                "parameter names must be 1-64 letters, digits or '_', not starting with a digit",
+                subkey=name,
+            )
+        if not isinstance(spec, dict):
+            raise _Invalid(
+                f'must be a table such as {{type = "string"}}, got {_toml_type(spec)}',
+                subkey=name,
+            )
+        try:
+            validate_schema({name: spec})
+        except ValueError as e:
+            message = str(e).removeprefix(f"parameter {name!r}: ")
+            raise _Invalid(message, subkey=name) from None
+    return value
+
+
+def _check_verb_templates(values: Mapping[str, Any]) -> None:
+    """Every placeholder names a declared parameter that always has a value; no secret in argv."""
+    params = values["params"]
+    templates = [("argv", item) for item in values["argv"] or ()]
+    if values["stdin"] is not None:
+        templates.append(("stdin", values["stdin"]))
+    for key, template in templates:
+        for _literal, name in parse_template(template):
+            if name is None:
+                continue
+            spec = params.get(name)
+            if spec is None:
+                raise _Invalid(
+                    f"placeholder {{{name}}} does not name a parameter in params"
+                    f"{_suggest(name, list(params))}",
+                    subkey=key,
+                )
+            if key == "argv" and spec["type"] == "secret":
+                raise _Invalid(
+                    f"placeholder {{{name}}} is a secret: secrets may only be passed on stdin"
+                    " (other users can read a process's argv)",
+                    subkey=key,
+                )
+            if spec.get("required", True) is False and "default" not in spec:
+                raise _Invalid(
+                    f"placeholder {{{name}}} names an optional parameter without a default",
+                    subkey=key,
+                )
+
+
 # --------------------------------------------------------------------------- dataclasses
 
 
@@ -306,6 +448,8 @@ class AgentSection:
     max_connections: int = _spec("integer", 100, _at_least(1))
     request_timeout: float = _spec("number", 30.0, _positive)
     labels: dict[str, str] = _spec("string table", {})
+    # false: refuse every verb with changes_state (status "rejected", code EXEC_DISABLED).
+    exec_enable: bool = _spec("boolean", True)
 
     @property
     def bind_host(self) -> str:
@@ -361,12 +505,36 @@ class PanelSection:
 
 
 @dataclass(frozen=True)
+class VerbConfig:
+    """One ``[verbs.NAME]`` table: overrides of a built-in verb, or a declared verb.
+
+    ``None`` means "not set": a built-in keeps its own value, a declared verb gets the
+    gateway default (timeout 30 s, output cap 64 KiB, no concurrency limit).  ``argv`` and
+    ``stdin`` are templates (see ``parse_template``) over ``params``, a schema checked with
+    ``viworks.schema.validate_schema``.  Built-in verbs accept only ``timeout``,
+    ``output_cap``, ``concurrency`` and ``enabled``; a declared verb requires ``argv``.
+    ``concurrency`` is stored but not enforced yet.
+    """
+
+    argv: tuple[str, ...] | None = _spec("string array", None, _argv)
+    stdin: str | None = _spec("string", None, _template)
+    timeout: float | None = _spec("number", None, _optional(_positive))
+    output_cap: int | None = _spec("integer", None, _optional(_at_least(1024)))
+    concurrency: int | None = _spec("integer", None, _optional(_at_least(1)))
+    changes_state: bool = _spec("boolean", True)
+    description: str = _spec("string", "")
+    params: dict[str, Any] = _spec("table", {}, _param_specs)
+    enabled: bool = _spec("boolean", True)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     path: str
     agent: AgentSection
     outbound: OutboundSection
     tls: AgentTLS
     panel: PanelSection
+    verbs: dict[str, VerbConfig] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -379,6 +547,10 @@ class BackendSection:
     heartbeat_interval: float = _spec("number", 15.0, _positive)
     max_message_size: int = _spec("integer", 1048576, _at_least(1024))
     default_command_timeout: float = _spec("number", 60.0, _positive)
+    default_ttl: float = _spec("number", 3600.0, _positive)
+    lost_grace: float = _spec("number", 60.0, _positive)
+    handshake_rate: float = _spec("number", 200.0, _positive)
+    handshake_burst: int = _spec("integer", 200, _at_least(1))
 
     @property
     def http_host(self) -> str:
@@ -424,6 +596,9 @@ _AGENT_SECTIONS: _SectionTable = {
     "tls": (AgentTLS, ()),
     "panel": (PanelSection, ()),
 }
+
+# section name -> loader(path, table, ctx) for sections holding named subtables
+_TableLoaders = dict[str, Callable[[str, Any, _Ctx], Any]]
 
 _BACKEND_SECTIONS: _SectionTable = {
     "backend": (BackendSection, ()),
@@ -493,19 +668,66 @@ def _load_section(path: str, name: str, cls: type, checks, table: Any, ctx: _Ctx
     return cls(**values)
 
 
-def _load(path: str, sections: _SectionTable, check_files: bool) -> dict[str, Any]:
+def _load_verbs(path: str, table: Any, ctx: _Ctx) -> dict[str, VerbConfig]:
+    if not isinstance(table, dict):
+        raise ConfigError(path, f"must be a table, got {_toml_type(table)}", section="verbs")
+    known_keys = {f.name for f in dataclasses.fields(VerbConfig)}
+    verbs: dict[str, VerbConfig] = {}
+    for name, sub in table.items():
+        section = f"verbs.{name}"
+        if not _VERB_NAME.fullmatch(name):
+            raise ConfigError(
+                path,
+                f"invalid verb name {name!r}: must be 1-64 characters of a-z, 0-9 and '_',"
+                " starting with a letter",
+                section=section,
+            )
+        if name in BUILTIN_VERBS and isinstance(sub, dict):
+            for key in sub:
+                if key in known_keys and key not in _BUILTIN_VERB_KEYS:
+                    raise ConfigError(
+                        path,
+                        f"cannot be set for the built-in verb {name!r} (only"
+                        f" {', '.join(_BUILTIN_VERB_KEYS)}); declare a new verb under another"
+                        " name instead",
+                        section=section,
+                        key=key,
+                    )
+        verb = _load_section(path, section, VerbConfig, (_check_verb_templates,), sub, ctx)
+        if name not in BUILTIN_VERBS and verb.argv is None:
+            raise ConfigError(
+                path,
+                "required key is missing (a declared verb needs the program to run;"
+                f" built-in verbs are {', '.join(sorted(BUILTIN_VERBS))})",
+                section=section,
+                key="argv",
+            )
+        verbs[name] = verb
+    return verbs
+
+
+_AGENT_TABLES: _TableLoaders = {"verbs": _load_verbs}
+
+
+def _load(
+    path: str, sections: _SectionTable, check_files: bool, tables: _TableLoaders | None = None
+) -> dict[str, Any]:
     path = os.path.abspath(os.fspath(path))
+    tables = tables or {}
     data = _read_toml(path)
     for name in data:
-        if name not in sections:
-            known = ", ".join(f"[{s}]" for s in sections)
+        if name not in sections and name not in tables:
+            names = [*sections, *tables]
+            known = ", ".join(f"[{s}]" for s in names)
             raise ConfigError(
-                path, f"unknown section [{name}]{_suggest(name, list(sections))}; known: {known}"
+                path, f"unknown section [{name}]{_suggest(name, names)}; known: {known}"
             )
     ctx = _Ctx(base_dir=os.path.dirname(path), check_files=check_files)
     loaded: dict[str, Any] = {"path": path}
     for name, (cls, checks) in sections.items():
         loaded[name] = _load_section(path, name, cls, checks, data.get(name, {}), ctx)
+    for name, loader in tables.items():
+        loaded[name] = loader(path, data.get(name, {}), ctx)
     return loaded
 
 
@@ -515,7 +737,7 @@ def load_agent_config(path: str, *, check_files: bool = True) -> AgentConfig:
     ``check_files=False`` skips the check that TLS files exist (only for tests of example
     files); paths are still resolved.
     """
-    return AgentConfig(**_load(path, _AGENT_SECTIONS, check_files))
+    return AgentConfig(**_load(path, _AGENT_SECTIONS, check_files, _AGENT_TABLES))
 
 
 def load_backend_config(path: str, *, check_files: bool = True) -> BackendConfig:

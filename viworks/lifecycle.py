@@ -1,7 +1,8 @@
 """The command lifecycle: which status may follow which (pure).
 
     queued -> dispatched -> running -> succeeded | failed | timed_out | cancelled | rejected | lost
-    queued -> expired | cancelled
+    queued -> expired | cancelled | failed (the backend could not deliver it, e.g. its
+              secret arguments were lost in a restart)
     dispatched -> expired (the agent refused it: past its deadline) and any final status
                   (a redelivered command can be answered from the agent's journal at once)
 
@@ -21,7 +22,7 @@ ALL = frozenset({QUEUED, DISPATCHED, RUNNING}) | FINAL
 _REPORTED = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, REJECTED, LOST})
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    QUEUED: frozenset({DISPATCHED, EXPIRED, CANCELLED}),
+    QUEUED: frozenset({DISPATCHED, EXPIRED, CANCELLED, FAILED}),
     # A redelivery (dispatched again) is a self-transition that refreshes dispatched_at.
     DISPATCHED: frozenset({DISPATCHED, RUNNING, EXPIRED}) | _REPORTED,
     RUNNING: _REPORTED,

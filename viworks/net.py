@@ -10,6 +10,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.web.server import Site
 
 
 def listen_service(
@@ -49,3 +50,17 @@ class ConnectionLimit(WrappingFactory):
         if len(self.protocols) >= self.limit:
             return None
         return super().buildProtocol(addr)
+
+
+class DrainingSite(Site):
+    """A ``Site`` that counts requests in flight, so that a stop can let them finish."""
+
+    in_flight = 0
+
+    def getResourceFor(self, request: Any) -> Any:
+        self.in_flight += 1
+        request.notifyFinish().addBoth(self._finished)
+        return super().getResourceFor(request)
+
+    def _finished(self, _: Any) -> None:
+        self.in_flight -= 1

@@ -9,6 +9,7 @@ inverse. docs/protocol.md describes every frame.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ CLOSE_POLICY = 4000
 CLOSE_HELLO_REFUSED = 4001
 CLOSE_REPLACED = 4002
 CLOSE_SHUTDOWN = 4003
+CLOSE_BUSY = 4004
+
+_RETRY_AFTER = re.compile(r"retry-after=(\d+(?:\.\d+)?)")
 
 # Error codes carried by ``error`` frames.
 MALFORMED_FRAME = "MALFORMED_FRAME"
@@ -34,7 +38,6 @@ UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
 _STR = (str,)
 _NUM = (int, float)
 _OPT_NUM = (int, float, type(None))
-_OPT_STR = (str, type(None))
 _OPT_DICT = (dict, type(None))
 
 # Required fields of each frame type and the JSON types they accept.  Extra
@@ -50,11 +53,19 @@ FRAME_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "welcome": {
         "session_id": _STR,
+        "epoch": (int,),
         "heartbeat_interval": _NUM,
         "heartbeat_timeout": _NUM,
     },
-    "command": {"command_id": _STR, "verb": _STR, "args": (dict,), "timeout": _NUM},
+    "command": {
+        "command_id": _STR,
+        "verb": _STR,
+        "args": (dict,),
+        "timeout": _NUM,
+        "expires_at": _OPT_NUM,
+    },
     "ack": {"command_id": _STR},
+    "result_ack": {"command_id": _STR},
     "result": {
         "command_id": _STR,
         "status": _STR,
@@ -72,8 +83,11 @@ FRAME_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "error": {"code": _STR, "message": _STR},
 }
 
-# The final statuses an agent may report in a ``result`` frame.
-RESULT_STATUSES = frozenset({"succeeded", "failed", "timed_out", "rejected", "cancelled"})
+# The final statuses an agent may report in a ``result`` frame: ``expired`` when a
+# command arrived after its deadline, ``lost`` when the agent died while running it.
+RESULT_STATUSES = frozenset(
+    {"succeeded", "failed", "timed_out", "rejected", "cancelled", "expired", "lost"}
+)
 
 _TYPE_NAMES = {
     str: "string",
@@ -123,6 +137,17 @@ def error_frame(code: str, message: str, command_id: str | None = None) -> bytes
     """An ``error`` frame, optionally about one command."""
     extra = {"command_id": command_id} if command_id is not None else {}
     return encode("error", code=code, message=message, **extra)
+
+
+def retry_after_reason(reason: str, seconds: float) -> str:
+    """A close reason carrying a reconnect hint (the agent waits at least that long)."""
+    return f"{reason}; retry-after={seconds:.1f}"
+
+
+def parse_retry_after(reason: str | None) -> float | None:
+    """The reconnect hint in a close reason (or an HTTP refusal's text), if any."""
+    match = _RETRY_AFTER.search(reason or "")
+    return float(match.group(1)) if match else None
 
 
 def _type_ok(value: Any, accepted: tuple[type, ...]) -> bool:

@@ -67,3 +67,21 @@ async def add_agent(store: Any, agent_id: str = "gw-1", verbs: dict = VERBS) -> 
         labels={},
         now=1000.0,
     )
+
+
+def result_fields(command_id: str, **overrides: Any) -> dict[str, Any]:
+    """The fields of a valid ``result`` frame."""
+    return {
+        "command_id": command_id,
+        "status": "succeeded",
+        "exit_code": 0,
+        "result": {"ok": True},
+        "stdout": "out",
+        "stderr": "",
+        "stdout_truncated": False,
+        "stderr_truncated": False,
+        "error": None,
+        "started_at": None,
+        "finished_at": None,
+        **overrides,
+    }

@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.backend.helpers import FakeSession, add_agent, sqlite_store
+from tests.backend.helpers import FakeSession, add_agent, result_fields, sqlite_store
 from tests.stack import eventually
 from viworks.backend.api import BackendAPI, hash_token
 from viworks.backend.ledger import CommandLedger
@@ -33,8 +33,10 @@ class APITests(unittest.TestCase):
     def setUp(self):
         return Deferred.fromCoroutine(self._setUp())
 
-    async def call(self, method, path, body=None, token=TOKEN, raw=None):
-        headers = {b"authorization": [f"Bearer {token}".encode()]} if token else {}
+    async def call(self, method, path, body=None, token=TOKEN, raw=None, headers=None):
+        headers = dict(headers or {})
+        if token:
+            headers[b"authorization"] = [f"Bearer {token}".encode()]
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         # The store answers from a thread, so the in-memory HTTP exchange needs
         # flushing until the response is complete.
@@ -177,10 +179,10 @@ class APITests(unittest.TestCase):
         await eventually(lambda: session.commands())
         [frame] = session.commands()
         await self.ledger.on_ack(session, frame["command_id"])
-        await self.ledger.on_result(session, _result(frame["command_id"]))
+        await self.ledger.on_result(session, result_fields(frame["command_id"]))
         code, command = await pending
         self.assertEqual((code, command["status"]), (200, "succeeded"))
-        self.assertEqual(command["result"], {"pong": True})
+        self.assertEqual(command["result"], {"ok": True})
         self.assertIsNotNone(command["started_at"])
         self.assertIsNotNone(command["finished_at"])
 
@@ -199,9 +201,9 @@ class APITests(unittest.TestCase):
         """A second result for a finished command changes nothing."""
         session = self.go_online()
         _, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
-        await self.ledger.on_result(session, _result(command["command_id"]))
+        await self.ledger.on_result(session, result_fields(command["command_id"]))
         await self.ledger.on_result(
-            session, _result(command["command_id"], status="failed", exit_code=9)
+            session, result_fields(command["command_id"], status="failed", exit_code=9)
         )
         _, stored = await self.call("GET", f"/api/v1/commands/{command['command_id']}")
         self.assertEqual((stored["status"], stored["exit_code"]), ("succeeded", 0))
@@ -213,10 +215,12 @@ class APITests(unittest.TestCase):
         intruder = FakeSession("gw-2")
         self.registry.register(intruder)
         _, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
-        await self.ledger.on_result(intruder, _result(command["command_id"]))
+        await self.ledger.on_result(intruder, result_fields(command["command_id"]))
         _, stored = await self.call("GET", f"/api/v1/commands/{command['command_id']}")
         self.assertEqual(stored["status"], "dispatched")
-        self.assertEqual(intruder.sent[-1]["code"], "UNKNOWN_COMMAND")
+        self.assertEqual(
+            [f["code"] for f in intruder.sent if f.type == "error"], ["UNKNOWN_COMMAND"]
+        )
 
     async def test_list_filters(self):
         """Commands can be filtered by agent and status, newest first, with a limit."""
@@ -230,18 +234,49 @@ class APITests(unittest.TestCase):
         _, body = await self.call("GET", "/api/v1/commands?agent_id=other")
         self.assertEqual(body["commands"], [])
 
+    async def test_idempotency_key(self):
+        """The same Idempotency-Key from the same token returns the same command (200)."""
+        path, body = "/api/v1/agents/gw-1/commands", {"verb": "ping"}
+        key = {b"idempotency-key": [b"deploy-42"]}
+        code, first = await self.call("POST", path, body, headers=key)
+        self.assertEqual(code, 201)
+        code, again = await self.call("POST", path, body, headers=key)
+        self.assertEqual((code, again["command_id"]), (200, first["command_id"]))
+        _, listed = await self.call("GET", "/api/v1/commands")
+        self.assertEqual(len(listed["commands"]), 1)
 
-def _result(command_id, status="succeeded", exit_code=0):
-    return {
-        "command_id": command_id,
-        "status": status,
-        "exit_code": exit_code,
-        "result": {"pong": True},
-        "stdout": "",
-        "stderr": "",
-        "stdout_truncated": False,
-        "stderr_truncated": False,
-        "error": None,
-        "started_at": 1.0,
-        "finished_at": 2.0,
-    }
+    async def test_idempotency_conflict(self):
+        """The same key with a different body is a 409 IDEMPOTENCY_CONFLICT; nothing is created."""
+        path, key = "/api/v1/agents/gw-1/commands", {b"idempotency-key": [b"k1"]}
+        await self.call("POST", path, {"verb": "ping"}, headers=key)
+        code, body = await self.call("POST", path, {"verb": "ping", "ttl": 5}, headers=key)
+        self.assertEqual((code, body["error"]["code"]), (409, "IDEMPOTENCY_CONFLICT"))
+        _, listed = await self.call("GET", "/api/v1/commands")
+        self.assertEqual(len(listed["commands"]), 1)
+
+    async def test_idempotency_scoped_to_token(self):
+        """Another token using the same key gets its own command."""
+        await self.store.create_token("other", hash_token("vw_other"), 1.0)
+        path, key = "/api/v1/agents/gw-1/commands", {b"idempotency-key": [b"k1"]}
+        _, first = await self.call("POST", path, {"verb": "ping"}, headers=key)
+        code, second = await self.call(
+            "POST", path, {"verb": "ping"}, token="vw_other", headers=key
+        )
+        self.assertEqual(code, 201)
+        self.assertNotEqual(first["command_id"], second["command_id"])
+
+    async def test_ttl(self):
+        """ttl sets expires_at; a bad ttl is a 422 naming the field."""
+        path = "/api/v1/agents/gw-1/commands"
+        code, command = await self.call("POST", path, {"verb": "ping", "ttl": 30})
+        self.assertEqual(code, 201)
+        self.assertEqual(command["expires_at"], "1970-01-01T00:33:50.000Z")
+        code, body = await self.call("POST", path, {"verb": "ping", "ttl": 0})
+        self.assertEqual((code, body["error"]["field"]), (422, "ttl"))
+
+    async def test_history_in_command(self):
+        """GET of one command includes its recorded status history."""
+        self.go_online()
+        _, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
+        _, body = await self.call("GET", f"/api/v1/commands/{command['command_id']}")
+        self.assertEqual([e["status"] for e in body["events"]], ["queued", "dispatched"])

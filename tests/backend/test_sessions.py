@@ -23,7 +23,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.trial import unittest
 
-from tests.backend.helpers import VERBS, add_agent, sqlite_store
+from tests.backend.helpers import VERBS, add_agent, result_fields, sqlite_store
 from tests.stack import eventually
 from viworks import protocol
 from viworks.backend.ledger import CommandLedger
@@ -36,24 +36,6 @@ HEARTBEAT = 7.0
 MAX_MESSAGE = 4096
 # Autobahn timers would be scheduled on the global reactor (txaio): all off.
 NO_TIMERS = {"autoPingInterval": 0, "openHandshakeTimeout": 0, "closeHandshakeTimeout": 0}
-
-
-def result_fields(command_id: str, **overrides: Any) -> dict[str, Any]:
-    """The fields of a valid ``result`` frame."""
-    return {
-        "command_id": command_id,
-        "status": "succeeded",
-        "exit_code": 0,
-        "result": {"ok": True},
-        "stdout": "out",
-        "stderr": "",
-        "stdout_truncated": False,
-        "stderr_truncated": False,
-        "error": None,
-        "started_at": None,
-        "finished_at": None,
-        **overrides,
-    }
 
 
 class AgentClient(WebSocketClientProtocol):
@@ -235,8 +217,8 @@ class AgentSessionTests(unittest.TestCase):
         """A valid HELLO gets a welcome, registers the session, marks the agent online
         with its verbs, then delivers the commands queued while it was away, in order."""
         await self.offline_agent()
-        ping = await self.ledger.submit("gw-1", "ping", {})
-        user = await self.ledger.submit(
+        ping, _ = await self.ledger.submit("gw-1", "ping", {})
+        user, _ = await self.ledger.submit(
             "gw-1", "create_panel_user", {"username": "alice", "password": "s3cret-pw"}
         )
         self.assertEqual([ping["status"], user["status"]], ["queued", "queued"])
@@ -415,7 +397,7 @@ class AgentSessionTests(unittest.TestCase):
     async def test_ack_then_result(self):
         """ack then result move the command dispatched -> running -> succeeded."""
         client = await self.welcomed()
-        submitted = await self.ledger.submit("gw-1", "ping", {})
+        submitted, _ = await self.ledger.submit("gw-1", "ping", {})
         command_id = submitted["command_id"]
         self.assertEqual(submitted["status"], "dispatched")
         await self.until(lambda: client.of_type("command"))
@@ -438,7 +420,7 @@ class AgentSessionTests(unittest.TestCase):
         """A result for another agent's command is answered UNKNOWN_COMMAND and changes nothing."""
         await self.welcomed("gw-1")
         other = await self.welcomed("gw-2")
-        command = await self.ledger.submit("gw-1", "ping", {})
+        command, _ = await self.ledger.submit("gw-1", "ping", {})
         other.send("result", **result_fields(command["command_id"]))
         await self.until(lambda: other.error_codes() == ["UNKNOWN_COMMAND"])
         stored = await self.store.get_command(command["command_id"])
@@ -448,7 +430,7 @@ class AgentSessionTests(unittest.TestCase):
         """A newer session for the same agent replaces the older one, which is closed
         4002 'replaced'; the older one's late result is fenced off."""
         first = await self.welcomed()
-        command = await self.ledger.submit("gw-1", "ping", {})
+        command, _ = await self.ledger.submit("gw-1", "ping", {})
         command_id = command["command_id"]
         await self.until(lambda: first.of_type("command"))
 

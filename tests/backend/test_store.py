@@ -8,9 +8,17 @@ import stat
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.monkey import MonkeyPatcher
 from twisted.trial import unittest
 
-from viworks.backend.store import DuplicateToken, SchemaTooNew, Store, open_store
+from viworks.backend.store import (
+    DuplicateToken,
+    IdempotencyConflict,
+    SchemaTooNew,
+    Store,
+    StoreError,
+    open_store,
+)
 from viworks.backend.store import schema as store_schema
 
 POSTGRES_URL = os.environ.get("VIWORKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -94,6 +102,79 @@ class StoreTestsMixin:
         with self.assertRaises(SchemaTooNew):
             await store.open()
 
+    async def test_migrate_from_v1(self) -> None:
+        """A version-1 database with data is migrated in place to the latest version.
+
+        The new columns get their defaults, existing commands get a history
+        reconstructed from their timestamps, and the new API works on it.
+        """
+        # Version 1 is the first migration as shipped (migrations are never edited).
+        patcher = MonkeyPatcher(
+            (store_schema, "MIGRATIONS", store_schema.MIGRATIONS[:1]),
+            (store_schema, "LATEST_VERSION", 1),
+        )
+        patcher.patch()
+        self.addCleanup(patcher.restore)
+        old = self.make_store()
+        self.addCleanup(old.close)
+        self.assertEqual(await old.open(), 1)
+        await old._run(
+            old._update_count_txn,
+            "INSERT INTO agents (agent_id, status, session_id) VALUES ('gw1', 'online', 's1')",
+            (),
+        )
+        insert = (
+            "INSERT INTO commands (command_id, agent_id, verb, args, status, timeout,"
+            " created_at, dispatched_at, started_at, finished_at)"
+            " VALUES (?, 'gw1', 'ping', '{}', ?, 30.0, ?, ?, ?, ?)"
+        )
+        for row in (
+            ("q", "queued", 1.0, None, None, None),
+            ("d", "dispatched", 2.0, 3.0, None, None),
+            ("r", "running", 3.0, 4.0, 5.0, None),
+            ("s", "succeeded", 4.0, 5.0, 6.0, 7.0),
+            ("x", "cancelled", 5.0, None, None, 6.0),
+        ):
+            await old._run(old._update_count_txn, insert, row)
+        await old.close()
+        patcher.restore()
+        self.assertGreater(store_schema.LATEST_VERSION, 1)
+
+        store = await self.open_store()
+        self.assertEqual(await store.open(), store_schema.LATEST_VERSION)
+        rows = await store._run(
+            store._select_txn, "SELECT version FROM schema_version ORDER BY version", ()
+        )
+        self.assertEqual(
+            [r["version"] for r in rows], list(range(1, store_schema.LATEST_VERSION + 1))
+        )
+        self.assertEqual((await store.get_agent("gw1"))["epoch"], 0)
+        self.assertEqual((await self.online(store))["epoch"], 1)
+        self.assertIsNone((await store.get_command("q"))["expires_at"])
+
+        migrated = {"migrated": True}
+        expected = {
+            "q": [("queued", 1.0)],
+            "d": [("queued", 2.0), ("dispatched", 3.0)],
+            "r": [("queued", 3.0), ("dispatched", 4.0), ("running", 5.0)],
+            "s": [("queued", 4.0), ("dispatched", 5.0), ("running", 6.0), ("succeeded", 7.0)],
+            "x": [("queued", 5.0), ("cancelled", 6.0)],
+        }
+        for command_id, steps in expected.items():
+            events = await store.command_events(command_id)
+            self.assertEqual([(e["status"], e["at"]) for e in events], steps, command_id)
+            self.assertEqual([e["detail"] for e in events], [migrated] * len(steps))
+        # The migrated commands take part in the new lifecycle.
+        self.assertIsNone(await store.transition("s", "running", 8.0))
+        running = await store.transition("d", "running", 8.0, started_at=8.0)
+        self.assertEqual(running["status"], "running")
+        self.assertEqual((await store.command_events("d"))[-1]["status"], "running")
+        created, fresh = await store.create_command_idempotent(
+            _command("new", expires_at=50.0), token_name="ci", key="k", request_hash="h"
+        )
+        self.assertTrue(fresh)
+        self.assertEqual(created["expires_at"], 50.0)
+
     # -- agents -------------------------------------------------------------
 
     async def test_upsert_agent_online(self) -> None:
@@ -126,6 +207,21 @@ class StoreTestsMixin:
         self.assertEqual(again["connected_at"], 200.0)
         self.assertEqual(again["labels"], {})
         self.assertEqual(again["verbs"], {})
+
+    async def test_epoch_increments(self) -> None:
+        """Every upsert_agent_online bumps the agent's epoch; other updates keep it."""
+        store = await self.open_store()
+        self.assertEqual((await self.online(store, session_id="s1"))["epoch"], 1)
+        self.assertEqual((await self.online(store, session_id="s2"))["epoch"], 2)
+        await store.touch_agent("gw1", 150.0)
+        await store.mark_agent_offline("gw1", "s2", 160.0)
+        await store.mark_all_agents_offline(170.0)
+        self.assertEqual((await store.get_agent("gw1"))["epoch"], 2)
+        # Reconnecting the same session id is still a new epoch.
+        self.assertEqual((await self.online(store, session_id="s2"))["epoch"], 3)
+        # Epochs are per agent.
+        self.assertEqual((await self.online(store, "gw2"))["epoch"], 1)
+        self.assertEqual([a["epoch"] for a in await store.list_agents()], [3, 1])
 
     async def test_get_unknown_agent(self) -> None:
         """get_agent returns None for an unknown id."""
@@ -179,13 +275,21 @@ class StoreTestsMixin:
 
     # -- commands -----------------------------------------------------------
 
+    async def advance(
+        self, store: Store, command_id: str, *statuses: str, at: float = 10.0
+    ) -> None:
+        """Walk a command through ``statuses`` (each must be allowed)."""
+        for status in statuses:
+            self.assertIsNotNone(await store.transition(command_id, status, at), status)
+
     async def test_create_and_get_command(self) -> None:
         """create_command stores JSON args and fills defaults; get_command reads it back."""
         store = await self.open_store()
-        created = await store.create_command(_command("c1"))
+        created = await store.create_command(_command("c1", expires_at=60.0))
         self.assertEqual(created["command_id"], "c1")
         self.assertEqual(created["args"], {"count": 1})
         self.assertEqual(created["status"], "queued")
+        self.assertEqual(created["expires_at"], 60.0)
         self.assertIs(created["stdout_truncated"], False)
         self.assertIs(created["stderr_truncated"], False)
         self.assertIsNone(created["result"])
@@ -194,9 +298,11 @@ class StoreTestsMixin:
         self.assertNotIn("seq", created)
         self.assertEqual(await store.get_command("c1"), created)
         self.assertIsNone(await store.get_command("nope"))
+        no_deadline = await store.create_command(_command("c2"))
+        self.assertIsNone(no_deadline["expires_at"])
 
     async def test_create_command_validates(self) -> None:
-        """Unknown or missing fields are rejected before touching the database."""
+        """Unknown or missing fields, or a status other than queued, are rejected."""
         store = await self.open_store()
         with self.assertRaises(ValueError):
             await store.create_command(_command("c1", bogus=1))
@@ -204,13 +310,18 @@ class StoreTestsMixin:
         del bad["verb"]
         with self.assertRaises(ValueError):
             await store.create_command(bad)
+        with self.assertRaises(ValueError):
+            await store.create_command(_command("c1", status="running"))
+        self.assertIsNone(await store.get_command("c1"))
+        self.assertEqual(await store.command_events("c1"), [])
 
     async def test_list_commands_filters(self) -> None:
         """list_commands filters by agent and status, newest first, honours limit."""
         store = await self.open_store()
         await store.create_command(_command("a", "gw1", created_at=1.0))
         await store.create_command(_command("b", "gw2", created_at=2.0))
-        await store.create_command(_command("c", "gw1", created_at=3.0, status="running"))
+        await store.create_command(_command("c", "gw1", created_at=3.0))
+        await self.advance(store, "c", "dispatched", "running")
         await store.create_command(_command("d", "gw1", created_at=4.0))
 
         def ids(rows: list[dict[str, Any]]) -> list[str]:
@@ -225,31 +336,72 @@ class StoreTestsMixin:
         self.assertEqual(ids(await store.list_commands(limit=2)), ["d", "c"])
         self.assertEqual(await store.list_commands(agent_id="nope"), [])
 
-    async def test_queued_commands_fifo(self) -> None:
-        """queued_commands is oldest first, insertion order breaking created_at ties."""
+    async def test_commands_in_fifo(self) -> None:
+        """commands_in is oldest first, insertion order breaking created_at ties."""
         store = await self.open_store()
         # Same timestamp (a test Clock) and ids that sort the other way round.
         for command_id in ("z", "y", "x"):
             await store.create_command(_command(command_id, created_at=5.0))
         await store.create_command(_command("early", created_at=1.0))
-        await store.create_command(_command("done", created_at=0.5, status="succeeded"))
+        await store.create_command(_command("done", created_at=0.5))
+        await self.advance(store, "done", "dispatched", "succeeded")
+        await store.create_command(_command("sent", created_at=0.7))
+        await self.advance(store, "sent", "dispatched")
         await store.create_command(_command("other", "gw2", created_at=0.1))
-        self.assertEqual(
-            [c["command_id"] for c in await store.queued_commands("gw1")],
-            ["early", "z", "y", "x"],
-        )
-        self.assertEqual(
-            [c["command_id"] for c in await store.list_commands(agent_id="gw1")],
-            ["x", "y", "z", "early", "done"],
-        )
 
-    async def test_update_command(self) -> None:
-        """update_command sets columns, encodes JSON and booleans, returns the row."""
+        def ids(rows: list[dict[str, Any]]) -> list[str]:
+            return [r["command_id"] for r in rows]
+
+        self.assertEqual(ids(await store.commands_in("gw1", ("queued",))), ["early", "z", "y", "x"])
+        self.assertEqual(
+            ids(await store.commands_in("gw1", ("dispatched", "queued"))),
+            ["sent", "early", "z", "y", "x"],
+        )
+        self.assertEqual(ids(await store.commands_in("gw1", ("running",))), [])
+        self.assertEqual(
+            ids(await store.list_commands(agent_id="gw1")),
+            ["x", "y", "z", "early", "sent", "done"],
+        )
+        with self.assertRaises(TypeError):
+            await store.commands_in("gw1", "queued")  # type: ignore[arg-type]
+        with self.assertRaises(ValueError):
+            await store.commands_in("gw1", ("bogus",))
+        with self.assertRaises(ValueError):
+            await store.commands_in("gw1", ())
+
+    async def test_events_recorded(self) -> None:
+        """create_command and every transition append an event, in order, with detail."""
+        store = await self.open_store()
+        await store.create_command(_command("c1", created_at=1.0))
+        await store.transition("c1", "dispatched", 2.0, dispatched_at=2.0)
+        await store.transition("c1", "dispatched", 3.0, detail={"redelivery": 1})
+        await store.transition("c1", "running", 4.0, started_at=4.0)
+        await store.transition("c1", "failed", 5.0, detail={"exit_code": 2}, exit_code=2)
+        await store.create_command(_command("c2", created_at=1.5))
+        self.assertEqual(
+            await store.command_events("c1"),
+            [
+                {"status": "queued", "at": 1.0, "detail": None},
+                {"status": "dispatched", "at": 2.0, "detail": None},
+                {"status": "dispatched", "at": 3.0, "detail": {"redelivery": 1}},
+                {"status": "running", "at": 4.0, "detail": None},
+                {"status": "failed", "at": 5.0, "detail": {"exit_code": 2}},
+            ],
+        )
+        self.assertEqual(
+            await store.command_events("c2"), [{"status": "queued", "at": 1.5, "detail": None}]
+        )
+        self.assertEqual(await store.command_events("nope"), [])
+
+    async def test_transition_sets_fields(self) -> None:
+        """transition sets columns with the status, encoding JSON and booleans."""
         store = await self.open_store()
         await store.create_command(_command("c1"))
-        updated = await store.update_command(
+        await self.advance(store, "c1", "dispatched")
+        updated = await store.transition(
             "c1",
-            status="failed",
+            "failed",
+            1234.5,
             exit_code=2,
             result={"lines": [1, 2]},
             stdout="out",
@@ -265,51 +417,109 @@ class StoreTestsMixin:
         self.assertEqual(updated["error"], {"code": "exit", "message": "exit status 2"})
         self.assertEqual(updated["finished_at"], 1234.5)
         self.assertEqual(await store.get_command("c1"), updated)
-        # Clearing a JSON column stores NULL.
-        cleared = await store.update_command("c1", error=None)
-        self.assertIsNone(cleared["error"])
+        # Setting a JSON column to None stores NULL.
+        await store.create_command(_command("c2"))
+        await store.transition("c2", "dispatched", 1.0, error={"code": "x", "message": "y"})
+        running = await store.transition("c2", "running", 2.0, error=None)
+        self.assertIsNone(running["error"])
+        self.assertIsNone((await store.get_command("c2"))["error"])
 
-    async def test_update_command_unknown(self) -> None:
-        """update_command returns None for an unknown id and rejects unknown columns."""
+    async def test_returned_times_are_floats(self) -> None:
+        """Rows written with RETURNING report time columns as floats, like reads do.
+
+        (SQLite's RETURNING skips REAL affinity: 10.0 would come back as 10.)
+        """
         store = await self.open_store()
-        self.assertIsNone(await store.update_command("nope", status="running"))
+        agent = await self.online(store, now=100.0)
+        self.assertIs(type(agent["connected_at"]), float)
+        self.assertIs(type(agent["last_seen"]), float)
+        created = await store.create_command(_command("c1", timeout=10.0, expires_at=2000.0))
+        dispatched = await store.transition("c1", "dispatched", 5.0, dispatched_at=5.0)
+        for command in (created, dispatched, await store.get_command("c1")):
+            for key in ("timeout", "created_at", "expires_at"):
+                self.assertIs(type(command[key]), float, key)
+        self.assertIs(type(dispatched["dispatched_at"]), float)
+        (lost,) = await store.lose_overdue(100.0, 1.0)
+        self.assertIs(type(lost["finished_at"]), float)
+        self.assertIs(type(lost["dispatched_at"]), float)
+
+    async def test_transition_refuses_illegal_moves(self) -> None:
+        """Moves the lifecycle forbids return None and write nothing (no fields, no event)."""
+        store = await self.open_store()
+        for command_id in ("q", "s", "l"):
+            await store.create_command(_command(command_id))
+        await self.advance(store, "s", "dispatched", "running", "succeeded")
+        await self.advance(store, "l", "dispatched", "lost")
+        before = {c: await store.get_command(c) for c in ("q", "s", "l")}
+        events = {c: await store.command_events(c) for c in ("q", "s", "l")}
+
+        for command_id, status in (
+            ("s", "running"),
+            ("s", "failed"),
+            ("l", "succeeded"),
+            ("l", "lost"),
+            ("q", "running"),
+            ("q", "succeeded"),
+        ):
+            self.assertIsNone(
+                await store.transition(command_id, status, 99.0, stdout="x", exit_code=1),
+                f"{command_id} -> {status}",
+            )
+        self.assertIsNone(await store.transition("nope", "dispatched", 99.0))
+        for command_id in ("q", "s", "l"):
+            self.assertEqual(await store.get_command(command_id), before[command_id])
+            self.assertEqual(await store.command_events(command_id), events[command_id])
+
+    async def test_transition_validates(self) -> None:
+        """Unknown statuses or fields and impossible expectations are caller bugs."""
+        store = await self.open_store()
         await store.create_command(_command("c1"))
         with self.assertRaises(ValueError):
-            await store.update_command("c1", bogus=1)
+            await store.transition("c1", "bogus", 1.0)
         with self.assertRaises(ValueError):
-            await store.update_command_if("c1", ("queued",), seq=5)
+            await store.transition("c1", "queued", 1.0)  # nothing becomes queued
+        with self.assertRaises(ValueError):
+            await store.transition("c1", "dispatched", 1.0, bogus=1)
+        with self.assertRaises(ValueError):
+            await store.transition("c1", "dispatched", 1.0, created_at=2.0, bogus=1)
+        # succeeded never comes from queued: asking for it is a bug, not a miss.
+        with self.assertRaises(ValueError):
+            await store.transition("c1", "succeeded", 1.0, expected=("queued",))
+        with self.assertRaises(ValueError):
+            await store.transition("c1", "dispatched", 1.0, expected=())
+        with self.assertRaises(TypeError):
+            await store.transition("c1", "dispatched", 1.0, expected="queued")
         self.assertEqual((await store.get_command("c1"))["status"], "queued")
+        self.assertEqual(len(await store.command_events("c1")), 1)
 
-    async def test_update_command_if(self) -> None:
-        """update_command_if applies only when the status is expected, else None."""
+    async def test_transition_expected_narrows(self) -> None:
+        """expected restricts the allowed sources further; default is lifecycle.sources."""
         store = await self.open_store()
         await store.create_command(_command("c1"))
-        self.assertIsNone(await store.update_command_if("c1", ("running",), status="succeeded"))
-        self.assertEqual((await store.get_command("c1"))["status"], "queued")
-
-        dispatched = await store.update_command_if(
-            "c1", ("queued",), status="dispatched", dispatched_at=10.0
+        await self.advance(store, "c1", "dispatched")
+        # dispatched -> dispatched is allowed by the lifecycle, but not from queued only.
+        self.assertIsNone(await store.transition("c1", "dispatched", 2.0, expected=("queued",)))
+        self.assertEqual(len(await store.command_events("c1")), 2)
+        again = await store.transition(
+            "c1", "dispatched", 3.0, expected=("dispatched",), dispatched_at=3.0
         )
-        self.assertEqual(dispatched["status"], "dispatched")
-        self.assertEqual(dispatched["dispatched_at"], 10.0)
-        running = await store.update_command_if(
-            "c1", ("dispatched", "queued"), status="running", started_at=11.0
-        )
+        self.assertEqual(again["dispatched_at"], 3.0)
+        # The default allows every source of running, including dispatched.
+        running = await store.transition("c1", "running", 4.0)
         self.assertEqual(running["status"], "running")
-        # The old expectation no longer holds: refused.
-        self.assertIsNone(await store.update_command_if("c1", ("queued",), status="cancelled"))
-        self.assertIsNone(await store.update_command_if("nope", ("queued",), status="x"))
-        with self.assertRaises(ValueError):
-            await store.update_command_if("c1", (), status="x")
+        self.assertIsNone(await store.transition("c1", "failed", 5.0, expected=("dispatched",)))
+        self.assertEqual((await store.get_command("c1"))["status"], "running")
 
-    async def test_update_command_if_race(self) -> None:
+    async def test_transition_race(self) -> None:
         """Of many concurrent compare-and-sets from the same status, exactly one wins."""
         store = await self.open_store()
         await store.create_command(_command("c1"))
         results = await defer.gatherResults(
             [
                 defer.ensureDeferred(
-                    store.update_command_if("c1", ("queued",), status="dispatched", stdout=str(i))
+                    store.transition(
+                        "c1", "dispatched", float(i), expected=("queued",), stdout=str(i)
+                    )
                 )
                 for i in range(8)
             ]
@@ -317,6 +527,189 @@ class StoreTestsMixin:
         winners = [r for r in results if r is not None]
         self.assertEqual(len(winners), 1)
         self.assertEqual(await store.get_command("c1"), winners[0])
+        self.assertEqual(
+            [e["status"] for e in await store.command_events("c1")], ["queued", "dispatched"]
+        )
+
+    # -- idempotency --------------------------------------------------------
+
+    async def test_idempotent_create(self) -> None:
+        """Same key and hash returns the first command; another token gets its own."""
+        store = await self.open_store()
+        first, created = await store.create_command_idempotent(
+            _command("c1", expires_at=60.0), token_name="ci", key="k1", request_hash="h1"
+        )
+        self.assertTrue(created)
+        self.assertEqual(first["command_id"], "c1")
+        self.assertEqual(first["expires_at"], 60.0)
+        self.assertEqual([e["status"] for e in await store.command_events("c1")], ["queued"])
+
+        again, created = await store.create_command_idempotent(
+            _command("c2"), token_name="ci", key="k1", request_hash="h1"
+        )
+        self.assertFalse(created)
+        self.assertEqual(again, first)
+        self.assertIsNone(await store.get_command("c2"))
+
+        # The key is scoped to its token; a new key is a new command too.
+        other, created = await store.create_command_idempotent(
+            _command("c3"), token_name="admin", key="k1", request_hash="h1"
+        )
+        self.assertTrue(created)
+        self.assertEqual(other["command_id"], "c3")
+        _, created = await store.create_command_idempotent(
+            _command("c4"), token_name="ci", key="k2", request_hash="h1"
+        )
+        self.assertTrue(created)
+        self.assertEqual(len(await store.list_commands()), 3)
+
+    async def test_idempotency_conflict(self) -> None:
+        """Reusing a key for a different request raises IdempotencyConflict, writes nothing."""
+        store = await self.open_store()
+        await store.create_command_idempotent(
+            _command("c1"), token_name="ci", key="k1", request_hash="h1"
+        )
+        with self.assertRaises(IdempotencyConflict) as caught:
+            await store.create_command_idempotent(
+                _command("c2"), token_name="ci", key="k1", request_hash="h2"
+            )
+        self.assertEqual(caught.exception.command_id, "c1")
+        self.assertIsInstance(caught.exception, StoreError)
+        self.assertIsNone(await store.get_command("c2"))
+        self.assertEqual(await store.command_events("c2"), [])
+        # The original still answers its own request.
+        same, created = await store.create_command_idempotent(
+            _command("c3"), token_name="ci", key="k1", request_hash="h1"
+        )
+        self.assertFalse(created)
+        self.assertEqual(same["command_id"], "c1")
+
+    async def test_idempotent_create_concurrent(self) -> None:
+        """Concurrent requests with one key create one command; the others look it up."""
+        store = await self.open_store()
+        # A second store is a second pool (PostgreSQL: separate connections).
+        other = await self.open_store()
+        results = await defer.gatherResults(
+            [
+                defer.ensureDeferred(
+                    s.create_command_idempotent(
+                        _command(f"c{i}"), token_name="ci", key="k", request_hash="h"
+                    )
+                )
+                for i, s in enumerate([store, other] * 4)
+            ]
+        )
+        self.assertEqual(sum(created for _, created in results), 1)
+        self.assertEqual(len({command["command_id"] for command, _ in results}), 1)
+        self.assertEqual(len(await store.list_commands()), 1)
+
+    async def test_idempotent_create_validates(self) -> None:
+        """The command is validated before the key is looked at."""
+        store = await self.open_store()
+        with self.assertRaises(ValueError):
+            await store.create_command_idempotent(
+                _command("c1", bogus=1), token_name="ci", key="k", request_hash="h"
+            )
+        _, created = await store.create_command_idempotent(
+            _command("c1"), token_name="ci", key="k", request_hash="h"
+        )
+        self.assertTrue(created)
+
+    # -- deadlines ----------------------------------------------------------
+
+    async def test_expire_due(self) -> None:
+        """Queued commands past expires_at expire with an error and an event; others stay."""
+        store = await self.open_store()
+        self.assertIsNone(await store.next_expiry())
+        self.assertEqual(await store.expire_due(1000.0), [])
+        await store.create_command(_command("late", created_at=2.0, expires_at=20.0))
+        await store.create_command(_command("early", created_at=1.0, expires_at=10.0))
+        await store.create_command(_command("later", expires_at=30.0))
+        await store.create_command(_command("never"))
+        await store.create_command(_command("sent", expires_at=5.0))
+        await self.advance(store, "sent", "dispatched")
+        self.assertEqual(await store.next_expiry(), 10.0)
+
+        self.assertEqual(await store.expire_due(9.9), [])
+        expired = await store.expire_due(20.0)
+        self.assertEqual([c["command_id"] for c in expired], ["early", "late"])
+        error = {"code": "EXPIRED", "message": "not delivered before its deadline"}
+        for command in expired:
+            self.assertEqual(command["status"], "expired")
+            self.assertEqual(command["finished_at"], 20.0)
+            self.assertEqual(command["error"], error)
+            self.assertEqual(await store.get_command(command["command_id"]), command)
+            self.assertEqual(
+                (await store.command_events(command["command_id"]))[-1],
+                {"status": "expired", "at": 20.0, "detail": error},
+            )
+        self.assertEqual(await store.next_expiry(), 30.0)
+        self.assertEqual((await store.get_command("sent"))["status"], "dispatched")
+        self.assertEqual(await store.expire_due(20.0), [])
+        # Final means final: an expired command cannot be dispatched.
+        self.assertIsNone(await store.transition("early", "dispatched", 21.0))
+
+    async def test_lose_overdue(self) -> None:
+        """In-flight commands past dispatched_at + timeout + grace become lost."""
+        store = await self.open_store()
+        self.assertIsNone(await store.next_loss_deadline())
+        await store.create_command(_command("queued", timeout=1.0))
+        for command_id, timeout, dispatched_at in (
+            ("d", 30.0, 100.0),  # deadline 130
+            ("r", 10.0, 110.0),  # deadline 120
+            ("slow", 100.0, 100.0),  # deadline 200
+        ):
+            await store.create_command(_command(command_id, timeout=timeout))
+            await store.transition(
+                command_id, "dispatched", dispatched_at, dispatched_at=dispatched_at
+            )
+        await store.transition("r", "running", 111.0, started_at=111.0)
+        await store.create_command(_command("done", timeout=1.0))
+        await store.transition("done", "dispatched", 1.0, dispatched_at=1.0)
+        await store.transition("done", "succeeded", 1.5)
+        self.assertEqual(await store.next_loss_deadline(), 120.0)
+
+        self.assertEqual(await store.lose_overdue(124.9, 5.0), [])
+        lost = await store.lose_overdue(135.0, 5)
+        self.assertEqual([c["command_id"] for c in lost], ["d", "r"])
+        error = {
+            "code": "LOST",
+            "message": "no result within its timeout plus 5 s since dispatch",
+        }
+        for command in lost:
+            self.assertEqual(command["status"], "lost")
+            self.assertEqual(command["finished_at"], 135.0)
+            self.assertEqual(command["error"], error)
+            self.assertEqual(await store.get_command(command["command_id"]), command)
+            self.assertEqual(
+                (await store.command_events(command["command_id"]))[-1],
+                {"status": "lost", "at": 135.0, "detail": error},
+            )
+        self.assertEqual(await store.next_loss_deadline(), 200.0)
+        for command_id in ("queued", "slow", "done"):
+            self.assertNotEqual((await store.get_command(command_id))["status"], "lost")
+        # A late result cannot revive a lost command.
+        self.assertIsNone(await store.transition("r", "succeeded", 140.0, exit_code=0))
+        self.assertEqual((await store.get_command("r"))["status"], "lost")
+
+    async def test_sweep_many(self) -> None:
+        """A sweep larger than one event batch records one event per command."""
+        store = await self.open_store()
+        count = 1203
+        await store._run(
+            store._update_count_txn,
+            "INSERT INTO commands (command_id, agent_id, verb, status, created_at, expires_at)"
+            " VALUES " + ", ".join(["(?, 'gw1', 'ping', 'queued', ?, 1.0)"] * count),
+            [v for i in range(count) for v in (f"c{i:04}", float(i))],
+        )
+        expired = await store.expire_due(2.0)
+        self.assertEqual([c["command_id"] for c in expired], [f"c{i:04}" for i in range(count)])
+        rows = await store._run(
+            store._select_txn,
+            "SELECT COUNT(*) AS n FROM command_events WHERE status = 'expired'",
+            (),
+        )
+        self.assertEqual(rows[0]["n"], count)
 
     # -- tokens -------------------------------------------------------------
 
@@ -429,7 +822,14 @@ class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
         )
         self.assertEqual(
             [r["table_name"] for r in rows],
-            ["agents", "commands", "schema_version", "tokens"],
+            [
+                "agents",
+                "command_events",
+                "commands",
+                "idempotency_keys",
+                "schema_version",
+                "tokens",
+            ],
         )
 
     def test_invalid_schema_name(self) -> None:

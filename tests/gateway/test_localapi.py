@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from viworks.gateway.link import jittered_backoff
+from viworks.gateway.link import ReconnectPolicy
 from viworks.gateway.localapi import GatewayAPI
 from viworks.net import ConnectionLimit
 
@@ -44,21 +44,38 @@ class LocalAPITests(unittest.TestCase):
         self.assertEqual((body["backend"], body["session_id"]), ("connected", "s1"))
 
 
-class BackoffTests(unittest.TestCase):
-    def test_bounds(self):
-        """Delays stay within [initial, min(max, initial * 2**n)] whatever the randomness."""
+class ReconnectPolicyTests(unittest.TestCase):
+    def test_window(self):
+        """Delays stay within [initial, min(max, initial * 2**failures)] whatever the randomness."""
         for rand in (lambda: 0.0, lambda: 0.5, lambda: 0.999999):
-            policy = jittered_backoff(1.0, 60.0, rand)
-            for attempt in range(40):
-                delay = policy(attempt)
+            policy = ReconnectPolicy(1.0, 60.0, rand)
+            for failures in range(40):
+                delay = policy(0)
                 self.assertGreaterEqual(delay, 1.0)
-                self.assertLessEqual(delay, min(60.0, 2.0**attempt))
+                self.assertLessEqual(delay, min(60.0, 2.0**failures))
 
-    def test_spread(self):
+    def test_full_jitter(self):
         """The delay is spread over the whole window, not fixed."""
-        low = jittered_backoff(1.0, 60.0, lambda: 0.0)(10)
-        high = jittered_backoff(1.0, 60.0, lambda: 1.0)(10)
-        self.assertEqual((low, high), (1.0, 60.0))
+        low, high = ReconnectPolicy(1.0, 60.0, lambda: 0.0), ReconnectPolicy(1.0, 60.0, lambda: 1.0)
+        for _ in range(10):
+            low(0), high(0)
+        self.assertEqual((low(0), high(0)), (1.0, 60.0))
+
+    def test_reset_only_on_welcome(self):
+        """The failure count ignores ClientService's counter and resets only on succeeded()."""
+        policy = ReconnectPolicy(1.0, 60.0, lambda: 1.0)
+        for _ in range(6):
+            policy(0)  # ClientService passes 0 after every TCP/TLS success
+        self.assertEqual(policy(0), 60.0)
+        policy.succeeded()
+        self.assertEqual(policy(0), 1.0)
+
+    def test_hint(self):
+        """A retry-after hint raises the next delay once."""
+        policy = ReconnectPolicy(1.0, 60.0, lambda: 0.0)
+        policy.at_least(30.0)
+        self.assertEqual(policy(0), 30.0)
+        self.assertEqual(policy(0), 1.0)
 
 
 class ConnectionLimitTests(unittest.TestCase):

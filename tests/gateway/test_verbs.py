@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -14,13 +15,15 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from viworks.gateway.runner import ProcessRunner
+from viworks.config import BUILTIN_VERBS, AgentConfig, load_agent_config
+from viworks.gateway.runner import DEFAULT_ENV, ProcessRunner
 from viworks.gateway.verbs import (
     Invocation,
     Verb,
     VerbCatalog,
     VerbError,
     VerbOutcome,
+    catalog_from_config,
     default_catalog,
 )
 
@@ -47,11 +50,13 @@ class RecordingSpawner:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, list[str], Transport]] = []
+        self.kwargs: list[dict[str, Any]] = []
 
     def __call__(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> Any:
         transport = Transport()
         protocol.makeConnection(transport)
         self.calls.append((protocol, args, transport))
+        self.kwargs.append(kw)
         return transport
 
     def finish(self, index: int = -1, stderr: bytes = b"") -> None:
@@ -317,3 +322,230 @@ class PanelUserTests(Base):
         self.assertError(outcome, "failed", "NOT_FOUND")
         self.assertEqual(self.spawner.calls, [])
         self.assertFalse(os.path.exists(self.users))
+
+
+# Prints what it was given: its arguments and its stdin, as JSON.
+ECHO_SCRIPT = """\
+import json, sys
+print(json.dumps({"argv": sys.argv[1:], "stdin": sys.stdin.read()}))
+"""
+
+
+class ConfigCatalogTests(Base):
+    """catalog_from_config: overrides, disabled and declared verbs, exec_enable."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.echo = os.path.join(self.tmp, "echo.py")
+        with open(self.echo, "w") as f:
+            f.write(ECHO_SCRIPT)
+
+    def load(self, extra: str = "", *, htpasswd: str = HTPASSWD) -> AgentConfig:
+        text = (
+            '[outbound]\nbackend_url = "wss://backend.example/ws/agent"\nagent_id = "a1"\n'
+            '[tls]\ncert = "a.crt"\nkey = "a.key"\nca = "ca.crt"\n'
+            f"[panel]\nusers_file = {json.dumps(self.users)}\nhtpasswd = {json.dumps(htpasswd)}\n"
+            + extra
+        )
+        path = os.path.join(self.tmp, "agent.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        return load_agent_config(path, check_files=False)
+
+    def real(self, extra: str = "", **kw: Any) -> VerbCatalog:
+        return catalog_from_config(self.runner, self.load(extra, **kw), clock=self.clock)
+
+    def fake(self, extra: str = "") -> VerbCatalog:
+        runner = ProcessRunner(Clock(), self.spawner, killpg=lambda pid, sig: None)
+        return catalog_from_config(runner, self.load(extra))
+
+    def echo_verb(self, name: str, argv: list[str], rest: str = "") -> str:
+        """A [verbs.NAME] table running the echo script with extra ``argv`` templates."""
+        return f"[verbs.{name}]\nargv = {json.dumps([PY, self.echo, *argv])}\n{rest}"
+
+    def test_builtin_names_match_config(self) -> None:
+        """viworks.config.BUILTIN_VERBS names exactly the verbs of default_catalog."""
+        self.assertEqual(set(self.catalog.names()), BUILTIN_VERBS)
+        self.assertEqual(self.real().describe(), self.catalog.describe())
+
+    async def test_declared_verb_runs(self) -> None:
+        """A declared verb runs argv with placeholders substituted inside single elements
+        (no shell), gets its stdin template, and succeeds with result None."""
+        catalog = self.real(
+            self.echo_verb(
+                "greet",
+                ["--name={name}", "{count}", "{{literal}}", "{where}"],
+                'stdin = "hello {name}\\n"\n'
+                'params.name = {type = "string", pattern = "[A-Za-z ;$]+"}\n'
+                'params.count = {type = "integer", min = 0, default = 3}\n'
+                'params.where = {type = "ip"}\n',
+            )
+        )
+        outcome = await catalog.execute("greet", {"name": "bob; $HOME", "where": "::0001"})
+        self.assertEqual(outcome.status, "succeeded", outcome)
+        self.assertIsNone(outcome.result)
+        self.assertEqual(
+            json.loads(outcome.stdout),
+            {
+                "argv": ["--name=bob; $HOME", "3", "{literal}", "::1"],
+                "stdin": "hello bob; $HOME\n",
+            },
+        )
+
+    async def test_declared_verb_invalid_args(self) -> None:
+        """Arguments of a declared verb are validated against its params; nothing runs."""
+        catalog = self.fake(
+            self.echo_verb("rotate_logs", ["{config}"])
+            + 'params.config = {type = "string", pattern = "^/etc/logrotate\\\\.d/[a-z0-9_-]+$"}\n'
+        )
+        for args in ({"config": "/etc/passwd"}, {}, {"config": "/etc/logrotate.d/x", "y": 1}):
+            outcome = await catalog.execute("rotate_logs", args)
+            self.assertError(outcome, "rejected", "INVALID_ARGS")
+        self.assertEqual(self.spawner.calls, [])
+        catalog.start("rotate_logs", {"config": "/etc/logrotate.d/nginx"})
+        [(_proto, argv, _transport)] = self.spawner.calls
+        self.assertEqual(argv[1:], [PY, self.echo, "/etc/logrotate.d/nginx"])
+
+    def test_secret_only_on_stdin(self) -> None:
+        """A secret reaches the tool through stdin only: never argv nor the environment."""
+        secret = "s3cret-pa55word"
+        catalog = self.fake(
+            self.echo_verb(
+                "set_pw",
+                ["--user", "{user}"],
+                'stdin = "{password}\\n"\n'
+                'params.user = {type = "string"}\nparams.password = {type = "secret"}\n',
+            )
+        )
+        execution = catalog.start("set_pw", {"user": "alice", "password": secret})
+        [(_proto, argv, transport)] = self.spawner.calls
+        self.assertEqual(argv[1:], [PY, self.echo, "--user", "alice"])
+        self.assertFalse(any(secret in a for a in argv))
+        self.assertEqual(self.spawner.kwargs[0]["env"], dict(DEFAULT_ENV))
+        self.assertEqual(transport.stdin, (secret + "\n").encode())
+        self.spawner.finish()
+        self.assertEqual(self.successResultOf(execution.outcome).status, "succeeded")
+
+    async def test_secret_scrubbed_from_declared_output(self) -> None:
+        """A declared verb echoing its stdin secret has it replaced by *** in the outcome."""
+        catalog = self.real(
+            self.echo_verb("set_pw", [], 'stdin = "{pw}"\nparams.pw = {type = "secret"}\n')
+        )
+        outcome = await catalog.execute("set_pw", {"pw": "s3cret-pa55word"})
+        self.assertEqual(json.loads(outcome.stdout), {"argv": [], "stdin": "***"})
+        self.assertNotIn("s3cret-pa55word", repr(outcome))
+
+    async def test_option_injection_rejected(self) -> None:
+        """A string value that would start an argv element cannot start with '-';
+        inside an element (``--name={x}``) it may."""
+        catalog = self.fake(
+            self.echo_verb("v", ["{x}", "--name={y}"])
+            + 'params.x = {type = "string"}\nparams.y = {type = "string"}\n'
+        )
+        outcome = await catalog.execute("v", {"x": "--delete", "y": "a"})
+        self.assertError(outcome, "rejected", "INVALID_ARGS")
+        assert outcome.error is not None
+        self.assertIn("x", outcome.error["message"])
+        self.assertEqual(self.spawner.calls, [])
+        catalog.start("v", {"x": "a", "y": "-b"})
+        self.assertEqual(self.spawner.calls[0][1][-2:], ["a", "--name=-b"])
+
+    def test_describe_configured_verbs(self) -> None:
+        """describe() (the HELLO) lists exactly the configured verbs: disabled built-ins and
+        disabled declarations are gone, declared verbs appear with their schema."""
+        catalog = self.fake(
+            "[verbs.delete_panel_user]\nenabled = false\n"
+            + self.echo_verb(
+                "rotate_logs",
+                ["{config}"],
+                'description = "Rotate."\nparams.config = {type = "string"}\n',
+            )
+            + self.echo_verb("parked", [], "enabled = false\n")
+        )
+        described = catalog.describe()
+        self.assertEqual(
+            list(described), ["create_panel_user", "ping", "rotate_logs", "system_health"]
+        )
+        self.assertEqual(
+            described["rotate_logs"],
+            {
+                "params": {"config": {"type": "string"}},
+                "description": "Rotate.",
+                "changes_state": True,
+            },
+        )
+        outcome = self.successResultOf(catalog.execute("delete_panel_user", {"username": "bob"}))
+        self.assertError(outcome, "rejected", "UNKNOWN_VERB")
+
+    def test_exec_disabled(self) -> None:
+        """exec_enable = false rejects state-changing verbs with EXEC_DISABLED before anything
+        runs; ping, system_health and declared read-only verbs still run."""
+        catalog = self.fake(
+            "[agent]\nexec_enable = false\n"
+            + self.echo_verb("rotate", [])
+            + self.echo_verb("show", [], "changes_state = false\n")
+        )
+        self.assertFalse(catalog.exec_enable)
+        for name, args in [
+            ("create_panel_user", ALICE),
+            ("delete_panel_user", {"username": "alice"}),
+            ("rotate", {}),
+            ("create_panel_user", {"bad": "args"}),
+        ]:
+            outcome = self.successResultOf(catalog.execute(name, args))
+            self.assertError(outcome, "rejected", "EXEC_DISABLED")
+            assert outcome.error is not None
+            self.assertIn("exec is disabled on this gateway", outcome.error["message"])
+        self.assertEqual(self.spawner.calls, [])
+        self.assertFalse(os.path.exists(self.users))
+        self.assertEqual(self.successResultOf(catalog.execute("ping", {})).status, "succeeded")
+        health = self.successResultOf(catalog.execute("system_health", {}))
+        self.assertEqual(health.status, "succeeded")
+        execution = catalog.start("show", {})
+        self.assertEqual(len(self.spawner.calls), 1)
+        self.spawner.finish()
+        self.assertEqual(self.successResultOf(execution.outcome).status, "succeeded")
+        # describe() still advertises every configured verb.
+        self.assertIn("create_panel_user", catalog.describe())
+
+    def test_exec_enabled_by_default(self) -> None:
+        """Without exec_enable in the file, state-changing verbs run."""
+        catalog = self.fake()
+        self.assertTrue(catalog.exec_enable)
+        catalog.start("create_panel_user", ALICE)
+        self.assertEqual(len(self.spawner.calls), 1)
+
+    async def test_override_timeout_applied(self) -> None:
+        """[verbs.create_panel_user] timeout replaces the built-in maximum: a hanging
+        htpasswd is killed after it."""
+        hang = os.path.join(self.tmp, "htpasswd")
+        with open(hang, "w") as f:
+            f.write(f"#!{PY}\nimport time\ntime.sleep(60)\n")
+        os.chmod(hang, 0o755)
+        catalog = self.real("[verbs.create_panel_user]\ntimeout = 0.5\n", htpasswd=hang)
+        verb = catalog.get("create_panel_user")
+        assert verb is not None
+        self.assertEqual(verb.timeout, 0.5)
+        outcome = await catalog.execute("create_panel_user", ALICE)
+        self.assertError(outcome, "timed_out", "TIMEOUT")
+        assert outcome.error is not None
+        self.assertIn("0.5", outcome.error["message"])
+
+    def test_overrides_and_declared_defaults(self) -> None:
+        """Built-in overrides keep what is not set; declared verbs get the gateway defaults
+        and record concurrency."""
+        catalog = self.fake(
+            "[verbs.ping]\noutput_cap = 2048\nconcurrency = 3\n"
+            + self.echo_verb("v", [], "concurrency = 2\n")
+            + self.echo_verb("w", [], "timeout = 7\noutput_cap = 4096\n")
+        )
+        ping, v, w = catalog.get("ping"), catalog.get("v"), catalog.get("w")
+        assert ping is not None and v is not None and w is not None
+        self.assertEqual((ping.timeout, ping.output_cap, ping.concurrency), (5.0, 2048, 3))
+        self.assertFalse(ping.changes_state)
+        self.assertEqual((v.timeout, v.output_cap, v.concurrency), (30.0, 65536, 2))
+        self.assertEqual((w.timeout, w.output_cap), (7.0, 4096))
+        create = catalog.get("create_panel_user")
+        assert create is not None
+        self.assertTrue(create.changes_state)
+        self.assertEqual(create.serialize, "panel_users")

@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
 from werkzeug.exceptions import HTTPException
 
-from viworks import __version__
-from viworks.backend.ledger import FINAL_STATUSES, CommandLedger, LedgerError
+from viworks import __version__, lifecycle
+from viworks.backend.ledger import CommandLedger, Idempotency, LedgerError
 from viworks.backend.registry import SessionRegistry
 from viworks.logs import Logger
 from viworks.timeutil import rfc3339
 
 MAX_BODY = 1 << 20
 MAX_WAIT = 300.0
-COMMAND_STATUSES = frozenset({"queued", "dispatched", "running"}) | FINAL_STATUSES
+MAX_IDEMPOTENCY_KEY = 255
 
 
 class ApiError(Exception):
@@ -30,6 +32,14 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.field = field
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the token's name, and the token itself (never stored)."""
+
+    name: str
+    token: str
 
 
 def hash_token(token: str) -> str:
@@ -54,7 +64,7 @@ def agent_json(agent: dict, online: bool) -> dict:
     }
 
 
-_COMMAND_TIMES = ("created_at", "dispatched_at", "started_at", "finished_at")
+_COMMAND_TIMES = ("created_at", "dispatched_at", "started_at", "finished_at", "expires_at")
 
 
 def command_json(command: dict) -> dict:
@@ -101,6 +111,30 @@ def _number(request: Any, name: str, low: float, high: float) -> float | None:
     return value
 
 
+def _idempotency(request: Any, caller: Caller, agent_id: str, body: dict) -> Idempotency | None:
+    """The request's Idempotency-Key, scoped to its token, with a digest of the request.
+
+    The digest is keyed with the token itself, so stored digests of requests
+    carrying secrets cannot be brute-forced by someone reading the database.
+    """
+    raw = request.getHeader(b"idempotency-key")
+    if raw is None:
+        return None
+    key = raw.decode("latin-1").strip()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ApiError(
+            400,
+            "BAD_REQUEST",
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
+            "Idempotency-Key",
+        )
+    canonical = json.dumps(
+        {"agent_id": agent_id, **body}, sort_keys=True, separators=(",", ":")
+    ).encode("utf-8")
+    digest = hmac.new(caller.token.encode("utf-8"), canonical, hashlib.sha256).hexdigest()
+    return Idempotency(caller.name, key, digest)
+
+
 class BackendAPI:
     """The HTTP API over the store, the live registry and the ledger."""
 
@@ -126,7 +160,7 @@ class BackendAPI:
         request.setHeader(b"cache-control", b"no-store")
         return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
-    async def _authenticate(self, request: Any) -> str:
+    async def _authenticate(self, request: Any) -> Caller:
         header = (request.getHeader(b"authorization") or b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -134,7 +168,7 @@ class BackendAPI:
         name = await self.store.token_name_for_hash(hash_token(token.strip()))
         if name is None:
             raise ApiError(401, "UNAUTHORIZED", "the token is not valid")
-        return name
+        return Caller(name, token.strip())
 
     def _body(self, request: Any) -> dict:
         data = request.content.read(MAX_BODY + 1)
@@ -218,10 +252,10 @@ class BackendAPI:
 
     @app.route("/api/v1/agents/<agent_id>/commands", methods=["POST"])
     async def create_command(self, request: Any, agent_id: str) -> bytes:
-        await self._authenticate(request)
+        caller = await self._authenticate(request)
         wait = _number(request, "wait", 0, MAX_WAIT)
         body = self._body(request)
-        unknown = set(body) - {"verb", "args", "timeout"}
+        unknown = set(body) - {"verb", "args", "timeout", "ttl"}
         if unknown:
             field = sorted(unknown)[0]
             raise ApiError(400, "BAD_REQUEST", f"unknown field {field!r}", field)
@@ -230,10 +264,17 @@ class BackendAPI:
         args = body.get("args", {})
         if not isinstance(args, dict):
             raise ApiError(422, "INVALID_ARGS", "args must be a JSON object", "args")
-        command = await self.ledger.submit(agent_id, body["verb"], args, body.get("timeout"))
+        command, created = await self.ledger.submit(
+            agent_id,
+            body["verb"],
+            args,
+            body.get("timeout"),
+            body.get("ttl"),
+            _idempotency(request, caller, agent_id, body),
+        )
         if wait is None:
-            return self._json(request, command_json(command), 201)
-        if command["status"] not in FINAL_STATUSES:
+            return self._json(request, command_json(command), 201 if created else 200)
+        if command["status"] not in lifecycle.FINAL:
             finished = await self.ledger.wait(command["command_id"], wait)
             if finished is None:
                 # Still running: report it as it stands now.
@@ -248,13 +289,18 @@ class BackendAPI:
         command = await self.store.get_command(command_id)
         if command is None:
             raise ApiError(404, "COMMAND_NOT_FOUND", f"no command {command_id!r}")
-        return self._json(request, command_json(command))
+        body = command_json(command)
+        body["events"] = [
+            {"status": e["status"], "at": rfc3339(e["at"]), "detail": e["detail"]}
+            for e in await self.store.command_events(command_id)
+        ]
+        return self._json(request, body)
 
     @app.route("/api/v1/commands", methods=["GET"])
     async def list_commands(self, request: Any) -> bytes:
         await self._authenticate(request)
         status = _query(request, "status")
-        if status is not None and status not in COMMAND_STATUSES:
+        if status is not None and status not in lifecycle.ALL:
             raise ApiError(400, "BAD_REQUEST", f"unknown status {status!r}", "status")
         limit = _number(request, "limit", 1, 1000)
         commands = await self.store.list_commands(

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from viworks import protocol
+from viworks import lifecycle, protocol
 from viworks.backend.registry import LiveSession, SessionRegistry
+from viworks.backend.store import IdempotencyConflict
 from viworks.logs import Logger
 from viworks.schema import ArgsError, redact, validate_args
 
-FINAL_STATUSES = frozenset(
-    {"succeeded", "failed", "timed_out", "rejected", "cancelled", "expired", "lost"}
-)
 MAX_TIMEOUT = 86400.0
+MAX_TTL = 7 * 86400.0
 
 
 class LedgerError(Exception):
@@ -38,8 +38,23 @@ class LedgerError(Exception):
         self.field = field
 
 
+@dataclass(frozen=True)
+class Idempotency:
+    """An ``Idempotency-Key`` scoped to the token that sent it, with the request's digest."""
+
+    token_name: str
+    key: str
+    request_hash: str
+
+
 class CommandLedger:
-    """Creates, delivers and completes commands; wakes up API waiters."""
+    """Creates, delivers and completes commands; wakes up API waiters.
+
+    Deadlines are kept by one timer set to the earliest of the next delivery
+    deadline (TTL: queued -> expired) and the next loss deadline (dispatched or
+    running for longer than timeout + ``lost_grace`` -> lost); it re-arms itself
+    from the store, so it also covers commands created before a restart.
+    """
 
     log = Logger()
 
@@ -49,19 +64,98 @@ class CommandLedger:
         registry: SessionRegistry,
         clock: IReactorTime,
         default_timeout: float = 60.0,
+        default_ttl: float = 3600.0,
+        lost_grace: float = 60.0,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.store = store
         self.registry = registry
         self.clock = clock
         self.default_timeout = default_timeout
+        self.default_ttl = default_ttl
+        self.lost_grace = lost_grace
         self._new_id = new_id
         # Unredacted args of unfinished commands: secrets are never stored.
         self._args: dict[str, dict] = {}
         self._waiters: dict[str, list[Deferred]] = {}
+        self._timer: IDelayedCall | None = None
+        self._running = False
 
-    async def submit(self, agent_id: str, verb: Any, args: Any, timeout: Any = None) -> dict:
-        """Validate and record a command, then deliver it if the agent is online."""
+    # -- deadlines ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin keeping deadlines (after the store is open)."""
+        self._running = True
+        await self._sweep()
+
+    def stop(self) -> None:
+        """Stop keeping deadlines and answer every API waiter now (with None)."""
+        self._running = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        waiters, self._waiters = self._waiters, {}
+        for pending in waiters.values():
+            for waiter in pending:
+                waiter.callback(None)
+
+    def _wake_at(self, when: float | None) -> None:
+        if when is None or not self._running:
+            return
+        if self._timer is not None and self._timer.active():
+            if self._timer.getTime() <= when:
+                return
+            self._timer.cancel()
+        delay = max(0.0, when - self.clock.seconds())
+        self._timer = self.clock.callLater(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        d = Deferred.fromCoroutine(self._sweep())
+        d.addErrback(lambda f: self.log.failure("deadline sweep failed", f))
+
+    async def _sweep(self) -> None:
+        now = self.clock.seconds()
+        for command in await self.store.expire_due(now):
+            self.log.info(
+                "command {command_id} expired: not delivered to {agent_id} in time",
+                command_id=command["command_id"],
+                agent_id=command["agent_id"],
+            )
+            self._finished(command)
+        for command in await self.store.lose_overdue(now, self.lost_grace):
+            self.log.warn(
+                "command {command_id} lost: no result from {agent_id} within its timeout",
+                command_id=command["command_id"],
+                agent_id=command["agent_id"],
+            )
+            self._finished(command)
+        await self._rearm()
+
+    async def _rearm(self) -> None:
+        expiry = await self.store.next_expiry()
+        loss = await self.store.next_loss_deadline()
+        candidates = [
+            t for t in (expiry, None if loss is None else loss + self.lost_grace) if t is not None
+        ]
+        self._wake_at(min(candidates) if candidates else None)
+
+    # -- submission -----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        agent_id: str,
+        verb: Any,
+        args: Any,
+        timeout: Any = None,
+        ttl: Any = None,
+        idempotency: Idempotency | None = None,
+    ) -> tuple[dict, bool]:
+        """Validate and record a command, then deliver it if the agent is online.
+
+        Returns ``(command, created)``; ``created`` is False when an earlier
+        request with the same idempotency key made the command.
+        """
         agent = await self.store.get_agent(agent_id)
         if agent is None:
             raise LedgerError(404, "AGENT_NOT_FOUND", f"no agent {agent_id!r} is known")
@@ -76,19 +170,38 @@ class CommandLedger:
             args = validate_args(params, args)
         except ArgsError as e:
             raise LedgerError(422, "INVALID_ARGS", e.message, e.field) from None
-        timeout = self._check_timeout(timeout)
-        command_id = self._new_id()
-        command = await self.store.create_command(
-            {
-                "command_id": command_id,
-                "agent_id": agent_id,
-                "verb": verb,
-                "args": redact(params, args),
-                "status": "queued",
-                "timeout": timeout,
-                "created_at": self.clock.seconds(),
-            }
-        )
+        timeout = _seconds("timeout", timeout, self.default_timeout, MAX_TIMEOUT)
+        ttl = _seconds("ttl", ttl, self.default_ttl, MAX_TTL)
+        now = self.clock.seconds()
+        command = {
+            "command_id": self._new_id(),
+            "agent_id": agent_id,
+            "verb": verb,
+            "args": redact(params, args),
+            "status": lifecycle.QUEUED,
+            "timeout": timeout,
+            "created_at": now,
+            "expires_at": now + ttl,
+        }
+        if idempotency is None:
+            command, created = await self.store.create_command(command), True
+        else:
+            try:
+                command, created = await self.store.create_command_idempotent(
+                    command,
+                    token_name=idempotency.token_name,
+                    key=idempotency.key,
+                    request_hash=idempotency.request_hash,
+                )
+            except IdempotencyConflict:
+                raise LedgerError(
+                    409,
+                    "IDEMPOTENCY_CONFLICT",
+                    "this Idempotency-Key was used for a different request",
+                ) from None
+        if not created:
+            return command, False
+        command_id = command["command_id"]
         self._args[command_id] = args
         self.log.info(
             "command {command_id} {verb} queued for {agent_id}",
@@ -96,60 +209,58 @@ class CommandLedger:
             verb=verb,
             agent_id=agent_id,
         )
+        self._wake_at(command["expires_at"])
         session = self.registry.get(agent_id)
         if session is not None:
-            command = await self._dispatch(session, command, ("queued",)) or command
-        return command
+            command = await self._dispatch(session, command) or command
+        return command, True
 
-    def _check_timeout(self, timeout: Any) -> float:
-        if timeout is None:
-            return self.default_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise LedgerError(422, "INVALID_ARGS", "timeout must be a number of seconds", "timeout")
-        if not 0 < timeout <= MAX_TIMEOUT:
-            raise LedgerError(
-                422, "INVALID_ARGS", f"timeout must be in (0, {MAX_TIMEOUT:g}] seconds", "timeout"
-            )
-        return float(timeout)
+    # -- delivery -------------------------------------------------------------------------
 
     async def deliver_pending(self, session: LiveSession) -> int:
-        """Send an agent that just said HELLO everything waiting for it.
+        """Send an agent that just said HELLO everything waiting for it, oldest first.
 
-        Commands still ``dispatched`` (sent, never acknowledged) went down with
-        an earlier link and are sent again; the rest are the queued ones.
+        Commands still ``dispatched`` (sent, never acknowledged) went down with an
+        earlier link and are sent again: the agent's journal answers a command it
+        already has instead of running it twice.
         """
         sent = 0
-        unacknowledged = await self.store.list_commands(
-            agent_id=session.agent_id, status="dispatched", limit=10000
-        )
-        queued = await self.store.queued_commands(session.agent_id)
-        for command in [*reversed(unacknowledged), *queued]:
+        for command in await self.store.commands_in(
+            session.agent_id, (lifecycle.DISPATCHED, lifecycle.QUEUED)
+        ):
             if not self.registry.is_current(session):
                 break
-            if await self._dispatch(session, command, (command["status"],)):
+            if await self._dispatch(session, command):
                 sent += 1
         return sent
 
-    async def _dispatch(
-        self, session: LiveSession, command: dict, expected: tuple[str, ...]
-    ) -> dict | None:
+    async def _dispatch(self, session: LiveSession, command: dict) -> dict | None:
         command_id = command["command_id"]
-        args = self._args.get(command_id, command["args"])
-        if command_id not in self._args and await self._lost_secrets(command):
-            await self._finish(
+        now = self.clock.seconds()
+        if command["status"] == lifecycle.QUEUED and command["expires_at"] <= now:
+            return None  # the deadline sweep expires it
+        args = self._args.get(command_id)
+        # After a backend restart the secret args of an unfinished command are gone.
+        redacted = args is None and await self._has_secrets(command)
+        if redacted and command["status"] == lifecycle.QUEUED:
+            await self._transition(
                 command_id,
-                expected,
-                status="failed",
+                lifecycle.FAILED,
+                finished_at=now,
                 error={
                     "code": "SECRETS_UNAVAILABLE",
-                    "message": "the backend restarted before delivery; secret arguments are "
-                    "never stored, submit the command again",
+                    "message": "the backend restarted before delivery; secret arguments "
+                    "are never stored, submit the command again",
                 },
             )
             return None
-        # Compare-and-set first: of two racing dispatchers only one sends.
-        updated = await self.store.update_command_if(
-            command_id, expected, status="dispatched", dispatched_at=self.clock.seconds()
+        # Compare-and-set on the status we read: of two racing dispatchers only one sends.
+        updated = await self.store.transition(
+            command_id,
+            lifecycle.DISPATCHED,
+            now,
+            expected=(command["status"],),
+            dispatched_at=now,
         )
         if updated is None:
             return None
@@ -158,8 +269,11 @@ class CommandLedger:
                 "command",
                 command_id=command_id,
                 verb=command["verb"],
-                args=args,
+                args=command["args"] if args is None else args,
                 timeout=command["timeout"],
+                expires_at=command["expires_at"],
+                # A redelivery the agent may answer from its journal, never run.
+                **({"redacted": True} if redacted else {}),
             )
         )
         self.log.info(
@@ -167,9 +281,10 @@ class CommandLedger:
             command_id=command_id,
             agent_id=session.agent_id,
         )
+        self._wake_at(now + command["timeout"] + self.lost_grace)
         return updated
 
-    async def _lost_secrets(self, command: dict) -> bool:
+    async def _has_secrets(self, command: dict) -> bool:
         agent = await self.store.get_agent(command["agent_id"])
         params = (agent or {}).get("verbs", {}).get(command["verb"], {}).get("params", {})
         return any(
@@ -177,41 +292,47 @@ class CommandLedger:
             for name, spec in params.items()
         )
 
+    # -- what agents report ---------------------------------------------------------------
+
     async def on_ack(self, session: LiveSession, command_id: str) -> None:
         """The agent accepted a command and is running it."""
         if await self._owned(session, command_id) is None:
             return
-        await self.store.update_command_if(
-            command_id, ("dispatched",), status="running", started_at=self.clock.seconds()
+        await self.store.transition(
+            command_id,
+            lifecycle.RUNNING,
+            self.clock.seconds(),
+            expected=(lifecycle.DISPATCHED,),
+            started_at=self.clock.seconds(),
         )
 
     async def on_result(self, session: LiveSession, fields: dict) -> None:
-        """Record a final result reported by the agent (duplicates are ignored)."""
+        """Record a final result (once) and acknowledge it so the agent stops replaying it."""
         command_id = fields["command_id"]
         command = await self._owned(session, command_id)
-        if command is None:
-            return
-        now = self.clock.seconds()
-        finished = await self._finish(
-            command_id,
-            ("dispatched", "running"),
-            status=fields["status"],
-            exit_code=fields["exit_code"],
-            result=fields["result"],
-            stdout=fields["stdout"],
-            stderr=fields["stderr"],
-            stdout_truncated=fields["stdout_truncated"],
-            stderr_truncated=fields["stderr_truncated"],
-            error=fields["error"],
-            started_at=command["started_at"] or fields["started_at"] or now,
-            finished_at=now,
-        )
-        if finished is None:
-            self.log.info(
-                "duplicate result for {command_id} from {agent_id} ignored",
-                command_id=command_id,
-                agent_id=session.agent_id,
+        if command is not None:
+            finished = await self._transition(
+                command_id,
+                fields["status"],
+                exit_code=fields["exit_code"],
+                result=fields["result"],
+                stdout=fields["stdout"],
+                stderr=fields["stderr"],
+                stdout_truncated=fields["stdout_truncated"],
+                stderr_truncated=fields["stderr_truncated"],
+                error=fields["error"],
+                started_at=command["started_at"] or fields["started_at"],
+                finished_at=self.clock.seconds(),
             )
+            if finished is None:
+                self.log.info(
+                    "result {status} for {command_id} ignored: the command is already {current}",
+                    status=fields["status"],
+                    command_id=command_id,
+                    current=command["status"],
+                )
+        # Acknowledge even what we ignored: the agent must not replay it forever.
+        session.send_frame(protocol.encode("result_ack", command_id=command_id))
 
     async def _owned(self, session: LiveSession, command_id: str) -> dict | None:
         command = await self.store.get_command(command_id)
@@ -222,24 +343,25 @@ class CommandLedger:
                 command_id=command_id,
             )
             session.send_frame(
-                protocol.error_frame(
-                    protocol.UNKNOWN_COMMAND, "no such command for you", command_id
-                )
+                protocol.error_frame(protocol.UNKNOWN_COMMAND, "no such command here", command_id)
             )
             return None
         return command
 
-    async def _finish(self, command_id: str, expected: tuple[str, ...], **fields: Any):
-        command = await self.store.update_command_if(command_id, expected, **fields)
-        if command is None:
-            return None
+    async def _transition(self, command_id: str, status: str, **fields: Any) -> dict | None:
+        command = await self.store.transition(command_id, status, self.clock.seconds(), **fields)
+        if command is not None:
+            self._finished(command)
+        return command
+
+    def _finished(self, command: dict) -> None:
+        command_id = command["command_id"]
         self._args.pop(command_id, None)
         self.log.info(
             "command {command_id} {status}", command_id=command_id, status=command["status"]
         )
         for waiter in self._waiters.pop(command_id, []):
             waiter.callback(command)
-        return command
 
     def wait(self, command_id: str, seconds: float) -> Deferred:
         """A Deferred firing with the finished command, or None after ``seconds``."""
@@ -257,3 +379,15 @@ class CommandLedger:
         timer = self.clock.callLater(seconds, give_up)
         d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         return d
+
+
+def _seconds(field: str, value: Any, default: float, maximum: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LedgerError(422, "INVALID_ARGS", f"{field} must be a number of seconds", field)
+    if not 0 < value <= maximum:
+        raise LedgerError(
+            422, "INVALID_ARGS", f"{field} must be in (0, {maximum:g}] seconds", field
+        )
+    return float(value)

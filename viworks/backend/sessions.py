@@ -9,6 +9,7 @@ agent sends can crash the process or touch another agent's session.
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from viworks import protocol
 from viworks.backend.ledger import CommandLedger
 from viworks.backend.registry import SessionRegistry
 from viworks.logs import Logger
+from viworks.ratelimit import TokenBucket
 from viworks.schema import validate_schema
 
 HELLO_TIMEOUT = 10.0
@@ -46,7 +48,17 @@ class AgentSession(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "no WebSocket endpoint here")
         # The HTTP upgrade arrives after the TLS handshake, so the verified
         # peer certificate is available here (not in connectionMade).
-        identity = self.factory.identify(self.transport)
+        factory = self.factory
+        if not factory.admission.take():
+            # Shed load before any per-agent work; the hint spreads the retries.
+            hint = factory.retry_hint()
+            self.log.info(
+                "admission: refused {peer}, retry after {hint:.1f} s", peer=self.peer, hint=hint
+            )
+            raise ConnectionDeny(
+                ConnectionDeny.SERVICE_UNAVAILABLE, protocol.retry_after_reason("busy", hint)
+            )
+        identity = factory.identify(self.transport)
         if identity is None:
             self.log.warn("refused {peer}: no client certificate identity", peer=self.peer)
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "a client certificate is required")
@@ -114,11 +126,14 @@ class AgentSession(WebSocketServerProtocol):
             agent_id=self.agent_id,
             session_id=self.session_id,
         )
+        # "replaced" is the contract; the agent then waits at least reconnect_max.
         self.sendClose(protocol.CLOSE_REPLACED, "replaced")
 
-    def close_going_away(self) -> None:
-        """The backend is stopping: ask the agent to reconnect later."""
-        self.sendClose(protocol.CLOSE_SHUTDOWN, "backend shutting down")
+    def close_going_away(self, retry_after: float) -> None:
+        """The backend is stopping: ask the agent to reconnect after ``retry_after`` s."""
+        self.sendClose(
+            protocol.CLOSE_SHUTDOWN, protocol.retry_after_reason("shutdown", retry_after)
+        )
 
     def abort(self) -> None:
         self.dropConnection(abort=True)
@@ -174,7 +189,7 @@ class AgentSession(WebSocketServerProtocol):
     async def _welcome(self, hello: protocol.Frame) -> None:
         factory = self.factory
         labels = hello.get("labels")
-        await factory.store.upsert_agent_online(
+        agent = await factory.store.upsert_agent_online(
             self.agent_id,
             version=hello["version"],
             site=hello["site"],
@@ -199,6 +214,7 @@ class AgentSession(WebSocketServerProtocol):
             protocol.encode(
                 "welcome",
                 session_id=self.session_id,
+                epoch=agent["epoch"],
                 heartbeat_interval=factory.heartbeat_interval,
                 heartbeat_timeout=2 * factory.heartbeat_interval,
                 server_time=factory.clock.seconds(),
@@ -259,6 +275,8 @@ class AgentSessionFactory(WebSocketServerFactory):
         heartbeat_interval: float = 15.0,
         max_message_size: int = 1 << 20,
         hello_timeout: float = HELLO_TIMEOUT,
+        handshake_rate: float = 200.0,
+        handshake_burst: float = 200.0,
     ) -> None:
         super().__init__(reactor=clock)
         self.registry = registry
@@ -269,6 +287,7 @@ class AgentSessionFactory(WebSocketServerFactory):
         self.ws_path = ws_path
         self.heartbeat_interval = heartbeat_interval
         self.hello_timeout = hello_timeout
+        self.admission = TokenBucket(handshake_rate, handshake_burst, clock)
         # Don't advertise our version; no status page on a plain GET.
         self.server = "viworks"
         self.setProtocolOptions(
@@ -285,3 +304,8 @@ class AgentSessionFactory(WebSocketServerFactory):
             # dropping, so agents learn why; the default drops silently (1006).
             failByDrop=False,
         )
+
+    def retry_hint(self) -> float:
+        """A reconnect delay for a refused agent, spread so that retries trickle in."""
+        spread = max(2.0, len(self.registry) / self.admission.rate)
+        return self.admission.wait_time() + random.uniform(1.0, spread)

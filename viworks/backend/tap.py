@@ -13,7 +13,6 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.python import usage
-from twisted.web.server import Site
 
 from viworks.backend.api import BackendAPI
 from viworks.backend.ledger import CommandLedger
@@ -22,7 +21,7 @@ from viworks.backend.sessions import AgentSessionFactory
 from viworks.backend.store import open_store
 from viworks.config import BackendConfig, load_backend_config, parse_bind
 from viworks.logs import Logger, set_log_level
-from viworks.net import listen_service
+from viworks.net import DrainingSite, listen_service
 from viworks.service import build_or_exit
 from viworks.tls import peer_agent_id, server_context_factory
 
@@ -34,14 +33,30 @@ class Options(usage.Options):
 
 
 class BackendService(MultiService):
-    """Opens the store before the listeners start and closes it after they stop."""
+    """Opens the store before the listeners start; stops in an orderly way.
+
+    On stop: no new connections or requests, API waiters are answered, requests
+    in flight finish (bounded), agents are told to reconnect after spread-out
+    delays, then the store is closed.
+    """
 
     log = Logger()
 
-    def __init__(self, store: Any, registry: SessionRegistry, clock: Any) -> None:
+    def __init__(
+        self,
+        store: Any,
+        registry: SessionRegistry,
+        ledger: CommandLedger,
+        sessions: AgentSessionFactory,
+        site: DrainingSite,
+        clock: Any,
+    ) -> None:
         super().__init__()
         self.store = store
         self.registry = registry
+        self.ledger = ledger
+        self.sessions = sessions
+        self.site = site
         self.clock = clock
         self.ready: Deferred = Deferred()
 
@@ -56,6 +71,7 @@ class BackendService(MultiService):
         await self.store.open()
         # No session survives a restart: every agent is offline until it says HELLO.
         await self.store.mark_all_agents_offline(self.clock.seconds())
+        await self.ledger.start()
 
     def _failed(self, failure: Any) -> None:
         self.log.failure("backend could not start", failure)
@@ -63,22 +79,23 @@ class BackendService(MultiService):
         if hasattr(self.clock, "stop"):
             self.clock.stop()
 
-    async def _close(self) -> None:
+    async def _close(self, grace: float = 10.0) -> None:
         await MultiService.stopService(self)
-        await self._close_sessions()
-        await self.store.close()
-
-    async def _close_sessions(self, grace: float = 3.0) -> None:
-        # Stopping a listener leaves its connections open: say goodbye to each
-        # agent, give the close handshakes a moment, then cut what is left.
+        self.ledger.stop()
+        await self._until(lambda: self.site.in_flight == 0, grace)
         for session in self.registry:
-            session.close_going_away()
-        for _ in range(int(grace / 0.05)):
-            if not len(self.registry):
-                return
-            await deferLater(self.clock, 0.05, lambda: None)
+            session.close_going_away(self.sessions.retry_hint())
+        # Give the close handshakes a moment, then cut what is left.
+        await self._until(lambda: not len(self.registry), 3.0)
         for session in self.registry:
             session.abort()
+        await self.store.close()
+
+    async def _until(self, predicate: Any, timeout: float, step: float = 0.05) -> None:
+        for _ in range(int(timeout / step)):
+            if predicate():
+                return
+            await deferLater(self.clock, step, lambda: None)
 
     def stopService(self) -> Deferred:
         return Deferred.fromCoroutine(self._close())
@@ -90,10 +107,13 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
     store = open_store(config.backend.database, reactor=reactor)
     registry = SessionRegistry()
     ledger = CommandLedger(
-        store, registry, reactor, default_timeout=config.backend.default_command_timeout
+        store,
+        registry,
+        reactor,
+        default_timeout=config.backend.default_command_timeout,
+        default_ttl=config.backend.default_ttl,
+        lost_grace=config.backend.lost_grace,
     )
-    top = BackendService(store, registry, reactor)
-    top.ledger = ledger
     sessions = AgentSessionFactory(
         registry=registry,
         store=store,
@@ -103,13 +123,16 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         ws_path=config.backend.ws_path,
         heartbeat_interval=config.backend.heartbeat_interval,
         max_message_size=config.backend.max_message_size,
+        handshake_rate=config.backend.handshake_rate,
+        handshake_burst=config.backend.handshake_burst,
     )
+    site = DrainingSite(BackendAPI(store, registry, ledger, reactor).resource())
+    top = BackendService(store, registry, ledger, sessions, site, reactor)
     tls = server_context_factory(config.tls.cert, config.tls.key, config.tls.client_ca)
     ws_host, ws_port = parse_bind(config.backend.ws_bind)
     listen_service(reactor, ws_host, ws_port, sessions, tls).setServiceParent(top)
-    api = BackendAPI(store, registry, ledger, reactor)
     http_host, http_port = parse_bind(config.backend.http_bind)
-    listen_service(reactor, http_host, http_port, Site(api.resource())).setServiceParent(top)
+    listen_service(reactor, http_host, http_port, site).setServiceParent(top)
     return top
 
 

@@ -3,45 +3,70 @@
 ``BackendLink`` keeps a mutual-TLS WebSocket open with ``ClientService``
 (reconnecting forever with jittered exponential backoff), says HELLO after every
 connect, runs the commands it receives through the ``VerbCatalog`` and sends the
-results back. Results finished while the link is down wait in an outbox and go
-out, in order, after the next welcome.
+results back.
+
+Exactly-once in effect: every command id is written to the ``Journal`` before
+it is acknowledged or run, and every result before it is sent. A redelivered id
+is answered from the journal; results the backend has not acknowledged are
+replayed, in order, after each welcome (including those of a previous process).
 """
 
 from __future__ import annotations
 
 import random
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from viworks import __version__, protocol
+from viworks import __version__, lifecycle, protocol
 from viworks.config import parse_wss_url
+from viworks.gateway.journal import Journal
 from viworks.logs import Logger
 from viworks.tls import enforce_pins
 
-FINISHED_MEMORY = 1000
+STOP_GRACE = 10.0
 
 
-def jittered_backoff(
-    initial: float, maximum: float, rand: Callable[[], float] = random.random
-) -> Callable[[int], float]:
-    """A ``ClientService`` retry policy: a random delay in [initial, initial * 2**n] capped at
-    ``maximum``, so a fleet that lost its backend does not come back in lock-step."""
+class ReconnectPolicy:
+    """A ``ClientService`` retry policy with full jitter and hints from the backend.
 
-    def policy(failed_attempts: int) -> float:
-        ceiling = min(maximum, initial * 2 ** min(failed_attempts, 32))
-        return initial + rand() * (ceiling - initial)
+    Each delay is random over the whole window [initial, min(maximum, initial *
+    2**failures)], so a fleet that lost its backend does not return in
+    lock-step. The failure count is reset only by a welcome (``succeeded``), not
+    by a TCP or TLS connection: a backend that refuses us after the handshake
+    must not be hammered. ``at_least`` raises the next delay (retry-after hints,
+    or reconnect_max after being replaced by another connection).
+    """
 
-    return policy
+    def __init__(
+        self, initial: float, maximum: float, rand: Callable[[], float] = random.random
+    ) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.rand = rand
+        self.failures = 0
+        self._floor = 0.0
+
+    def __call__(self, _attempt: int) -> float:
+        ceiling = min(self.maximum, self.initial * 2 ** min(self.failures, 32))
+        delay = self.initial + self.rand() * (ceiling - self.initial)
+        self.failures += 1
+        delay, self._floor = max(delay, self._floor), 0.0
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def at_least(self, seconds: float) -> None:
+        self._floor = max(self._floor, seconds)
 
 
 @implementer(IHandshakeListener)
@@ -82,6 +107,7 @@ class BackendLink(MultiService):
         site: str,
         hostname: str,
         catalog: Any,
+        journal: Journal,
         tls_options: Any,
         pins: list[str] = (),
         labels: dict | None = None,
@@ -97,18 +123,17 @@ class BackendLink(MultiService):
         self.hostname = hostname
         self.labels = labels or {}
         self.catalog = catalog
+        self.journal = journal
         self.pins = list(pins)
+        self.reconnect_max = reconnect_max
         self.heartbeat_interval = heartbeat_interval
         self.session_id: str | None = None
         self._current: AgentLinkProtocol | None = None
-        self._outbox: deque[bytes] = deque()
         self._running: dict[str, Any] = {}  # command id -> VerbExecution
-        # Results of recently finished commands, so a redelivery (the ack was
-        # lost with the link) is answered without running the verb again.
-        self._finished: OrderedDict[str, bytes] = OrderedDict()
         self._heartbeat = LoopingCall(self._send_heartbeat)
         self._heartbeat.clock = reactor
 
+        self.policy = ReconnectPolicy(reconnect_initial, reconnect_max)
         host, port, _path = parse_wss_url(backend_url)
         factory = WebSocketClientFactory(backend_url, reactor=reactor)
         factory.protocol = AgentLinkProtocol
@@ -125,7 +150,7 @@ class BackendLink(MultiService):
         self.client_service = ClientService(
             endpoint,
             factory,
-            retryPolicy=jittered_backoff(reconnect_initial, reconnect_max),
+            retryPolicy=self.policy,
             clock=reactor,
         )
         self.client_service.setServiceParent(self)
@@ -135,12 +160,33 @@ class BackendLink(MultiService):
         """True between the backend's welcome and the link going down."""
         return self.session_id is not None
 
+    def startService(self) -> None:
+        for entry in self.journal.open():
+            self.log.warn(
+                "command {command_id} ({verb}) was running when the agent stopped: "
+                "reporting it as lost",
+                command_id=entry.command_id,
+                verb=entry.verb,
+            )
+        super().startService()
+
     def stopService(self) -> Deferred:
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
         if self._heartbeat.running:
             self._heartbeat.stop()
+        # Verbs still running are cancelled (TERM, then KILL) and their
+        # "cancelled" results journalled, to be reported after the restart.
+        outcomes = [execution.outcome for execution in self._running.values()]
         for execution in list(self._running.values()):
             execution.cancel()
-        return super().stopService()
+        if outcomes:
+            done = DeferredList(outcomes, consumeErrors=True)
+            done.addTimeout(STOP_GRACE, self.reactor)
+            await done.addErrback(lambda _: None)
+        await super().stopService()
+        self.journal.close()
 
     # -- connection events ----------------------------------------------------------
 
@@ -163,6 +209,17 @@ class BackendLink(MultiService):
         if proto is not self._current:
             return
         self.log.info("link to backend closed (code {code}, {reason})", code=code, reason=reason)
+        if code == protocol.CLOSE_REPLACED:
+            self.log.error(
+                "another connection with agent id {agent_id} replaced this one: is a second "
+                "gateway using the same identity? waiting {delay} s before reconnecting",
+                agent_id=self.agent_id,
+                delay=self.reconnect_max,
+            )
+            self.policy.at_least(self.reconnect_max)
+        hint = protocol.parse_retry_after(reason)
+        if hint is not None:
+            self.policy.at_least(min(hint, self.reconnect_max * 10))
         self._current = None
         self.session_id = None
         if self._heartbeat.running:
@@ -181,6 +238,8 @@ class BackendLink(MultiService):
             self._on_welcome(frame)
         elif frame.type == "command":
             self._on_command(proto, frame)
+        elif frame.type == "result_ack":
+            self.journal.ack(frame["command_id"])
         elif frame.type == "error":
             self.log.warn(
                 "backend reports {code}: {message}", code=frame["code"], message=frame["message"]
@@ -194,65 +253,101 @@ class BackendLink(MultiService):
         self.session_id = frame["session_id"]
         # The backend decides the heartbeat pace for its whole fleet.
         self.heartbeat_interval = frame["heartbeat_interval"]
-        self.log.info("connected to backend, session {session_id}", session_id=self.session_id)
-        while self._outbox and self._current is not None:
-            self._current.send_frame(self._outbox.popleft())
+        self.policy.succeeded()
+        self.log.info(
+            "connected to backend, session {session_id} (epoch {epoch})",
+            session_id=self.session_id,
+            epoch=frame["epoch"],
+        )
+        for entry in self.journal.unacked():
+            self._send_result(entry.command_id, entry.result)
+        self.journal.prune()
         if self._heartbeat.running:
             self._heartbeat.stop()
         self._heartbeat.start(self.heartbeat_interval, now=False)
 
     def _send_heartbeat(self) -> None:
-        self._send(protocol.encode("heartbeat", ts=self.reactor.seconds()), spool=False)
+        self._send(protocol.encode("heartbeat", ts=self.reactor.seconds()))
 
-    def _send(self, payload: bytes, spool: bool = True) -> None:
+    def _send(self, payload: bytes) -> None:
+        # While disconnected nothing is lost: results wait in the journal.
         if self._current is not None and self.connected:
             self._current.send_frame(payload)
-        elif spool:
-            self._outbox.append(payload)
+
+    def _send_result(self, command_id: str, fields: dict) -> None:
+        self._send(protocol.encode("result", command_id=command_id, **fields))
 
     # -- commands -------------------------------------------------------------------
 
     def _on_command(self, proto: AgentLinkProtocol, frame: protocol.Frame) -> None:
         command_id = frame["command_id"]
+        known = self.journal.get(command_id)
+        if known is not None:
+            # A redelivery: answer from the journal, never run twice.
+            if known.state == "finished":
+                self._send_result(command_id, known.result)
+            else:
+                proto.send_frame(protocol.encode("ack", command_id=command_id))
+            return
+        now = self.reactor.seconds()
+        refusal = None
+        if frame.get("redacted"):
+            refusal = (
+                lifecycle.REJECTED,
+                "SECRETS_UNAVAILABLE",
+                "the backend no longer has this command's secret arguments",
+            )
+        elif frame["expires_at"] is not None and now > frame["expires_at"]:
+            refusal = (lifecycle.EXPIRED, "EXPIRED", "the command arrived after its deadline")
+        self.journal.accept(command_id, frame["verb"])
+        if refusal is not None:
+            status, code, message = refusal
+            self._finish(
+                command_id, outcome_fields(status, now, now, {"code": code, "message": message})
+            )
+            return
         proto.send_frame(protocol.encode("ack", command_id=command_id))
-        if command_id in self._running:
-            # A redelivery of something we are already running: the ack was enough.
-            return
-        if command_id in self._finished:
-            proto.send_frame(self._finished[command_id])
-            return
-        started_at = self.reactor.seconds()
         self.log.info(
             "command {command_id}: {verb} started", command_id=command_id, verb=frame["verb"]
         )
         execution = self.catalog.start(frame["verb"], frame["args"], frame["timeout"])
         self._running[command_id] = execution
         d = execution.outcome
-        d.addCallback(self._report, command_id, started_at)
+        d.addCallback(
+            lambda outcome: self._finish(
+                command_id,
+                outcome_fields(outcome.status, now, self.reactor.seconds(), outcome.error, outcome),
+            )
+        )
         d.addErrback(
             lambda f: self.log.failure("command {command_id} failed", f, command_id=command_id)
         )
         d.addBoth(lambda _: self._running.pop(command_id, None))
 
-    def _report(self, outcome: Any, command_id: str, started_at: float) -> None:
+    def _finish(self, command_id: str, fields: dict) -> None:
         self.log.info(
-            "command {command_id} finished: {status}", command_id=command_id, status=outcome.status
-        )
-        payload = protocol.encode(
-            "result",
+            "command {command_id} finished: {status}",
             command_id=command_id,
-            status=outcome.status,
-            exit_code=outcome.exit_code,
-            result=outcome.result,
-            stdout=outcome.stdout,
-            stderr=outcome.stderr,
-            stdout_truncated=outcome.stdout_truncated,
-            stderr_truncated=outcome.stderr_truncated,
-            error=outcome.error,
-            started_at=started_at,
-            finished_at=self.reactor.seconds(),
+            status=fields["status"],
         )
-        self._finished[command_id] = payload
-        while len(self._finished) > FINISHED_MEMORY:
-            self._finished.popitem(last=False)
-        self._send(payload)
+        # Write-ahead: a result is journalled before it is sent.
+        self.journal.finish(command_id, fields)
+        self._send_result(command_id, fields)
+
+
+def outcome_fields(
+    status: str, started_at: float, finished_at: float, error: dict | None, outcome: Any = None
+) -> dict:
+    """The ``result`` frame's fields (without the command id) for a verb outcome or a refusal."""
+    return {
+        "status": status,
+        "exit_code": getattr(outcome, "exit_code", None),
+        "result": getattr(outcome, "result", None),
+        "stdout": getattr(outcome, "stdout", ""),
+        "stderr": getattr(outcome, "stderr", ""),
+        "stdout_truncated": getattr(outcome, "stdout_truncated", False),
+        "stderr_truncated": getattr(outcome, "stderr_truncated", False),
+        "error": error,
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }

@@ -7,6 +7,7 @@ MultiService
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -21,10 +22,11 @@ from viworks.config import (
     parse_bind,
     parse_wss_url,
 )
+from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
 from viworks.gateway.localapi import GatewayAPI
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import default_catalog
+from viworks.gateway.verbs import catalog_from_config
 from viworks.logs import set_log_level
 from viworks.net import ConnectionLimit, listen_service
 from viworks.service import build_or_exit
@@ -41,12 +43,7 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     """The whole gateway agent for ``config``; used by twistd, the .tac and ``viworks dev``."""
     set_log_level(config.agent.log_level)
     ensure_private_dir(config.agent.state_dir)
-    catalog = default_catalog(
-        ProcessRunner(reactor),
-        panel_users_file=config.panel.users_file,
-        htpasswd=config.panel.htpasswd,
-        clock=reactor,
-    )
+    catalog = catalog_from_config(ProcessRunner(reactor), config, clock=reactor)
     outbound = config.outbound
     host, _port, _path = parse_wss_url(outbound.backend_url)
     link = BackendLink(
@@ -57,6 +54,7 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
         hostname=socket.gethostname(),
         labels=dict(config.agent.labels),
         catalog=catalog,
+        journal=Journal(os.path.join(config.agent.state_dir, "journal.db"), clock=reactor),
         tls_options=client_tls_options(host, config.tls.cert, config.tls.key, config.tls.ca),
         pins=list(config.tls.backend_spki_pins),
         heartbeat_interval=outbound.heartbeat_interval,

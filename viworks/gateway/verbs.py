@@ -16,10 +16,18 @@ process but, by Twisted's rules, fails it at once with ``CancelledError``.
 Secrets (``"secret"`` parameters) never reach argv, logs, error messages or
 the outcome: they travel on stdin, and any echo of one in the captured output
 is replaced by ``"***"``.
+
+:func:`catalog_from_config` builds the catalog an agent serves from its
+configuration: the built-in verbs with their ``[verbs.NAME]`` overrides,
+minus the disabled ones, plus the verbs the operator declared (argv and stdin
+templates over a parameter schema). With ``exec_enable = false`` the catalog
+refuses every verb whose ``changes_state`` is true (``EXEC_DISABLED``).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +40,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from viworks import schema
+from viworks.config import BUILTIN_VERBS, AgentConfig, VerbConfig, parse_template
 from viworks.gateway import health
 from viworks.gateway.runner import ProcessRunner, RunResult
 from viworks.logs import Logger
@@ -43,6 +52,8 @@ __all__ = [
     "VerbError",
     "VerbExecution",
     "VerbOutcome",
+    "catalog_from_config",
+    "declared_verb",
     "default_catalog",
 ]
 
@@ -81,6 +92,8 @@ class Verb:
     that exited 0 (default: result ``None``). Any of them may raise
     :class:`VerbError`. ``timeout`` is the maximum run time; verbs with the
     same ``serialize`` key never run concurrently (e.g. writers of one file).
+    ``changes_state`` verbs are refused when the catalog has exec disabled.
+    ``concurrency`` (maximum simultaneous runs) is recorded but not enforced yet.
     """
 
     name: str
@@ -94,6 +107,7 @@ class Verb:
     build: Callable[[dict[str, Any]], Invocation] | None = None
     parse: Callable[[dict[str, Any], RunResult], Any] | None = None
     serialize: str | None = None
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         if (self.call is None) == (self.build is None):
@@ -141,16 +155,36 @@ class VerbExecution:
             self._cancel_step()
 
 
-class VerbCatalog:
-    """The verbs this gateway offers, keyed by name."""
+EXEC_DISABLED_MESSAGE = "exec is disabled on this gateway (exec_enable = false)"
 
-    def __init__(self, runner: ProcessRunner, verbs: Mapping[str, Verb]) -> None:
+
+class VerbCatalog:
+    """The verbs this gateway offers, keyed by name.
+
+    With ``exec_enable=False`` every verb whose ``changes_state`` is true is
+    rejected with ``EXEC_DISABLED`` before its arguments are even looked at;
+    read-only verbs still run.
+    """
+
+    def __init__(
+        self, runner: ProcessRunner, verbs: Mapping[str, Verb], *, exec_enable: bool = True
+    ) -> None:
         for key, verb in verbs.items():
             if key != verb.name:
                 raise ValueError(f"verb registered as {key!r} is named {verb.name!r}")
         self._runner = runner
         self._verbs = dict(verbs)
         self._locks: dict[str, DeferredLock] = {}
+        self._exec_enable = exec_enable
+
+    @property
+    def exec_enable(self) -> bool:
+        """False when state-changing verbs are refused."""
+        return self._exec_enable
+
+    def get(self, name: str) -> Verb | None:
+        """The verb called ``name``, or None."""
+        return self._verbs.get(name)
 
     def names(self) -> list[str]:
         return sorted(self._verbs)
@@ -181,9 +215,12 @@ class VerbCatalog:
         execution = VerbExecution()
         verb = self._verbs.get(name)
         if verb is None:
-            outcome = _error("rejected", "UNKNOWN_VERB", "unknown verb")
             d: Deferred[VerbOutcome] = Deferred()
-            d.callback(outcome)
+            d.callback(_error("rejected", "UNKNOWN_VERB", "unknown verb"))
+        elif verb.changes_state and not self._exec_enable:
+            log.info("verb {verb} refused: exec is disabled", verb=name)
+            d = Deferred()
+            d.callback(_error("rejected", "EXEC_DISABLED", EXEC_DISABLED_MESSAGE))
         else:
             d = Deferred.fromCoroutine(self._execute(verb, args, timeout, execution))
         outer: Deferred[VerbOutcome] = Deferred(lambda _d: execution.cancel())
@@ -393,8 +430,16 @@ def default_catalog(
     panel_users_file: str,
     htpasswd: str = "/usr/bin/htpasswd",
     clock: IReactorTime | None = None,
+    exec_enable: bool = True,
 ) -> VerbCatalog:
     """The built-in verbs: ping, system_health, create/delete_panel_user."""
+    verbs = _builtin_verbs(panel_users_file=panel_users_file, htpasswd=htpasswd, clock=clock)
+    return VerbCatalog(runner, verbs, exec_enable=exec_enable)
+
+
+def _builtin_verbs(
+    *, panel_users_file: str, htpasswd: str, clock: IReactorTime | None
+) -> dict[str, Verb]:
     if not os.path.isabs(panel_users_file):
         raise ValueError("panel_users_file must be an absolute path")
 
@@ -474,4 +519,98 @@ def default_catalog(
             serialize="panel_users",
         ),
     ]
-    return VerbCatalog(runner, {v.name: v for v in verbs})
+    return {v.name: v for v in verbs}
+
+
+def catalog_from_config(
+    runner: ProcessRunner, config: AgentConfig, clock: IReactorTime | None = None
+) -> VerbCatalog:
+    """The catalog an agent serves: built-ins, ``[verbs.NAME]`` overrides and declarations.
+
+    A built-in's ``timeout``/``output_cap``/``concurrency`` replace its own; ``enabled =
+    false`` removes a verb (built-in or declared); any other name is a declared verb run from
+    its argv/stdin templates. ``[agent] exec_enable`` is enforced by the catalog.
+    """
+    verbs = _builtin_verbs(
+        panel_users_file=config.panel.users_file, htpasswd=config.panel.htpasswd, clock=clock
+    )
+    if set(verbs) != BUILTIN_VERBS:  # the config loader decides what a built-in may set
+        raise AssertionError(f"viworks.config.BUILTIN_VERBS is out of date: {sorted(verbs)}")
+    for name, vc in config.verbs.items():
+        if not vc.enabled:
+            verbs.pop(name, None)
+        elif name in verbs:
+            overrides = {
+                key: getattr(vc, key)
+                for key in ("timeout", "output_cap", "concurrency")
+                if getattr(vc, key) is not None
+            }
+            verbs[name] = dataclasses.replace(verbs[name], **overrides)
+        else:
+            verbs[name] = declared_verb(name, vc)
+    return VerbCatalog(runner, verbs, exec_enable=config.agent.exec_enable)
+
+
+def declared_verb(name: str, vc: VerbConfig) -> Verb:
+    """A :class:`Verb` for an operator's ``[verbs.NAME]`` declaration (already validated).
+
+    Each argv element is rendered on its own from its template, so a value never splits
+    into several arguments and no shell is involved. A string value that would start an
+    argv element must not start with ``-`` (it would be read as an option). The stdin
+    template (the only place secrets may appear) is written to the process and stdin is
+    then closed. The result is ``None``; stdout and stderr are in the outcome.
+    """
+    if vc.argv is None:
+        raise ValueError(f"verb {name!r}: a declared verb needs argv")
+    params = copy.deepcopy(vc.params)
+    argv_templates = [parse_template(item) for item in vc.argv]
+    stdin_template = parse_template(vc.stdin) if vc.stdin is not None else None
+
+    def build(args: dict[str, Any]) -> Invocation:
+        argv = [_render(t, args, params, guard_options=True) for t in argv_templates]
+        stdin = None
+        if stdin_template is not None:
+            stdin = _render(stdin_template, args, params).encode("utf-8")
+        return Invocation(argv=argv, stdin=stdin)
+
+    return Verb(
+        name=name,
+        params=params,
+        description=vc.description,
+        changes_state=vc.changes_state,
+        timeout=vc.timeout if vc.timeout is not None else Verb.timeout,
+        output_cap=vc.output_cap if vc.output_cap is not None else Verb.output_cap,
+        concurrency=vc.concurrency,
+        build=build,
+    )
+
+
+def _render(
+    template: tuple[tuple[str, str | None], ...],
+    args: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    guard_options: bool = False,
+) -> str:
+    out: list[str] = []
+    for literal, name in template:
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in args:  # the config loader forbids optional params without a default
+            raise schema.ArgsError(name, "missing required parameter")
+        text = _as_text(args[name])
+        starts_element = not "".join(out)
+        kind = params[name]["type"]
+        if guard_options and starts_element and kind == "string" and text.startswith("-"):
+            raise schema.ArgsError(name, "must not start with '-' (it would be read as an option)")
+        out.append(text)
+    return "".join(out)
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    return str(value)

@@ -12,6 +12,7 @@ from typing import Any
 
 from viworks.backend.store.base import (
     DuplicateToken,
+    IdempotencyConflict,
     SchemaTooNew,
     SQLStore,
     StoreError,
@@ -21,6 +22,7 @@ Store = SQLStore
 
 __all__ = [
     "DuplicateToken",
+    "IdempotencyConflict",
     "SchemaTooNew",
     "Store",
     "StoreError",

@@ -19,10 +19,12 @@ from typing import Any, ClassVar
 
 from twisted.enterprise.adbapi import ConnectionPool, Transaction
 
+from viworks import lifecycle
 from viworks.backend.store import schema
 from viworks.logs import Logger
 
 AGENT_JSON = frozenset({"verbs", "labels"})
+AGENT_REAL = frozenset({"connected_at", "last_seen"})
 
 COMMAND_COLUMNS = (
     "command_id",
@@ -39,17 +41,28 @@ COMMAND_COLUMNS = (
     "stderr_truncated",
     "error",
     "created_at",
+    "expires_at",
     "dispatched_at",
     "started_at",
     "finished_at",
 )
 COMMAND_JSON = frozenset({"args", "result", "error"})
 COMMAND_BOOL = frozenset({"stdout_truncated", "stderr_truncated"})
+COMMAND_REAL = frozenset(
+    {"timeout", "created_at", "expires_at", "dispatched_at", "started_at", "finished_at"}
+)
 COMMAND_REQUIRED = frozenset({"command_id", "agent_id", "verb", "created_at"})
-# command_id is the key; changing it through update_command makes no sense.
-COMMAND_MUTABLE = frozenset(COMMAND_COLUMNS) - {"command_id"}
+# Columns transition() may set along with the status: command_id is the key
+# and the status itself only changes through the lifecycle.
+COMMAND_MUTABLE = frozenset(COMMAND_COLUMNS) - {"command_id", "status"}
 
-_COMMAND_SELECT = "SELECT {} FROM commands".format(", ".join(COMMAND_COLUMNS))
+_COMMAND_COLUMNS_SQL = ", ".join(COMMAND_COLUMNS)
+_COMMAND_SELECT = f"SELECT {_COMMAND_COLUMNS_SQL} FROM commands"
+# Commands an agent has been sent and not yet finished (lose_overdue).
+_IN_FLIGHT = (lifecycle.DISPATCHED, lifecycle.RUNNING)
+# Rows per multi-row event INSERT: 4 parameters each stays far below
+# SQLite's 32766 and PostgreSQL's 65535 bound-parameter limits.
+_EVENT_BATCH = 500
 
 
 class StoreError(Exception):
@@ -62,6 +75,17 @@ class DuplicateToken(StoreError):
 
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer viworks than this one."""
+
+
+class IdempotencyConflict(StoreError):
+    """An idempotency key was already used for a different request.
+
+    ``command_id`` is the command the key was first used for.
+    """
+
+    def __init__(self, command_id: str) -> None:
+        super().__init__(f"idempotency key already used for command {command_id}")
+        self.command_id = command_id
 
 
 def _encode_json(value: Any) -> str | None:
@@ -81,9 +105,18 @@ def _rows(txn: Transaction) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in txn.fetchall()]
 
 
+def _floats(row: dict[str, Any], keys: Iterable[str]) -> None:
+    # SQLite's RETURNING skips REAL affinity (an integral 10.0 comes back as
+    # the int 10); reads through SELECT and PostgreSQL give floats.
+    for key in keys:
+        if row[key] is not None:
+            row[key] = float(row[key])
+
+
 def _agent_from_row(row: dict[str, Any]) -> dict[str, Any]:
     for key in AGENT_JSON:
         row[key] = _decode_json(row[key])
+    _floats(row, AGENT_REAL)
     return row
 
 
@@ -92,6 +125,7 @@ def _command_from_row(row: dict[str, Any]) -> dict[str, Any]:
         row[key] = _decode_json(row[key])
     for key in COMMAND_BOOL:
         row[key] = bool(row[key])
+    _floats(row, COMMAND_REAL)
     return row
 
 
@@ -112,6 +146,38 @@ def _check_mutable(fields: Mapping[str, Any]) -> None:
     unknown = set(fields) - COMMAND_MUTABLE
     if unknown:
         raise ValueError(f"unknown or immutable command fields: {sorted(unknown)}")
+
+
+def _new_command_values(command: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a command to create and return its stored column values."""
+    unknown = set(command) - set(COMMAND_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown command fields: {sorted(unknown)}")
+    missing = COMMAND_REQUIRED - set(command)
+    if missing:
+        raise ValueError(f"missing command fields: {sorted(missing)}")
+    fields = {"args": {}, **command, "status": command.get("status", lifecycle.QUEUED)}
+    if fields["status"] != lifecycle.QUEUED:
+        raise ValueError("a command is created queued; later statuses go through transition()")
+    return _command_values(fields)
+
+
+def _statuses(statuses: Sequence[str]) -> tuple[str, ...]:
+    """Validate a collection of statuses (a bare string is a caller bug)."""
+    if isinstance(statuses, str):
+        raise TypeError("statuses must be a collection of status names, not a string")
+    result = tuple(statuses)
+    if not result:
+        raise ValueError("statuses must not be empty")
+    unknown = set(result) - lifecycle.ALL
+    if unknown:
+        raise ValueError(f"unknown statuses: {sorted(unknown)}")
+    return result
+
+
+def _marks(count: int) -> str:
+    """``?, ?, ...``: ``count`` placeholders."""
+    return ", ".join(["?"] * count)
 
 
 class SQLStore:
@@ -210,7 +276,12 @@ class SQLStore:
         labels: Mapping[str, Any] | None,
         now: float,
     ) -> dict[str, Any]:
-        """Record a (re)connected agent as online under ``session_id``."""
+        """Record a (re)connected agent as online under ``session_id``.
+
+        Each call increments the agent's ``epoch`` (1 after the first
+        connection), a fencing counter for the session; the returned agent
+        carries the new value.
+        """
         params = (
             agent_id,
             version,
@@ -232,8 +303,8 @@ class SQLStore:
             """
             INSERT INTO agents (agent_id, status, version, site, hostname,
                 protocol, verbs, connected_at, last_seen, peer, session_id,
-                labels)
-            VALUES (?, 'online', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                labels, epoch)
+            VALUES (?, 'online', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
             ON CONFLICT (agent_id) DO UPDATE SET
                 status = excluded.status,
                 version = excluded.version,
@@ -245,13 +316,13 @@ class SQLStore:
                 last_seen = excluded.last_seen,
                 peer = excluded.peer,
                 session_id = excluded.session_id,
-                labels = excluded.labels
+                labels = excluded.labels,
+                epoch = agents.epoch + 1
+            RETURNING *
             """,
             params,
         )
-        agent = self._get_agent_txn(txn, params[0])
-        assert agent is not None
-        return agent
+        return _agent_from_row(_rows(txn)[0])
 
     async def touch_agent(self, agent_id: str, now: float) -> bool:
         """Update ``last_seen``; return False if the agent is unknown."""
@@ -319,41 +390,89 @@ class SQLStore:
     # -- commands -----------------------------------------------------------
 
     async def create_command(self, command: Mapping[str, Any]) -> dict[str, Any]:
-        """Insert a command; return it as stored (with defaults filled in).
+        """Insert a queued command and its first event; return it as stored.
 
         Requires ``command_id``, ``agent_id``, ``verb`` and ``created_at``;
-        ``status`` defaults to ``'queued'`` and ``args`` to ``{}``.
+        ``args`` defaults to ``{}``, ``expires_at`` (the delivery deadline)
+        to none. ``status``, if given, must be ``'queued'``: every later
+        status goes through :meth:`transition`. The ``queued`` event is
+        recorded at ``created_at`` in the same transaction.
         """
-        unknown = set(command) - set(COMMAND_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown command fields: {sorted(unknown)}")
-        missing = COMMAND_REQUIRED - set(command)
-        if missing:
-            raise ValueError(f"missing command fields: {sorted(missing)}")
-        fields = {"status": "queued", "args": {}, **command}
-        return await self._run(self._create_command_txn, _command_values(fields))
+        return await self._run(self._create_command_txn, _new_command_values(command))
+
+    async def create_command_idempotent(
+        self,
+        command: Mapping[str, Any],
+        *,
+        token_name: str,
+        key: str,
+        request_hash: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """Create ``command`` once per ``(token_name, key)``.
+
+        Returns ``(command, True)`` when this call created it, or
+        ``(earlier command, False)`` when the key was already used for a
+        request with the same ``request_hash``; raises
+        :class:`IdempotencyConflict` when it was used with another hash.
+        One transaction; a concurrent request with the same key waits for
+        the first one and ends as a lookup (never as an integrity error).
+        """
+        values = _new_command_values(command)
+        return await self._run(self._create_idempotent_txn, values, token_name, key, request_hash)
 
     def _create_command_txn(self, txn: Transaction, values: dict[str, Any]) -> dict[str, Any]:
         columns = list(values)
         self._execute(
             txn,
-            "INSERT INTO commands ({}) VALUES ({})".format(
-                ", ".join(columns), ", ".join("?" for _ in columns)
+            "INSERT INTO commands ({}) VALUES ({}) RETURNING {}".format(
+                ", ".join(columns), _marks(len(columns)), _COMMAND_COLUMNS_SQL
             ),
             [values[c] for c in columns],
         )
-        created = self._get_command_txn(txn, values["command_id"])
-        assert created is not None
+        created = _command_from_row(_rows(txn)[0])
+        self._insert_events_txn(
+            txn, [(created["command_id"], lifecycle.QUEUED, created["created_at"], None)]
+        )
         return created
+
+    def _create_idempotent_txn(
+        self,
+        txn: Transaction,
+        values: dict[str, Any],
+        token_name: str,
+        key: str,
+        request_hash: str,
+    ) -> tuple[dict[str, Any], bool]:
+        # Claim the key first: a concurrent claim of the same key blocks here
+        # until the other transaction ends (PostgreSQL row lock, SQLite write
+        # lock), then does nothing, and we read the winner's row instead.
+        self._execute(
+            txn,
+            "INSERT INTO idempotency_keys"
+            " (token_name, idem_key, request_hash, command_id, created_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (token_name, idem_key) DO NOTHING",
+            (token_name, key, request_hash, values["command_id"], values["created_at"]),
+        )
+        if txn.rowcount == 1:
+            return self._create_command_txn(txn, values), True
+        self._execute(
+            txn,
+            "SELECT request_hash, command_id FROM idempotency_keys"
+            " WHERE token_name = ? AND idem_key = ?",
+            (token_name, key),
+        )
+        row = _rows(txn)[0]
+        if row["request_hash"] != request_hash:
+            raise IdempotencyConflict(row["command_id"])
+        existing = self._commands_txn(txn, ["command_id = ?"], [row["command_id"]])
+        if not existing:
+            raise StoreError(f"idempotency key refers to missing command {row['command_id']}")
+        return existing[0], False
 
     async def get_command(self, command_id: str) -> dict[str, Any] | None:
         """Return the command, or None."""
-        return await self._run(self._get_command_txn, command_id)
-
-    def _get_command_txn(self, txn: Transaction, command_id: str) -> dict[str, Any] | None:
-        self._execute(txn, _COMMAND_SELECT + " WHERE command_id = ?", (command_id,))
-        rows = _rows(txn)
-        return _command_from_row(rows[0]) if rows else None
+        rows = await self._run(self._commands_txn, ["command_id = ?"], [command_id])
+        return rows[0] if rows else None
 
     async def list_commands(
         self,
@@ -370,77 +489,221 @@ class SQLStore:
         if status is not None:
             where.append("status = ?")
             params.append(status)
+        return await self._run(
+            self._commands_txn, where, params, newest_first=True, limit=int(limit)
+        )
+
+    async def commands_in(self, agent_id: str, statuses: Sequence[str]) -> list[dict[str, Any]]:
+        """Return the agent's commands whose status is in ``statuses``, oldest first.
+
+        Insertion order breaks ``created_at`` ties (FIFO delivery).
+        """
+        statuses = _statuses(statuses)
+        return await self._run(
+            self._commands_txn,
+            ["agent_id = ?", f"status IN ({_marks(len(statuses))})"],
+            [agent_id, *statuses],
+        )
+
+    def _commands_txn(
+        self,
+        txn: Transaction,
+        where: Sequence[str],
+        params: Sequence[Any],
+        *,
+        newest_first: bool = False,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The one command SELECT: ``where`` clauses are ANDed."""
         sql = _COMMAND_SELECT
         if where:
             sql += " WHERE " + " AND ".join(where)
         # seq breaks created_at ties in insertion order.
-        sql += " ORDER BY created_at DESC, seq DESC LIMIT ?"
-        params.append(int(limit))
-        return await self._run(self._select_commands_txn, sql, params)
-
-    async def queued_commands(self, agent_id: str) -> list[dict[str, Any]]:
-        """Return the agent's ``queued`` commands, oldest first (FIFO)."""
-        return await self._run(
-            self._select_commands_txn,
-            _COMMAND_SELECT + " WHERE agent_id = ? AND status = 'queued' ORDER BY created_at, seq",
-            (agent_id,),
+        sql += (
+            " ORDER BY created_at DESC, seq DESC" if newest_first else " ORDER BY created_at, seq"
         )
-
-    def _select_commands_txn(
-        self, txn: Transaction, sql: str, params: Sequence[Any]
-    ) -> list[dict[str, Any]]:
+        params = list(params)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         self._execute(txn, sql, params)
         return [_command_from_row(row) for row in _rows(txn)]
 
-    async def update_command(self, command_id: str, **fields: Any) -> dict[str, Any] | None:
-        """Set the given columns; return the updated command, or None if unknown."""
-        _check_mutable(fields)
-        return await self._run(self._update_command_txn, command_id, None, fields)
-
-    async def update_command_if(
+    async def transition(
         self,
         command_id: str,
-        expected_statuses: tuple[str, ...],
+        status: str,
+        at: float,
+        *,
+        expected: Sequence[str] | None = None,
+        detail: Any = None,
         **fields: Any,
     ) -> dict[str, Any] | None:
-        """Compare-and-set: update only if the current status is expected.
+        """Move a command to ``status`` if the lifecycle allows it from where it is.
 
-        Returns the updated command, or None when the command is unknown or
-        its status is not in ``expected_statuses``. The check and the write
-        are one ``UPDATE`` statement, so concurrent writers cannot interleave.
+        ``expected`` (default: every status that may become ``status``, see
+        :func:`viworks.lifecycle.sources`) narrows the statuses the command
+        may currently have; a status outside ``lifecycle.sources(status)``
+        there, an unknown ``status`` or an unknown field is a caller bug
+        (``ValueError``). ``fields`` are other columns to set with it.
+
+        One compare-and-set ``UPDATE`` plus the event ``(status, at,
+        detail)``, in one transaction. Returns the updated command, or None
+        (nothing written) when the command is unknown or its current status
+        is not in ``expected``.
         """
-        if not expected_statuses:
-            raise ValueError("expected_statuses must not be empty")
+        allowed = lifecycle.sources(status)  # ValueError for an unknown status
+        if expected is None:
+            expected = allowed
+        else:
+            expected = _statuses(expected)
+            illegal = set(expected) - set(allowed)
+            if illegal:
+                raise ValueError(
+                    f"a command cannot become {status} from {sorted(illegal)}"
+                    f" (allowed: {list(allowed)})"
+                )
+        if not expected:
+            raise ValueError(f"no command can become {status}")
         _check_mutable(fields)
+        values = {"status": status, **_command_values(fields)}
         return await self._run(
-            self._update_command_txn, command_id, tuple(expected_statuses), fields
+            self._transition_txn, command_id, values, expected, at, _encode_json(detail)
         )
 
-    def _update_command_txn(
+    def _transition_txn(
         self,
         txn: Transaction,
         command_id: str,
-        expected: tuple[str, ...] | None,
-        fields: Mapping[str, Any],
+        values: dict[str, Any],
+        expected: tuple[str, ...],
+        at: float,
+        detail: str | None,
     ) -> dict[str, Any] | None:
-        values = _command_values(fields)
-        if values:
-            assignments = ", ".join(f"{c} = ?" for c in values)
-        else:
-            # Still run the UPDATE so update_command_if keeps its
-            # compare semantics with no fields.
-            assignments = "status = status"
-        sql = f"UPDATE commands SET {assignments} WHERE command_id = ?"
-        params: list[Any] = [*values.values(), command_id]
-        if expected is not None:
-            sql += " AND status IN ({})".format(", ".join("?" for _ in expected))
-            params.extend(expected)
-        self._execute(txn, sql, params)
-        if txn.rowcount == 0:
+        self._execute(
+            txn,
+            "UPDATE commands SET {} WHERE command_id = ? AND status IN ({}) RETURNING {}".format(
+                ", ".join(f"{c} = ?" for c in values),
+                _marks(len(expected)),
+                _COMMAND_COLUMNS_SQL,
+            ),
+            [*values.values(), command_id, *expected],
+        )
+        rows = _rows(txn)
+        if not rows:
             return None
-        # Our UPDATE holds the row lock until commit, so this read sees
-        # exactly what we wrote.
-        return self._get_command_txn(txn, command_id)
+        self._insert_events_txn(txn, [(command_id, values["status"], at, detail)])
+        return _command_from_row(rows[0])
+
+    async def command_events(self, command_id: str) -> list[dict[str, Any]]:
+        """Return ``{status, at, detail}`` for every status the command took, in order."""
+        rows = await self._run(
+            self._select_txn,
+            "SELECT status, at, detail FROM command_events WHERE command_id = ? ORDER BY seq",
+            (command_id,),
+        )
+        for row in rows:
+            row["detail"] = _decode_json(row["detail"])
+        return rows
+
+    async def expire_due(self, now: float) -> list[dict[str, Any]]:
+        """Expire every ``queued`` command whose ``expires_at`` is at or before ``now``.
+
+        Sets ``finished_at`` and an ``EXPIRED`` error, records the events
+        (detail: the error); returns those commands, oldest first.
+        """
+        return await self._run(
+            self._sweep_txn,
+            (lifecycle.QUEUED,),
+            lifecycle.EXPIRED,
+            now,
+            {"code": "EXPIRED", "message": "not delivered before its deadline"},
+            "expires_at <= ?",
+            (now,),
+        )
+
+    async def next_expiry(self) -> float | None:
+        """The earliest ``expires_at`` among ``queued`` commands, or None."""
+        return await self._run(
+            self._scalar_txn,
+            "SELECT MIN(expires_at) FROM commands WHERE status = ?",
+            (lifecycle.QUEUED,),
+        )
+
+    async def lose_overdue(self, now: float, grace: float) -> list[dict[str, Any]]:
+        """Mark ``lost`` every dispatched/running command overdue by ``grace``.
+
+        Overdue means ``dispatched_at + timeout + grace <= now`` (a command
+        without a timeout is never lost). Sets ``finished_at`` and a ``LOST``
+        error, records the events (detail: the error); returns those
+        commands, oldest first.
+        """
+        grace = float(grace)
+        return await self._run(
+            self._sweep_txn,
+            _IN_FLIGHT,
+            lifecycle.LOST,
+            now,
+            {
+                "code": "LOST",
+                "message": f"no result within its timeout plus {grace:g} s since dispatch",
+            },
+            "dispatched_at + timeout + ? <= ?",
+            (grace, now),
+        )
+
+    async def next_loss_deadline(self) -> float | None:
+        """The earliest ``dispatched_at + timeout`` among in-flight commands, or None.
+
+        The caller adds its grace period.
+        """
+        return await self._run(
+            self._scalar_txn,
+            f"SELECT MIN(dispatched_at + timeout) FROM commands WHERE status IN ({_marks(2)})",
+            _IN_FLIGHT,
+        )
+
+    def _sweep_txn(
+        self,
+        txn: Transaction,
+        from_statuses: tuple[str, ...],
+        status: str,
+        now: float,
+        error: dict[str, Any],
+        due: str,
+        due_params: Sequence[Any],
+    ) -> list[dict[str, Any]]:
+        # One UPDATE ... RETURNING for the batch, then one batched event insert.
+        assert set(from_statuses) <= set(lifecycle.sources(status))
+        encoded = _encode_json(error)
+        self._execute(
+            txn,
+            "UPDATE commands SET status = ?, finished_at = ?, error = ?"
+            f" WHERE status IN ({_marks(len(from_statuses))}) AND {due}"
+            f" RETURNING seq, {_COMMAND_COLUMNS_SQL}",
+            [status, now, encoded, *from_statuses, *due_params],
+        )
+        # RETURNING order is unspecified: report (and record) oldest first.
+        rows = sorted(_rows(txn), key=lambda r: (r["created_at"], r.pop("seq")))
+        self._insert_events_txn(txn, [(r["command_id"], status, now, encoded) for r in rows])
+        return [_command_from_row(row) for row in rows]
+
+    def _insert_events_txn(
+        self, txn: Transaction, events: Sequence[tuple[str, str, float, str | None]]
+    ) -> None:
+        """Append ``(command_id, status, at, encoded detail)`` events, batched."""
+        for start in range(0, len(events), _EVENT_BATCH):
+            batch = events[start : start + _EVENT_BATCH]
+            self._execute(
+                txn,
+                "INSERT INTO command_events (command_id, status, at, detail) VALUES "
+                + ", ".join(["(?, ?, ?, ?)"] * len(batch)),
+                [value for event in batch for value in event],
+            )
+
+    def _scalar_txn(self, txn: Transaction, sql: str, params: Sequence[Any]) -> Any:
+        self._execute(txn, sql, params)
+        return txn.fetchone()[0]
 
     # -- tokens -------------------------------------------------------------
 

@@ -80,6 +80,70 @@ MIGRATIONS: list[tuple[str, ...]] = [
         )
         """,
     ),
+    # 2: delivery deadlines, command history, idempotency keys, session epochs.
+    (
+        "ALTER TABLE commands ADD COLUMN expires_at {real}",
+        # Serves the deadline sweeps (status = 'queued' / IN dispatched, running).
+        "CREATE INDEX commands_status_expires ON commands (status, expires_at)",
+        """
+        CREATE TABLE command_events (
+            seq {serial_pk},
+            command_id TEXT NOT NULL REFERENCES commands (command_id),
+            status TEXT NOT NULL,
+            at {real} NOT NULL,
+            detail TEXT
+        )
+        """,
+        "CREATE INDEX command_events_command ON command_events (command_id, seq)",
+        # The key row is written before its command in the same transaction
+        # (so a concurrent duplicate becomes a lookup), hence the deferred FK.
+        """
+        CREATE TABLE idempotency_keys (
+            token_name TEXT NOT NULL,
+            idem_key TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            command_id TEXT NOT NULL
+                REFERENCES commands (command_id) DEFERRABLE INITIALLY DEFERRED,
+            created_at {real} NOT NULL,
+            PRIMARY KEY (token_name, idem_key)
+        )
+        """,
+        "ALTER TABLE agents ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+        # Backfill the history of commands created before version 2 from
+        # their timestamps (one statement per step, so seq follows the
+        # lifecycle within each command). Repeated dispatches are not
+        # recoverable; detail marks these events as reconstructed.
+        """
+        INSERT INTO command_events (command_id, status, at, detail)
+        SELECT command_id, 'queued', created_at, '{{"migrated":true}}'
+        FROM commands ORDER BY seq
+        """,
+        """
+        INSERT INTO command_events (command_id, status, at, detail)
+        SELECT command_id, 'dispatched', COALESCE(dispatched_at, created_at),
+            '{{"migrated":true}}'
+        FROM commands
+        WHERE dispatched_at IS NOT NULL OR status = 'dispatched'
+        ORDER BY seq
+        """,
+        """
+        INSERT INTO command_events (command_id, status, at, detail)
+        SELECT command_id, 'running', COALESCE(started_at, dispatched_at, created_at),
+            '{{"migrated":true}}'
+        FROM commands
+        WHERE started_at IS NOT NULL OR status = 'running'
+        ORDER BY seq
+        """,
+        """
+        INSERT INTO command_events (command_id, status, at, detail)
+        SELECT command_id, status,
+            COALESCE(finished_at, started_at, dispatched_at, created_at),
+            '{{"migrated":true}}'
+        FROM commands
+        WHERE status NOT IN ('queued', 'dispatched', 'running')
+        ORDER BY seq
+        """,
+    ),
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

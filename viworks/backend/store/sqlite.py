@@ -9,9 +9,11 @@ from typing import Any, ClassVar
 
 from twisted.enterprise.adbapi import ConnectionPool, Transaction
 
-from viworks.backend.store.base import SQLStore
+from viworks.backend.store.base import SQLStore, StoreError
 
 _BUSY_TIMEOUT_MS = 5000
+# UPDATE/INSERT ... RETURNING (the store's compare-and-set and sweeps).
+_MIN_SQLITE = (3, 35, 0)
 
 
 def _configure(conn: sqlite3.Connection) -> None:
@@ -45,6 +47,11 @@ class SQLiteStore(SQLStore):
     }
 
     def __init__(self, path: str, reactor: Any = None) -> None:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StoreError(
+                f"SQLite {sqlite3.sqlite_version} is too old:"
+                f" viworks needs {'.'.join(map(str, _MIN_SQLITE))} or newer"
+            )
         self.path = path
         if path != ":memory:":
             _prepare_file(path)

@@ -1,0 +1,141 @@
+"""The ledger's deadlines and redelivery rules, over a real SQLite store and a Clock."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from tests.backend.helpers import FakeSession, add_agent, result_fields, sqlite_store
+from tests.stack import poll
+from viworks.backend.ledger import CommandLedger
+from viworks.backend.registry import SessionRegistry
+
+SECRET_ARGS = {"username": "alice", "password": "s3cret-pw!"}
+
+
+class LedgerTests(unittest.TestCase):
+    async def _setUp(self):
+        self.store = await sqlite_store(self)
+        await add_agent(self.store)
+        self.clock = Clock()
+        self.clock.advance(5000)
+        self.registry = SessionRegistry()
+        self.ledger = self.new_ledger()
+
+    def setUp(self):
+        return Deferred.fromCoroutine(self._setUp())
+
+    def new_ledger(self) -> CommandLedger:
+        ledger = CommandLedger(self.store, self.registry, self.clock, lost_grace=3)
+        self.addCleanup(ledger.stop)
+        return ledger
+
+    async def status(self, command_id: str) -> str:
+        return (await self.store.get_command(command_id))["status"]
+
+    async def settle(self, command_id: str, status: str) -> None:
+        """Wait (bounded) until the store shows ``status``: sweeps run in the store's thread."""
+        await poll(lambda: self.status(command_id), lambda s: s == status)
+
+    def online(self) -> FakeSession:
+        session = FakeSession("gw-1")
+        self.registry.register(session)
+        return session
+
+    async def test_expires_at_deadline(self):
+        """A queued command expires at its TTL deadline, wakes its waiters, and is never sent."""
+        await self.ledger.start()
+        command, created = await self.ledger.submit("gw-1", "ping", {}, ttl=10)
+        self.assertTrue(created)
+        waiter = self.ledger.wait(command["command_id"], 60)
+        self.clock.advance(9)
+        self.assertEqual(await self.status(command["command_id"]), "queued")
+        self.clock.advance(1)
+        await self.settle(command["command_id"], "expired")
+        finished = await waiter
+        self.assertEqual(finished["error"]["code"], "EXPIRED")
+        session = self.online()
+        self.assertEqual(await self.ledger.deliver_pending(session), 0)
+        self.assertEqual(session.commands(), [])
+
+    async def test_deadlines_survive_restart(self):
+        """A new ledger (backend restart) re-arms the deadline of commands already stored."""
+        command, _ = await self.ledger.submit("gw-1", "ping", {}, ttl=30)
+        self.ledger.stop()
+        restarted = self.new_ledger()
+        await restarted.start()
+        self.clock.advance(30)
+        await self.settle(command["command_id"], "expired")
+
+    async def test_lost_after_timeout_and_grace(self):
+        """A running command with no result becomes lost after timeout + grace, for good."""
+        await self.ledger.start()
+        session = self.online()
+        command, _ = await self.ledger.submit("gw-1", "ping", {}, timeout=5)
+        await self.ledger.on_ack(session, command["command_id"])
+        self.assertEqual(await self.status(command["command_id"]), "running")
+        self.clock.advance(7.9)
+        self.assertEqual(await self.status(command["command_id"]), "running")
+        self.clock.advance(0.1)
+        await self.settle(command["command_id"], "lost")
+        await self.ledger.on_result(session, result_fields(command["command_id"]))
+        self.assertEqual(await self.status(command["command_id"]), "lost")
+        self.assertEqual(session.sent[-1].type, "result_ack")
+
+    async def test_agent_reports_lost(self):
+        """A lost result reported by the agent (it restarted mid-verb) is recorded as lost."""
+        session = self.online()
+        command, _ = await self.ledger.submit("gw-1", "ping", {})
+        await self.ledger.on_ack(session, command["command_id"])
+        await self.ledger.on_result(session, result_fields(command["command_id"], status="lost"))
+        self.assertEqual(await self.status(command["command_id"]), "lost")
+
+    async def test_unacknowledged_redelivered_in_order(self):
+        """On reconnect, sent-but-unacknowledged commands go out again before queued ones."""
+        first = self.online()
+        sent, _ = await self.ledger.submit("gw-1", "ping", {})
+        self.registry.unregister(first)
+        queued, _ = await self.ledger.submit("gw-1", "ping", {})
+        second = self.online()
+        self.assertEqual(await self.ledger.deliver_pending(second), 2)
+        self.assertEqual(
+            [f["command_id"] for f in second.commands()],
+            [sent["command_id"], queued["command_id"]],
+        )
+
+    async def test_secrets_after_restart(self):
+        """After a restart, a queued command with secrets fails; a sent one is redelivered
+        marked redacted (the agent answers it from its journal or refuses it)."""
+        session = self.online()
+        dispatched, _ = await self.ledger.submit("gw-1", "create_panel_user", SECRET_ARGS)
+        self.registry.unregister(session)
+        queued, _ = await self.ledger.submit("gw-1", "create_panel_user", SECRET_ARGS)
+        restarted = self.new_ledger()
+        session = self.online()
+        await restarted.deliver_pending(session)
+        [frame] = session.commands()
+        self.assertEqual(frame["command_id"], dispatched["command_id"])
+        self.assertTrue(frame.get("redacted"))
+        self.assertEqual(frame["args"]["password"], "***")
+        failed = await self.store.get_command(queued["command_id"])
+        self.assertEqual(
+            (failed["status"], failed["error"]["code"]), ("failed", "SECRETS_UNAVAILABLE")
+        )
+
+    async def test_unknown_result_acknowledged(self):
+        """A result for a command the backend does not know is refused but acknowledged."""
+        session = self.online()
+        await self.ledger.on_result(session, result_fields("nope"))
+        self.assertEqual([f.type for f in session.sent], ["error", "result_ack"])
+
+    async def test_history_recorded(self):
+        """Each status a command takes is recorded with its time."""
+        session = self.online()
+        command, _ = await self.ledger.submit("gw-1", "ping", {})
+        await self.ledger.on_ack(session, command["command_id"])
+        await self.ledger.on_result(session, result_fields(command["command_id"]))
+        events = await self.store.command_events(command["command_id"])
+        self.assertEqual(
+            [e["status"] for e in events], ["queued", "dispatched", "running", "succeeded"]
+        )
