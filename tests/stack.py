@@ -7,9 +7,11 @@ test gets its own directory, database, ports and configs.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from typing import Any
 
@@ -73,10 +75,9 @@ class Stack:
             "heartbeat_interval": 5,
             **backend,
         }
-        body = "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
         path = write(
             os.path.join(self.dir, "backend.toml"),
-            f"[backend]\n{body}\n[tls]\n"
+            f"[backend]\n{_table(values)}\n[tls]\n"
             f'cert = "{ours}/server.crt"\nkey = "{ours}/server.key"\nclient_ca = "{ours}/ca.crt"\n',
         )
         return load_backend_config(path)
@@ -89,20 +90,38 @@ class Stack:
         pins: tuple[str, ...] = (),
         host: str = "localhost",
         trust: str = "ours",
+        *,
+        port: int | None = None,
+        name: str | None = None,
+        marks: str | None = None,
+        **outbound: Any,
     ):
+        """An agent config in ``<dir>/<name or agent_id>/``.
+
+        ``port`` points the agent at another backend port (a fault proxy);
+        ``marks`` declares the ``mark`` verb appending to that file (``mark_verb``);
+        ``outbound`` overrides ``[outbound]`` keys (heartbeat_interval, reconnect_*).
+        """
         certs = self.pki[ca]
-        agent_dir = os.path.join(self.dir, agent_id)
+        agent_dir = os.path.join(self.dir, name or agent_id)
         os.makedirs(agent_dir, exist_ok=True)
+        outbound = {
+            "backend_url": f"wss://{host}:{port or self.ws_port}/ws/agent",
+            "agent_id": agent_id,
+            "heartbeat_interval": 5,
+            "reconnect_initial": 0.1,
+            "reconnect_max": 0.5,
+            **outbound,
+        }
         path = write(
             os.path.join(agent_dir, "agent.toml"),
             f'[agent]\nbind_address = "127.0.0.1:{free_port()}"\nsite = "test"\n'
             f'state_dir = "{agent_dir}/state"\n'
-            f'[outbound]\nbackend_url = "wss://{host}:{self.ws_port}/ws/agent"\n'
-            f'agent_id = "{agent_id}"\nheartbeat_interval = 5\n'
-            f"reconnect_initial = 0.1\nreconnect_max = 0.5\n"
+            f"[outbound]\n{_table(outbound)}"
             f'[tls]\ncert = "{certs}/agents/{cert_of}.crt"\nkey = "{certs}/agents/{cert_of}.key"\n'
             f'ca = "{self.pki[trust]}/ca.crt"\nbackend_spki_pins = {_toml(list(pins))}\n'
-            f'[panel]\nusers_file = "{agent_dir}/panel.htpasswd"\n',
+            f'[panel]\nusers_file = "{agent_dir}/panel.htpasswd"\n'
+            + ("" if marks is None else mark_verb(marks)),
         )
         return load_agent_config(path)
 
@@ -124,9 +143,36 @@ class Stack:
         return gateway
 
 
+#: Appends its ``tag`` argument as one line to the marks file, then sleeps ``sleep`` seconds.
+MARK_SCRIPT = (
+    "import sys, time; f = open(sys.argv[1], 'a'); f.write(sys.argv[2] + '\\n'); f.flush(); "
+    "time.sleep(float(sys.argv[3]))"
+)
+
+
+def mark_verb(marks: str) -> str:
+    """A ``[verbs.mark]`` table: a declared verb that records each execution in ``marks``.
+
+    Tests count the lines of ``marks`` to know how often a command really ran.
+    """
+    argv = [sys.executable, "-c", MARK_SCRIPT, marks, "{tag}", "{sleep}"]
+    return (
+        f"[verbs.mark]\nargv = {_toml(argv)}\ntimeout = 60\nchanges_state = true\n"
+        'description = "Append a tag to the marks file, then sleep."\n'
+        'params.tag = { type = "string", pattern = "^[a-z0-9-]+$" }\n'
+        'params.sleep = { type = "number", min = 0, max = 30 }\n'
+    )
+
+
+def _table(values: dict[str, Any]) -> str:
+    return "".join(f"{key} = {_toml(value)}\n" for key, value in values.items())
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, str):
-        return f'"{value}"'
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return str(value)

@@ -10,46 +10,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 from twisted.trial import unittest
 
+from tests.processes import ENV, ROOT, WAIT, Api, Twistd, create_token, twistd, viworks, wait_for
 from tests.stack import Stack
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": ROOT}
-WAIT = 30.0
-
-
-def wait_for(predicate, timeout=WAIT, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not reached within {timeout} s")
-
-
-def twistd(plugin: str, config: str, logfile: str) -> list[str]:
-    return [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-        f"--logfile={logfile}", plugin, "--config", config,
-    ]  # fmt: skip
-
-
-def viworks(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "viworks.cli", *args],
-        env={**ENV, **env},
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        cwd=ROOT,
-    )
 
 
 class EndToEndTests(unittest.TestCase):
@@ -61,46 +26,18 @@ class EndToEndTests(unittest.TestCase):
         self.agent_toml = self.stack.agent_config().path
         self.api = f"http://127.0.0.1:{self.stack.http_port}"
 
-    def spawn(self, argv: list[str]) -> subprocess.Popen:
-        process = subprocess.Popen(argv, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)  # fmt: skip
-        self.addCleanup(self.stop, process)
-        return process
-
-    def stop(self, process: subprocess.Popen) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        process.stderr.close()
-
-    def get(self, path: str, token: str | None = None):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        request = urllib.request.Request(self.api + path, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-        except OSError:
-            return None, None
-
     def test_verb_through_api_and_cli(self):
         """Backend and gateway processes link up; verbs run through the HTTP API and the CLI."""
-        created = viworks("token", "create", "--config", self.backend_toml, "--name", "e2e")
-        self.assertEqual(created.returncode, 0, created.stderr)
-        token = created.stdout.strip().splitlines()[-1]
+        token = create_token(self.backend_toml, "e2e")
+        api = Api(self.api, token)
 
         log = self.stack.dir + "/b.log"
-        backend = self.spawn(twistd("viworks-backend", self.backend_toml, log))
-        wait_for(lambda: self.get("/health")[0] == 200)
-        self.spawn(twistd("viworks-gateway", self.agent_toml, self.stack.dir + "/g.log"))
+        backend = Twistd(self, "viworks-backend", self.backend_toml, log).start()
+        wait_for(lambda: api.get("/health")[0] == 200)
+        Twistd(self, "viworks-gateway", self.agent_toml, self.stack.dir + "/g.log").start()
 
         def online():
-            code, body = self.get("/api/v1/agents/gw-1", token)
+            code, body = api.get("/api/v1/agents/gw-1")
             return code == 200 and body["status"] == "online"
 
         wait_for(online)
@@ -127,12 +64,11 @@ class EndToEndTests(unittest.TestCase):
         agents = viworks("agents", "--json", **env)
         self.assertEqual(json.loads(agents.stdout)["agents"][0]["agent_id"], "gw-1")
 
-        code, listed = self.get("/api/v1/commands?agent_id=gw-1", token)
+        code, listed = api.get("/api/v1/commands?agent_id=gw-1")
         self.assertEqual(code, 200)
         self.assertNotIn("correct-horse", json.dumps(listed))
-        self.stop(backend)
         # twistd re-raises the stopping signal after a clean shutdown.
-        self.assertIn(backend.returncode, (0, -signal.SIGTERM))
+        self.assertIn(backend.stop(), (0, -signal.SIGTERM))
         with open(log, "rb") as f:
             log = f.read()
         self.assertIn(b"Main loop terminated", log)

@@ -252,6 +252,42 @@ def _optional(check: Callable[[Any, _Ctx], Any]) -> Callable[[Any, _Ctx], Any]:
     return optional
 
 
+def _optional_path(value: str, ctx: _Ctx) -> str:
+    """A path, or "" for "not set"."""
+    return _path(value, ctx) if value else ""
+
+
+def _one_of(*choices: str) -> Callable[[Any, _Ctx], Any]:
+    def check(value: str, ctx: _Ctx) -> str:
+        if value not in choices:
+            raise _Invalid(f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+
+    return check
+
+
+_UNIT = re.compile(r"[A-Za-z0-9@._-]{1,128}")
+
+
+def _unit_names(value: tuple[str, ...], ctx: _Ctx) -> tuple[str, ...]:
+    for unit in value:
+        if not _UNIT.fullmatch(unit) or unit.startswith("-"):
+            raise _Invalid(f"not a systemd unit name: {unit!r}")
+    return value
+
+
+def _port_range(value: str, ctx: _Ctx) -> str:
+    match = re.fullmatch(r"(\d{1,5})-(\d{1,5})", value)
+    if not match or not 1 <= int(match[1]) <= int(match[2]) <= 65535:
+        raise _Invalid(f'must be "LOW-HIGH" with 1 <= LOW <= HIGH <= 65535, got {value!r}')
+    return value
+
+
+def _check_containers(values: Mapping[str, Any]) -> None:
+    if values["default_image"] and values["default_image"] not in values["images"]:
+        raise _Invalid("must be one of images (the allowlist)", subkey="default_image")
+
+
 def _positive(value: float, ctx: _Ctx) -> float:
     if not value > 0:
         raise _Invalid(f"must be > 0, got {value}")
@@ -352,7 +388,7 @@ def _spki_pins(value: tuple[str, ...], ctx: _Ctx) -> tuple[str, ...]:
     return value
 
 
-#: The verbs the gateway ships (``viworks.gateway.verbs.default_catalog``).  A ``[verbs.NAME]``
+#: The verbs the gateway ships (``viworks.gateway.catalog.builtin_verbs``).  A ``[verbs.NAME]``
 #: table for one of them may only set ``_BUILTIN_VERB_KEYS``.
 BUILTIN_VERBS = frozenset({"ping", "system_health", "create_panel_user", "delete_panel_user"})
 _BUILTIN_VERB_KEYS = ("timeout", "output_cap", "concurrency", "enabled")
@@ -450,6 +486,14 @@ class AgentSection:
     labels: dict[str, str] = _spec("string table", {})
     # false: refuse every verb with changes_state (status "rejected", code EXEC_DISABLED).
     exec_enable: bool = _spec("boolean", True)
+    # Seconds between telemetry reports (host metrics) to the backend.
+    telemetry_interval: float = _spec("number", 30.0, _positive)
+    # Verbs running at once on this gateway, and how many more may wait for a slot
+    # (beyond that a command is rejected with QUEUE_FULL).
+    max_concurrency: int = _spec("integer", 8, _at_least(1))
+    queue_limit: int = _spec("integer", 64, _at_least(0))
+    # When the agent runs as root: the user subprocess verbs run as ("" = the agent's own).
+    run_as_user: str = _spec("string", "")
 
     @property
     def bind_host(self) -> str:
@@ -505,6 +549,77 @@ class PanelSection:
 
 
 @dataclass(frozen=True)
+class VPNSection:
+    """SoftEther VPN server, managed through vpncmd."""
+
+    vpncmd: str = _spec("string", "/usr/bin/vpncmd", _path)
+    server: str = _spec("string", "localhost:5555", _non_empty)
+    hub: str = _spec("string", "VPN", _non_empty)
+    # File holding the hub administrator password ("" = no password).
+    hub_password_file: str = _spec("string", "", _optional_path)
+
+
+@dataclass(frozen=True)
+class FwknopSection:
+    """fwknop single-packet authorization: one access.conf stanza per VPN user."""
+
+    access_file: str = _spec("string", "/etc/fwknop/access.conf", _path)
+    open_ports: str = _spec("string", "tcp/443", _non_empty)
+    fwknopd: str = _spec("string", "/usr/sbin/fwknopd", _path)
+
+
+@dataclass(frozen=True)
+class ContainersSection:
+    """Per-session workspace containers."""
+
+    engine: str = _spec("string", "docker", _one_of("docker", "podman"))
+    # The engine's executable ("" = /usr/bin/<engine>).
+    engine_path: str = _spec("string", "", _optional_path)
+    images: tuple[str, ...] = _spec("string array", ())
+    default_image: str = _spec("string", "")
+    port_range: str = _spec("string", "20000-20999", _port_range)
+    container_port: int = _spec("integer", 8080, _at_least(1))
+    network: str = _spec("string", "")
+
+    @property
+    def executable(self) -> str:
+        return self.engine_path or f"/usr/bin/{self.engine}"
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        low, high = self.port_range.split("-")
+        return int(low), int(high)
+
+
+@dataclass(frozen=True)
+class ServicesSection:
+    units: tuple[str, ...] = _spec(
+        "string array", ("docker", "nginx", "vpnserver", "fwknopd"), _unit_names
+    )
+    systemctl: str = _spec("string", "/usr/bin/systemctl", _path)
+
+
+@dataclass(frozen=True)
+class LogsSection:
+    # Units whose journal tail_logs may read (an allowlist).
+    units: tuple[str, ...] = _spec(
+        "string array", ("viworks-gateway-agent", "nginx", "vpnserver", "fwknopd"), _unit_names
+    )
+    journalctl: str = _spec("string", "/usr/bin/journalctl", _path)
+
+
+@dataclass(frozen=True)
+class BootstrapSection:
+    """Short-lived connection bundles handed to users (generate_bootstrap)."""
+
+    # The address users connect to (SPA packets and VPN); "" = the agent's hostname.
+    public_host: str = _spec("string", "")
+    spa_port: int = _spec("integer", 62201, _at_least(1))
+    vpn_port: int = _spec("integer", 443, _at_least(1))
+    max_ttl: float = _spec("number", 86400.0, _positive)
+
+
+@dataclass(frozen=True)
 class VerbConfig:
     """One ``[verbs.NAME]`` table: overrides of a built-in verb, or a declared verb.
 
@@ -534,6 +649,12 @@ class AgentConfig:
     outbound: OutboundSection
     tls: AgentTLS
     panel: PanelSection
+    vpn: VPNSection = field(default_factory=VPNSection)
+    fwknop: FwknopSection = field(default_factory=FwknopSection)
+    containers: ContainersSection = field(default_factory=ContainersSection)
+    services: ServicesSection = field(default_factory=ServicesSection)
+    logs: LogsSection = field(default_factory=LogsSection)
+    bootstrap: BootstrapSection = field(default_factory=BootstrapSection)
     verbs: dict[str, VerbConfig] = field(default_factory=dict)
 
 
@@ -595,6 +716,12 @@ _AGENT_SECTIONS: _SectionTable = {
     "outbound": (OutboundSection, (_check_outbound,)),
     "tls": (AgentTLS, ()),
     "panel": (PanelSection, ()),
+    "vpn": (VPNSection, ()),
+    "fwknop": (FwknopSection, ()),
+    "containers": (ContainersSection, (_check_containers,)),
+    "services": (ServicesSection, ()),
+    "logs": (LogsSection, ()),
+    "bootstrap": (BootstrapSection, ()),
 }
 
 # section name -> loader(path, table, ctx) for sections holding named subtables

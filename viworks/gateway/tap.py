@@ -22,11 +22,11 @@ from viworks.config import (
     parse_bind,
     parse_wss_url,
 )
+from viworks.gateway.catalog import catalog_from_config
 from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
 from viworks.gateway.localapi import GatewayAPI
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import catalog_from_config
 from viworks.logs import set_log_level
 from viworks.net import ConnectionLimit, listen_service
 from viworks.service import build_or_exit

@@ -17,31 +17,25 @@ Secrets (``"secret"`` parameters) never reach argv, logs, error messages or
 the outcome: they travel on stdin, and any echo of one in the captured output
 is replaced by ``"***"``.
 
-:func:`catalog_from_config` builds the catalog an agent serves from its
-configuration: the built-in verbs with their ``[verbs.NAME]`` overrides,
-minus the disabled ones, plus the verbs the operator declared (argv and stdin
-templates over a parameter schema). With ``exec_enable = false`` the catalog
-refuses every verb whose ``changes_state`` is true (``EXEC_DISABLED``).
+:func:`declared_verb` turns an operator's ``[verbs.NAME]`` declaration (argv and
+stdin templates over a parameter schema) into a :class:`Verb`. With
+``exec_enable = false`` the catalog refuses every verb whose ``changes_state``
+is true (``EXEC_DISABLED``). The built-in verb families live in their own
+modules and are composed by :mod:`viworks.gateway.catalog`.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from viworks import schema
-from viworks.config import BUILTIN_VERBS, AgentConfig, VerbConfig, parse_template
-from viworks.gateway import health
+from viworks.config import VerbConfig, parse_template
 from viworks.gateway.runner import ProcessRunner, RunResult
 from viworks.logs import Logger
 
@@ -52,9 +46,7 @@ __all__ = [
     "VerbError",
     "VerbExecution",
     "VerbOutcome",
-    "catalog_from_config",
     "declared_verb",
-    "default_catalog",
 ]
 
 log = Logger()
@@ -396,159 +388,6 @@ def _scrub(outcome: VerbOutcome, secrets: list[str]) -> VerbOutcome:
         stderr_truncated=outcome.stderr_truncated,
         error=error,
     )
-
-
-def _rfc3339(seconds: float) -> str:
-    return (
-        datetime.fromtimestamp(seconds, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
-USERNAME_SPEC: dict[str, Any] = {
-    "type": "string",
-    # No leading "-": a name must never look like a command-line option.
-    "pattern": "[A-Za-z0-9_][A-Za-z0-9_-]*",
-    "min_length": 3,
-    "max_length": 64,
-    "description": "panel user name",
-}
-PASSWORD_SPEC: dict[str, Any] = {
-    "type": "secret",
-    # htpasswd -i reads one line: control characters would corrupt it.
-    "pattern": "[^\\x00-\\x1f\\x7f]+",
-    "min_length": 8,
-    "max_length": 128,
-    "description": "new password (bcrypt uses the first 72 bytes)",
-}
-
-
-def default_catalog(
-    runner: ProcessRunner,
-    *,
-    panel_users_file: str,
-    htpasswd: str = "/usr/bin/htpasswd",
-    clock: IReactorTime | None = None,
-    exec_enable: bool = True,
-) -> VerbCatalog:
-    """The built-in verbs: ping, system_health, create/delete_panel_user."""
-    verbs = _builtin_verbs(panel_users_file=panel_users_file, htpasswd=htpasswd, clock=clock)
-    return VerbCatalog(runner, verbs, exec_enable=exec_enable)
-
-
-def _builtin_verbs(
-    *, panel_users_file: str, htpasswd: str, clock: IReactorTime | None
-) -> dict[str, Verb]:
-    if not os.path.isabs(panel_users_file):
-        raise ValueError("panel_users_file must be an absolute path")
-
-    def ping(_args: dict[str, Any]) -> dict[str, Any]:
-        now = clock.seconds() if clock is not None else time.time()
-        return {"pong": True, "agent_time": _rfc3339(now)}
-
-    def build_create(args: dict[str, Any]) -> Invocation:
-        # Create the file ourselves with restrictive permissions instead of
-        # letting htpasswd -c create it with the umask's.
-        try:
-            fd = os.open(panel_users_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise VerbError("USERS_FILE_ERROR", f"cannot create users file: {e.strerror}") from None
-        else:
-            os.fchmod(fd, 0o640)  # the umask may have removed bits
-            os.close(fd)
-        return Invocation(
-            argv=[htpasswd, "-i", "-B", panel_users_file, args["username"]],
-            stdin=args["password"].encode("utf-8"),
-        )
-
-    def parse_create(args: dict[str, Any], run: RunResult) -> dict[str, Any]:
-        out = run.stdout + run.stderr
-        if "Adding password for user" in out:
-            return {"username": args["username"], "created": True}
-        if "Updating password for user" in out:
-            return {"username": args["username"], "created": False}
-        raise VerbError("UNEXPECTED_OUTPUT", "htpasswd did not confirm the change")
-
-    def build_delete(args: dict[str, Any]) -> Invocation:
-        if not os.path.exists(panel_users_file):
-            raise VerbError("NOT_FOUND", "panel user not found")
-        return Invocation(argv=[htpasswd, "-D", panel_users_file, args["username"]])
-
-    def parse_delete(args: dict[str, Any], run: RunResult) -> dict[str, Any]:
-        # htpasswd exits 0 and prints "User X not found" for a missing user.
-        if "not found" in run.stdout + run.stderr:
-            raise VerbError("NOT_FOUND", "panel user not found")
-        return {"username": args["username"], "deleted": True}
-
-    verbs = [
-        Verb(
-            name="ping",
-            params={},
-            description="Check that the agent answers; returns its clock.",
-            timeout=5.0,
-            call=ping,
-        ),
-        Verb(
-            name="system_health",
-            params={},
-            description="Load, memory, CPU, uptime, disk and network counters.",
-            timeout=10.0,
-            call=lambda _args: health.system_health(),
-        ),
-        Verb(
-            name="create_panel_user",
-            params={"username": USERNAME_SPEC, "password": PASSWORD_SPEC},
-            description="Create a panel user or set the password of an existing one.",
-            changes_state=True,
-            timeout=30.0,
-            build=build_create,
-            parse=parse_create,
-            serialize="panel_users",
-        ),
-        Verb(
-            name="delete_panel_user",
-            params={"username": USERNAME_SPEC},
-            description="Delete a panel user.",
-            changes_state=True,
-            timeout=30.0,
-            build=build_delete,
-            parse=parse_delete,
-            serialize="panel_users",
-        ),
-    ]
-    return {v.name: v for v in verbs}
-
-
-def catalog_from_config(
-    runner: ProcessRunner, config: AgentConfig, clock: IReactorTime | None = None
-) -> VerbCatalog:
-    """The catalog an agent serves: built-ins, ``[verbs.NAME]`` overrides and declarations.
-
-    A built-in's ``timeout``/``output_cap``/``concurrency`` replace its own; ``enabled =
-    false`` removes a verb (built-in or declared); any other name is a declared verb run from
-    its argv/stdin templates. ``[agent] exec_enable`` is enforced by the catalog.
-    """
-    verbs = _builtin_verbs(
-        panel_users_file=config.panel.users_file, htpasswd=config.panel.htpasswd, clock=clock
-    )
-    if set(verbs) != BUILTIN_VERBS:  # the config loader decides what a built-in may set
-        raise AssertionError(f"viworks.config.BUILTIN_VERBS is out of date: {sorted(verbs)}")
-    for name, vc in config.verbs.items():
-        if not vc.enabled:
-            verbs.pop(name, None)
-        elif name in verbs:
-            overrides = {
-                key: getattr(vc, key)
-                for key in ("timeout", "output_cap", "concurrency")
-                if getattr(vc, key) is not None
-            }
-            verbs[name] = dataclasses.replace(verbs[name], **overrides)
-        else:
-            verbs[name] = declared_verb(name, vc)
-    return VerbCatalog(runner, verbs, exec_enable=config.agent.exec_enable)
 
 
 def declared_verb(name: str, vc: VerbConfig) -> Verb:

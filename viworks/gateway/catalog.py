@@ -1,0 +1,52 @@
+"""The catalog an agent serves, composed from its configuration.
+
+Each family of built-in verbs lives in its own module and is built from the
+config sections it needs; ``[verbs.NAME]`` tables then tune, disable or add
+verbs. ``viworks.config.BUILTIN_VERBS`` must name exactly the built-in verbs
+(the config loader uses it to decide what a ``[verbs.NAME]`` table may set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from twisted.internet.interfaces import IReactorTime
+
+from viworks.config import AgentConfig
+from viworks.gateway import host_verbs, panel_verbs
+from viworks.gateway.runner import ProcessRunner
+from viworks.gateway.verbs import Verb, VerbCatalog, declared_verb
+
+
+def builtin_verbs(config: AgentConfig, clock: IReactorTime | None = None) -> dict[str, Verb]:
+    """Every built-in verb, configured from ``config``."""
+    families = [
+        host_verbs.verbs(clock),
+        panel_verbs.verbs(config.panel),
+    ]
+    return {verb.name: verb for family in families for verb in family}
+
+
+def catalog_from_config(
+    runner: ProcessRunner, config: AgentConfig, clock: IReactorTime | None = None
+) -> VerbCatalog:
+    """The catalog an agent serves: built-ins, ``[verbs.NAME]`` overrides and declarations.
+
+    A built-in's ``timeout``/``output_cap``/``concurrency`` replace its own; ``enabled =
+    false`` removes a verb (built-in or declared); any other name is a declared verb run from
+    its argv/stdin templates. ``[agent] exec_enable`` is enforced by the catalog.
+    """
+    verbs = builtin_verbs(config, clock)
+    for name, vc in config.verbs.items():
+        if not vc.enabled:
+            verbs.pop(name, None)
+        elif name in verbs:
+            overrides = {
+                key: getattr(vc, key)
+                for key in ("timeout", "output_cap", "concurrency")
+                if getattr(vc, key) is not None
+            }
+            verbs[name] = dataclasses.replace(verbs[name], **overrides)
+        else:
+            verbs[name] = declared_verb(name, vc)
+    return VerbCatalog(runner, verbs, exec_enable=config.agent.exec_enable)
