@@ -373,7 +373,7 @@ class ConfigCatalogTests(Base):
 
     def test_builtin_names_match_config(self) -> None:
         """viworks.config.BUILTIN_VERBS names exactly the built-in verbs."""
-        self.assertEqual(set(builtin_verbs(self.load())), BUILTIN_VERBS)
+        self.assertEqual(set(builtin_verbs(self.load(), self.runner)), BUILTIN_VERBS)
 
     async def test_declared_verb_runs(self) -> None:
         """A declared verb runs argv with placeholders substituted inside single elements

@@ -18,8 +18,14 @@ from viworks.gateway.runner import ProcessRunner
 from viworks.gateway.verbs import Verb, VerbCatalog, declared_verb
 
 
-def builtin_verbs(config: AgentConfig, clock: IReactorTime | None = None) -> dict[str, Verb]:
-    """Every built-in verb, configured from ``config``."""
+def builtin_verbs(
+    config: AgentConfig, runner: ProcessRunner, clock: IReactorTime | None = None
+) -> dict[str, Verb]:
+    """Every built-in verb, configured from ``config``.
+
+    Families whose verbs take several steps (in-process ``call``s that run tools
+    one after another) get the ``runner``.
+    """
     families = [
         host_verbs.verbs(clock),
         panel_verbs.verbs(config.panel),
@@ -36,7 +42,7 @@ def catalog_from_config(
     false`` removes a verb (built-in or declared); any other name is a declared verb run from
     its argv/stdin templates. ``[agent] exec_enable`` is enforced by the catalog.
     """
-    verbs = builtin_verbs(config, clock)
+    verbs = builtin_verbs(config, runner, clock)
     for name, vc in config.verbs.items():
         if not vc.enabled:
             verbs.pop(name, None)
