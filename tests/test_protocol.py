@@ -40,6 +40,9 @@ class DecodeTests(unittest.TestCase):
             "command": dict(command_id="c", verb="ping", args={}, timeout=5.5, expires_at=None),
             "ack": dict(command_id="c"),
             "result_ack": dict(command_id="c"),
+            "output": dict(command_id="c", seq=0, stream="stdout", data="line\n"),
+            "cancel": dict(command_id="c"),
+            "telemetry": dict(ts=1.5, metrics={"load": {"1m": 0.1}}),
             "result": GOOD_RESULT,
             "heartbeat": dict(ts=12.5),
             "error": dict(code="X", message="m"),
@@ -103,6 +106,12 @@ class DecodeTests(unittest.TestCase):
         """A result frame must carry a final status."""
         body = dict(GOOD_RESULT, status="running")
         self.assertFrameError(_raw(type="result", v=1, **body), protocol.INVALID_FRAME)
+
+    def test_output_stream_and_seq(self):
+        """An output chunk must name stdout or stderr and have a non-negative seq."""
+        for bad in (dict(stream="stdin", seq=0), dict(stream="stdout", seq=-1)):
+            body = dict(type="output", v=1, command_id="c", data="x", **bad)
+            self.assertFrameError(_raw(**body), protocol.INVALID_FRAME)
 
     def test_extra_fields_allowed(self):
         """Unknown extra fields are kept, so newer peers can add information."""

@@ -65,6 +65,8 @@ FRAME_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "expires_at": _OPT_NUM,
     },
     "ack": {"command_id": _STR},
+    "output": {"command_id": _STR, "seq": (int,), "stream": _STR, "data": _STR},
+    "cancel": {"command_id": _STR},
     "result_ack": {"command_id": _STR},
     "result": {
         "command_id": _STR,
@@ -80,6 +82,7 @@ FRAME_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
         "finished_at": _OPT_NUM,
     },
     "heartbeat": {"ts": _NUM},
+    "telemetry": {"ts": _NUM, "metrics": (dict,)},
     "error": {"code": _STR, "message": _STR},
 }
 
@@ -88,6 +91,8 @@ FRAME_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
 RESULT_STATUSES = frozenset(
     {"succeeded", "failed", "timed_out", "rejected", "cancelled", "expired", "lost"}
 )
+
+STREAMS = frozenset({"stdout", "stderr"})
 
 _TYPE_NAMES = {
     str: "string",
@@ -192,6 +197,10 @@ def decode(payload: bytes, is_binary: bool = False) -> Frame:
             raise FrameError(
                 INVALID_FRAME, f"{frame_type} frame field {name!r} must be {want}", command_id
             )
+    if frame_type == "output" and (body["stream"] not in STREAMS or body["seq"] < 0):
+        raise FrameError(
+            INVALID_FRAME, "output needs stream stdout or stderr and seq >= 0", command_id
+        )
     if frame_type == "result" and body["status"] not in RESULT_STATUSES:
         raise FrameError(
             INVALID_FRAME, f"result status {body['status']!r} is not a final status", command_id

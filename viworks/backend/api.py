@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from werkzeug.exceptions import HTTPException
 
 from viworks import __version__, lifecycle
+from viworks.backend.events import Event, sse_frame
 from viworks.backend.ledger import CommandLedger, Idempotency, LedgerError
 from viworks.backend.registry import SessionRegistry
 from viworks.logs import Logger
@@ -21,6 +23,7 @@ from viworks.timeutil import rfc3339
 MAX_BODY = 1 << 20
 MAX_WAIT = 300.0
 MAX_IDEMPOTENCY_KEY = 255
+SSE_KEEPALIVE = 15.0
 
 
 class ApiError(Exception):
@@ -133,6 +136,68 @@ def _idempotency(request: Any, caller: Caller, agent_id: str, body: dict) -> Ide
     ).encode("utf-8")
     digest = hmac.new(caller.token.encode("utf-8"), canonical, hashlib.sha256).hexdigest()
     return Idempotency(caller.name, key, digest)
+
+
+def _last_event_id(request: Any) -> int:
+    """Where a follower resumes: the Last-Event-ID header, or ?after=, else the start."""
+    raw = request.getHeader(b"last-event-id")
+    raw = raw.decode("latin-1") if raw is not None else _query(request, "after")
+    if raw is None:
+        return -1
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, "BAD_REQUEST", "Last-Event-ID must be an integer", "after") from None
+
+
+def _chunk_json(chunk: dict) -> dict:
+    return {
+        "seq": chunk["seq"],
+        "stream": chunk["stream"],
+        "data": chunk["data"],
+        "at": rfc3339(chunk.get("at")),
+    }
+
+
+def _telemetry_json(row: dict) -> dict:
+    return {"at": rfc3339(row["at"]), "metrics": row["data"]}
+
+
+class _Follower:
+    """Events for one streaming response, with keep-alives while nothing happens."""
+
+    def __init__(self, clock: IReactorTime, request: Any) -> None:
+        self.clock = clock
+        self.request = request
+        self.gone = False
+        self._events: list[Event] = []
+        self._wake: Deferred | None = None
+        request.notifyFinish().addBoth(self._closed)
+
+    def _closed(self, _: Any) -> None:
+        self.gone = True
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.called:
+            self._wake.callback(None)
+
+    def push(self, event: Event) -> None:
+        self._events.append(event)
+        self._poke()
+
+    async def next_events(self, keepalive: float) -> list[Event]:
+        """The events received so far, waiting up to ``keepalive`` s (then a comment line)."""
+        if not self._events and not self.gone:
+            self._wake = Deferred()
+            timer = self.clock.callLater(keepalive, self._poke)
+            await self._wake
+            if timer.active():
+                timer.cancel()
+            elif not self.gone:
+                self.request.write(b": keep-alive\n\n")
+        events, self._events = self._events, []
+        return events
 
 
 class BackendAPI:
@@ -286,15 +351,101 @@ class BackendAPI:
     @app.route("/api/v1/commands/<command_id>", methods=["GET"])
     async def get_command(self, request: Any, command_id: str) -> bytes:
         await self._authenticate(request)
-        command = await self.store.get_command(command_id)
-        if command is None:
-            raise ApiError(404, "COMMAND_NOT_FOUND", f"no command {command_id!r}")
+        command = await self._command(command_id)
         body = command_json(command)
+        if command["status"] not in lifecycle.FINAL:
+            body["stdout"], body["stderr"] = await self.store.output_text(command_id)
         body["events"] = [
             {"status": e["status"], "at": rfc3339(e["at"]), "detail": e["detail"]}
             for e in await self.store.command_events(command_id)
         ]
         return self._json(request, body)
+
+    async def _command(self, command_id: str) -> dict:
+        command = await self.store.get_command(command_id)
+        if command is None:
+            raise ApiError(404, "COMMAND_NOT_FOUND", f"no command {command_id!r}")
+        return command
+
+    @app.route("/api/v1/commands/<command_id>/cancel", methods=["POST"])
+    async def cancel_command(self, request: Any, command_id: str) -> bytes:
+        await self._authenticate(request)
+        command = await self.ledger.cancel(command_id)
+        # 200: cancelled now; 202: the agent was asked to stop it.
+        status = 200 if command["status"] == lifecycle.CANCELLED else 202
+        return self._json(request, command_json(command), status)
+
+    @app.route("/api/v1/commands/<command_id>/output", methods=["GET"])
+    async def command_output(self, request: Any, command_id: str) -> bytes:
+        await self._authenticate(request)
+        command = await self._command(command_id)
+        after = _last_event_id(request)
+        if _query(request, "follow") not in ("1", "true"):
+            chunks = await self.store.output_since(command_id, after, limit=100000)
+            return self._json(
+                request,
+                {
+                    "command_id": command_id,
+                    "status": command["status"],
+                    "chunks": [_chunk_json(c) for c in chunks],
+                },
+            )
+        await self._follow_output(request, command_id, after)
+        return b""
+
+    async def _follow_output(self, request: Any, command_id: str, after: int) -> None:
+        """Stream output chunks as Server-Sent Events until the command is final."""
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer the stream
+        follower = _Follower(self.clock, request)
+
+        def listener(event: Event) -> None:
+            if event.data.get("command_id") == command_id and event.type in (
+                "command.output",
+                "command.status",
+            ):
+                follower.push(event)
+
+        # Subscribe before reading the backlog so that nothing falls in between.
+        unsubscribe = self.ledger.hub.subscribe(listener)
+        try:
+            last = after
+            for chunk in await self.store.output_since(command_id, after, limit=100000):
+                request.write(sse_frame("command.output", _chunk_json(chunk), chunk["seq"]))
+                last = chunk["seq"]
+            command = await self._command(command_id)
+            while not follower.gone and command["status"] not in lifecycle.FINAL:
+                for event in await follower.next_events(SSE_KEEPALIVE):
+                    if event.type == "command.status":
+                        command = await self._command(command_id)
+                    elif event.data["seq"] > last:
+                        last = event.data["seq"]
+                        request.write(sse_frame("command.output", event.data, last))
+            if not follower.gone:
+                request.write(sse_frame("command.status", command_json(command)))
+        finally:
+            unsubscribe()
+
+    @app.route("/api/v1/agents/<agent_id>/telemetry", methods=["GET"])
+    async def telemetry(self, request: Any, agent_id: str) -> bytes:
+        await self._authenticate(request)
+        await self._agent(agent_id)
+        latest = await self.store.latest_telemetry(agent_id)
+        if latest is None:
+            raise ApiError(404, "NO_TELEMETRY", f"agent {agent_id!r} has not reported yet")
+        return self._json(request, {"agent_id": agent_id, **_telemetry_json(latest)})
+
+    @app.route("/api/v1/agents/<agent_id>/telemetry/history", methods=["GET"])
+    async def telemetry_history(self, request: Any, agent_id: str) -> bytes:
+        await self._authenticate(request)
+        await self._agent(agent_id)
+        limit = int(_number(request, "limit", 1, 10000) or 100)
+        since = _number(request, "since", 0, float("inf"))
+        history = await self.store.telemetry_history(agent_id, limit=limit, since=since)
+        return self._json(
+            request, {"agent_id": agent_id, "history": [_telemetry_json(t) for t in history]}
+        )
 
     @app.route("/api/v1/commands", methods=["GET"])
     async def list_commands(self, request: Any) -> bytes:

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from viworks import lifecycle, protocol
+from viworks.backend.events import EventHub
 from viworks.backend.registry import LiveSession, SessionRegistry
 from viworks.backend.store import IdempotencyConflict
 from viworks.logs import Logger
@@ -66,6 +67,7 @@ class CommandLedger:
         default_timeout: float = 60.0,
         default_ttl: float = 3600.0,
         lost_grace: float = 60.0,
+        hub: EventHub | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.store = store
@@ -74,6 +76,7 @@ class CommandLedger:
         self.default_timeout = default_timeout
         self.default_ttl = default_ttl
         self.lost_grace = lost_grace
+        self.hub = hub or EventHub()
         self._new_id = new_id
         # Unredacted args of unfinished commands: secrets are never stored.
         self._args: dict[str, dict] = {}
@@ -122,14 +125,14 @@ class CommandLedger:
                 command_id=command["command_id"],
                 agent_id=command["agent_id"],
             )
-            self._finished(command)
+            self._changed(command)
         for command in await self.store.lose_overdue(now, self.lost_grace):
             self.log.warn(
                 "command {command_id} lost: no result from {agent_id} within its timeout",
                 command_id=command["command_id"],
                 agent_id=command["agent_id"],
             )
-            self._finished(command)
+            self._changed(command)
         await self._rearm()
 
     async def _rearm(self) -> None:
@@ -232,6 +235,9 @@ class CommandLedger:
                 break
             if await self._dispatch(session, command):
                 sent += 1
+        # Cancellations asked for while the agent was away.
+        for command in await self.store.cancels_pending(session.agent_id):
+            session.send_frame(protocol.encode("cancel", command_id=command["command_id"]))
         return sent
 
     async def _dispatch(self, session: LiveSession, command: dict) -> dict | None:
@@ -255,12 +261,8 @@ class CommandLedger:
             )
             return None
         # Compare-and-set on the status we read: of two racing dispatchers only one sends.
-        updated = await self.store.transition(
-            command_id,
-            lifecycle.DISPATCHED,
-            now,
-            expected=(command["status"],),
-            dispatched_at=now,
+        updated = await self._transition(
+            command_id, lifecycle.DISPATCHED, expected=(command["status"],), dispatched_at=now
         )
         if updated is None:
             return None
@@ -294,14 +296,57 @@ class CommandLedger:
 
     # -- what agents report ---------------------------------------------------------------
 
+    async def on_output(self, session: LiveSession, fields: dict) -> None:
+        """Store a chunk of live output (duplicates from a replay are ignored)."""
+        command_id = fields["command_id"]
+        if await self._owned(session, command_id) is None:
+            return
+        chunk = (fields["seq"], fields["stream"], fields["data"])
+        if await self.store.append_output(command_id, [chunk], self.clock.seconds()):
+            self.hub.publish(
+                "command.output",
+                {
+                    "command_id": command_id,
+                    "seq": fields["seq"],
+                    "stream": fields["stream"],
+                    "data": fields["data"],
+                },
+            )
+
+    async def cancel(self, command_id: str) -> dict:
+        """Cancel a command: a queued one at once, a running one through its agent."""
+        command = await self.store.get_command(command_id)
+        if command is None:
+            raise LedgerError(404, "COMMAND_NOT_FOUND", f"no command {command_id!r}")
+        if command["status"] == lifecycle.QUEUED:
+            cancelled = await self._transition(
+                command_id,
+                lifecycle.CANCELLED,
+                expected=(lifecycle.QUEUED,),
+                finished_at=self.clock.seconds(),
+                error={"code": "CANCELLED", "message": "cancelled before delivery"},
+            )
+            if cancelled is not None:
+                return cancelled
+        requested = await self.store.request_cancel(command_id, self.clock.seconds())
+        if requested is None:
+            command = await self.store.get_command(command_id)
+            raise LedgerError(
+                409, "ALREADY_FINISHED", f"the command is already {command['status']}"
+            )
+        session = self.registry.get(requested["agent_id"])
+        if session is not None:
+            session.send_frame(protocol.encode("cancel", command_id=command_id))
+        self.log.info("command {command_id}: cancel requested", command_id=command_id)
+        return requested
+
     async def on_ack(self, session: LiveSession, command_id: str) -> None:
         """The agent accepted a command and is running it."""
         if await self._owned(session, command_id) is None:
             return
-        await self.store.transition(
+        await self._transition(
             command_id,
             lifecycle.RUNNING,
-            self.clock.seconds(),
             expected=(lifecycle.DISPATCHED,),
             started_at=self.clock.seconds(),
         )
@@ -351,8 +396,22 @@ class CommandLedger:
     async def _transition(self, command_id: str, status: str, **fields: Any) -> dict | None:
         command = await self.store.transition(command_id, status, self.clock.seconds(), **fields)
         if command is not None:
-            self._finished(command)
+            self._changed(command)
         return command
+
+    def _changed(self, command: dict) -> None:
+        """Tell followers; wake waiters and forget the secrets once the command is final."""
+        self.hub.publish(
+            "command.status",
+            {
+                "command_id": command["command_id"],
+                "agent_id": command["agent_id"],
+                "verb": command["verb"],
+                "status": command["status"],
+            },
+        )
+        if command["status"] in lifecycle.FINAL:
+            self._finished(command)
 
     def _finished(self, command: dict) -> None:
         command_id = command["command_id"]

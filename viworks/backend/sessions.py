@@ -108,6 +108,9 @@ class AgentSession(WebSocketServerProtocol):
             reason=reason,
         )
         if self.factory.registry.unregister(self):
+            self.factory.ledger.hub.publish(
+                "agent.offline", {"agent_id": self.agent_id, "code": code, "reason": reason}
+            )
             self._run(
                 self.factory.store.mark_agent_offline(
                     self.agent_id, self.session_id, self.factory.clock.seconds()
@@ -210,6 +213,10 @@ class AgentSession(WebSocketServerProtocol):
             version=hello["version"],
             site=hello["site"],
         )
+        factory.ledger.hub.publish(
+            "agent.online",
+            {"agent_id": self.agent_id, "session_id": self.session_id, "epoch": agent["epoch"]},
+        )
         self.send_frame(
             protocol.encode(
                 "welcome",
@@ -229,6 +236,16 @@ class AgentSession(WebSocketServerProtocol):
         if self.factory.registry.is_current(self):
             await self.factory.ledger.on_ack(self, frame["command_id"])
 
+    async def _on_output(self, frame: protocol.Frame) -> None:
+        if self.factory.registry.is_current(self):
+            await self.factory.ledger.on_output(self, frame.fields)
+
+    async def _on_telemetry(self, frame: protocol.Frame) -> None:
+        factory = self.factory
+        await factory.store.record_telemetry(
+            self.agent_id, factory.clock.seconds(), frame["metrics"], keep=factory.telemetry_keep
+        )
+
     async def _on_result(self, frame: protocol.Frame) -> None:
         # Fencing: a replaced session's late frames must not change anything.
         if self.factory.registry.is_current(self):
@@ -245,7 +262,9 @@ class AgentSession(WebSocketServerProtocol):
     _handlers = {
         "heartbeat": _on_heartbeat,
         "ack": _on_ack,
+        "output": _on_output,
         "result": _on_result,
+        "telemetry": _on_telemetry,
         "error": _on_error,
     }
 
@@ -277,6 +296,7 @@ class AgentSessionFactory(WebSocketServerFactory):
         hello_timeout: float = HELLO_TIMEOUT,
         handshake_rate: float = 200.0,
         handshake_burst: float = 200.0,
+        telemetry_keep: int = 2880,
     ) -> None:
         super().__init__(reactor=clock)
         self.registry = registry
@@ -288,6 +308,7 @@ class AgentSessionFactory(WebSocketServerFactory):
         self.heartbeat_interval = heartbeat_interval
         self.hello_timeout = hello_timeout
         self.admission = TokenBucket(handshake_rate, handshake_burst, clock)
+        self.telemetry_keep = telemetry_keep
         # Don't advertise our version; no status page on a plain GET.
         self.server = "viworks"
         self.setProtocolOptions(

@@ -28,7 +28,9 @@ from zope.interface import implementer
 
 from viworks import __version__, lifecycle, protocol
 from viworks.config import parse_wss_url
+from viworks.gateway import telemetry
 from viworks.gateway.journal import Journal
+from viworks.gateway.output import OutputBuffer
 from viworks.logs import Logger
 from viworks.tls import enforce_pins
 
@@ -115,6 +117,7 @@ class BackendLink(MultiService):
         reconnect_initial: float = 1.0,
         reconnect_max: float = 60.0,
         max_message_size: int = 1 << 20,
+        telemetry_interval: float = 30.0,
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -132,6 +135,12 @@ class BackendLink(MultiService):
         self._running: dict[str, Any] = {}  # command id -> VerbExecution
         self._heartbeat = LoopingCall(self._send_heartbeat)
         self._heartbeat.clock = reactor
+        self.telemetry_interval = telemetry_interval
+        self._telemetry = LoopingCall(self._send_telemetry)
+        self._telemetry.clock = reactor
+        self._outputs: dict[str, OutputBuffer] = {}
+        # Output chunks produced while disconnected; sent after the next welcome.
+        self._output_spool: list[bytes] = []
 
         self.policy = ReconnectPolicy(reconnect_initial, reconnect_max)
         host, port, _path = parse_wss_url(backend_url)
@@ -174,8 +183,7 @@ class BackendLink(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        if self._heartbeat.running:
-            self._heartbeat.stop()
+        self._stop_timers()
         # Verbs still running are cancelled (TERM, then KILL) and their
         # "cancelled" results journalled, to be reported after the restart.
         outcomes = [execution.outcome for execution in self._running.values()]
@@ -222,8 +230,12 @@ class BackendLink(MultiService):
             self.policy.at_least(min(hint, self.reconnect_max * 10))
         self._current = None
         self.session_id = None
-        if self._heartbeat.running:
-            self._heartbeat.stop()
+        self._stop_timers()
+
+    def _stop_timers(self) -> None:
+        for loop in (self._heartbeat, self._telemetry):
+            if loop.running:
+                loop.stop()
 
     def frame_received(self, proto: AgentLinkProtocol, payload: bytes, is_binary: bool) -> None:
         try:
@@ -238,6 +250,8 @@ class BackendLink(MultiService):
             self._on_welcome(frame)
         elif frame.type == "command":
             self._on_command(proto, frame)
+        elif frame.type == "cancel":
+            self._on_cancel(frame["command_id"])
         elif frame.type == "result_ack":
             self.journal.ack(frame["command_id"])
         elif frame.type == "error":
@@ -259,12 +273,15 @@ class BackendLink(MultiService):
             session_id=self.session_id,
             epoch=frame["epoch"],
         )
+        spooled, self._output_spool = self._output_spool, []
+        for payload in spooled:
+            self._send(payload)
         for entry in self.journal.unacked():
             self._send_result(entry.command_id, entry.result)
         self.journal.prune()
-        if self._heartbeat.running:
-            self._heartbeat.stop()
+        self._stop_timers()
         self._heartbeat.start(self.heartbeat_interval, now=False)
+        self._telemetry.start(self.telemetry_interval, now=True)
 
     def _send_heartbeat(self) -> None:
         self._send(protocol.encode("heartbeat", ts=self.reactor.seconds()))
@@ -276,6 +293,23 @@ class BackendLink(MultiService):
 
     def _send_result(self, command_id: str, fields: dict) -> None:
         self._send(protocol.encode("result", command_id=command_id, **fields))
+
+    def _send_output(self, payload: bytes) -> None:
+        if self._current is not None and self.connected:
+            self._current.send_frame(payload)
+        else:
+            self._output_spool.append(payload)
+
+    def _send_telemetry(self) -> Deferred:
+        d = Deferred.fromCoroutine(telemetry.collect(self.catalog))
+        d.addCallback(
+            lambda metrics: self._send(
+                protocol.encode("telemetry", ts=self.reactor.seconds(), metrics=metrics)
+            )
+        )
+        # A failed report must not stop the loop.
+        d.addErrback(lambda f: self.log.failure("telemetry failed", f))
+        return d
 
     # -- commands -------------------------------------------------------------------
 
@@ -310,7 +344,11 @@ class BackendLink(MultiService):
         self.log.info(
             "command {command_id}: {verb} started", command_id=command_id, verb=frame["verb"]
         )
-        execution = self.catalog.start(frame["verb"], frame["args"], frame["timeout"])
+        output = OutputBuffer(command_id, self._send_output, self.reactor)
+        self._outputs[command_id] = output
+        execution = self.catalog.start(
+            frame["verb"], frame["args"], frame["timeout"], on_output=output.add
+        )
         self._running[command_id] = execution
         d = execution.outcome
         d.addCallback(
@@ -324,7 +362,34 @@ class BackendLink(MultiService):
         )
         d.addBoth(lambda _: self._running.pop(command_id, None))
 
+    def _on_cancel(self, command_id: str) -> None:
+        execution = self._running.get(command_id)
+        if execution is not None:
+            # Its "cancelled" result follows when the process group is gone.
+            execution.cancel()
+            return
+        known = self.journal.get(command_id)
+        if known is not None:
+            if known.state == "finished":
+                self._send_result(command_id, known.result)
+            return
+        # Never received: record it cancelled, so that a late delivery never runs it.
+        now = self.reactor.seconds()
+        self.journal.accept(command_id, "")
+        self._finish(
+            command_id,
+            outcome_fields(
+                lifecycle.CANCELLED,
+                now,
+                now,
+                {"code": "CANCELLED", "message": "cancelled before it started"},
+            ),
+        )
+
     def _finish(self, command_id: str, fields: dict) -> None:
+        output = self._outputs.pop(command_id, None)
+        if output is not None:
+            output.flush()  # live output first, then the result
         self.log.info(
             "command {command_id} finished: {status}",
             command_id=command_id,

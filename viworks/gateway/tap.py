@@ -60,6 +60,7 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
         heartbeat_interval=outbound.heartbeat_interval,
         reconnect_initial=outbound.reconnect_initial,
         reconnect_max=outbound.reconnect_max,
+        telemetry_interval=config.agent.telemetry_interval,
     )
     top = MultiService()
     top.link = link

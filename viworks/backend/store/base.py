@@ -45,16 +45,29 @@ COMMAND_COLUMNS = (
     "dispatched_at",
     "started_at",
     "finished_at",
+    "cancel_requested_at",
 )
 COMMAND_JSON = frozenset({"args", "result", "error"})
 COMMAND_BOOL = frozenset({"stdout_truncated", "stderr_truncated"})
 COMMAND_REAL = frozenset(
-    {"timeout", "created_at", "expires_at", "dispatched_at", "started_at", "finished_at"}
+    {
+        "timeout",
+        "created_at",
+        "expires_at",
+        "dispatched_at",
+        "started_at",
+        "finished_at",
+        "cancel_requested_at",
+    }
 )
 COMMAND_REQUIRED = frozenset({"command_id", "agent_id", "verb", "created_at"})
+# Columns only their own method writes (request_cancel): neither
+# create_command nor transition() accepts them.
+COMMAND_INTERNAL = frozenset({"cancel_requested_at"})
 # Columns transition() may set along with the status: command_id is the key
 # and the status itself only changes through the lifecycle.
-COMMAND_MUTABLE = frozenset(COMMAND_COLUMNS) - {"command_id", "status"}
+COMMAND_MUTABLE = frozenset(COMMAND_COLUMNS) - {"command_id", "status"} - COMMAND_INTERNAL
+OUTPUT_STREAMS = frozenset({"stdout", "stderr"})
 
 _COMMAND_COLUMNS_SQL = ", ".join(COMMAND_COLUMNS)
 _COMMAND_SELECT = f"SELECT {_COMMAND_COLUMNS_SQL} FROM commands"
@@ -63,6 +76,8 @@ _IN_FLIGHT = (lifecycle.DISPATCHED, lifecycle.RUNNING)
 # Rows per multi-row event INSERT: 4 parameters each stays far below
 # SQLite's 32766 and PostgreSQL's 65535 bound-parameter limits.
 _EVENT_BATCH = 500
+# Rows per multi-row output INSERT (5 parameters each).
+_OUTPUT_BATCH = 500
 
 
 class StoreError(Exception):
@@ -150,7 +165,7 @@ def _check_mutable(fields: Mapping[str, Any]) -> None:
 
 def _new_command_values(command: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a command to create and return its stored column values."""
-    unknown = set(command) - set(COMMAND_COLUMNS)
+    unknown = set(command) - (set(COMMAND_COLUMNS) - COMMAND_INTERNAL)
     if unknown:
         raise ValueError(f"unknown command fields: {sorted(unknown)}")
     missing = COMMAND_REQUIRED - set(command)
@@ -160,6 +175,26 @@ def _new_command_values(command: Mapping[str, Any]) -> dict[str, Any]:
     if fields["status"] != lifecycle.QUEUED:
         raise ValueError("a command is created queued; later statuses go through transition()")
     return _command_values(fields)
+
+
+def _output_chunks(chunks: Iterable[Sequence[Any]]) -> list[tuple[int, str, str]]:
+    """Validate ``(seq, stream, data)`` chunks; a repeated seq keeps its first chunk.
+
+    Sorted by seq, so concurrent inserts of overlapping chunks (a redelivery
+    racing the original on another backend) take row locks in the same
+    order and cannot deadlock.
+    """
+    out: dict[int, tuple[int, str, str]] = {}
+    for chunk in chunks:
+        seq, stream, data = chunk
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValueError(f"output chunk seq must be an integer >= 0, not {seq!r}")
+        if stream not in OUTPUT_STREAMS:
+            raise ValueError(f"output chunk stream must be stdout or stderr, not {stream!r}")
+        if not isinstance(data, str):
+            raise ValueError(f"output chunk data must be a string, not {type(data).__name__}")
+        out.setdefault(seq, (seq, stream, data))
+    return [out[seq] for seq in sorted(out)]
 
 
 def _statuses(statuses: Sequence[str]) -> tuple[str, ...]:
@@ -704,6 +739,188 @@ class SQLStore:
     def _scalar_txn(self, txn: Transaction, sql: str, params: Sequence[Any]) -> Any:
         self._execute(txn, sql, params)
         return txn.fetchone()[0]
+
+    # -- cancellation -------------------------------------------------------
+
+    async def request_cancel(self, command_id: str, at: float) -> dict[str, Any] | None:
+        """Record that cancelling the command was requested at ``at``.
+
+        Only a command that is not final is marked; a second request keeps
+        the first ``cancel_requested_at``. The status does not change (the
+        caller cancels a queued command with :meth:`transition`, and asks
+        the agent to stop a dispatched/running one). Returns the command,
+        or None when it is unknown or already final.
+        """
+        final = tuple(sorted(lifecycle.FINAL))
+        return await self._run(
+            self._update_command_txn,
+            "cancel_requested_at = COALESCE(cancel_requested_at, ?)",
+            [at],
+            ["command_id = ?", f"status NOT IN ({_marks(len(final))})"],
+            [command_id, *final],
+        )
+
+    async def cancels_pending(self, agent_id: str) -> list[dict[str, Any]]:
+        """The agent's dispatched/running commands with a cancel requested, oldest first."""
+        return await self._run(
+            self._commands_txn,
+            [
+                "agent_id = ?",
+                f"status IN ({_marks(len(_IN_FLIGHT))})",
+                "cancel_requested_at IS NOT NULL",
+            ],
+            [agent_id, *_IN_FLIGHT],
+        )
+
+    def _update_command_txn(
+        self,
+        txn: Transaction,
+        assignments: str,
+        assignment_params: Sequence[Any],
+        where: Sequence[str],
+        where_params: Sequence[Any],
+    ) -> dict[str, Any] | None:
+        self._execute(
+            txn,
+            f"UPDATE commands SET {assignments} WHERE {' AND '.join(where)}"
+            f" RETURNING {_COMMAND_COLUMNS_SQL}",
+            [*assignment_params, *where_params],
+        )
+        rows = _rows(txn)
+        return _command_from_row(rows[0]) if rows else None
+
+    # -- live output --------------------------------------------------------
+
+    async def append_output(
+        self, command_id: str, chunks: Iterable[Sequence[Any]], at: float
+    ) -> int:
+        """Store output chunks ``(seq, stream, data)`` received at ``at``.
+
+        ``seq`` is an integer >= 0 (the agent's chunk number), ``stream``
+        ``'stdout'`` or ``'stderr'``; anything else is a ``ValueError``
+        (nothing written). A chunk whose ``(command_id, seq)`` is already
+        stored, or repeated within ``chunks``, is ignored (redelivery: the
+        first one wins). One transaction; returns how many chunks were new
+        (0 for an unknown command, which stores nothing). The command's
+        status is not checked.
+        """
+        rows = _output_chunks(chunks)
+        if not rows:
+            return 0
+        return await self._run(self._append_output_txn, command_id, rows, float(at))
+
+    def _append_output_txn(
+        self,
+        txn: Transaction,
+        command_id: str,
+        chunks: Sequence[tuple[int, str, str]],
+        at: float,
+    ) -> int:
+        self._execute(txn, "SELECT 1 FROM commands WHERE command_id = ?", (command_id,))
+        if txn.fetchone() is None:
+            return 0
+        added = 0
+        for start in range(0, len(chunks), _OUTPUT_BATCH):
+            batch = chunks[start : start + _OUTPUT_BATCH]
+            self._execute(
+                txn,
+                "INSERT INTO command_output (command_id, seq, stream, data, at) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?)"] * len(batch))
+                + " ON CONFLICT (command_id, seq) DO NOTHING",
+                [v for seq, stream, data in batch for v in (command_id, seq, stream, data, at)],
+            )
+            added += txn.rowcount
+        return added
+
+    async def output_since(
+        self, command_id: str, after_seq: int = -1, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` chunks ``{seq, stream, data, at}`` with seq > ``after_seq``, by seq."""
+        rows = await self._run(
+            self._select_txn,
+            "SELECT seq, stream, data, at FROM command_output"
+            " WHERE command_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (command_id, int(after_seq), int(limit)),
+        )
+        for row in rows:
+            _floats(row, ("at",))
+        return rows
+
+    async def output_text(self, command_id: str) -> tuple[str, str]:
+        """``(stdout, stderr)``: the command's stored chunks joined in seq order.
+
+        Missing chunks (gaps in seq) are simply absent; ``("", "")`` for a
+        command without output or an unknown one.
+        """
+        rows = await self._run(
+            self._select_txn,
+            "SELECT stream, data FROM command_output WHERE command_id = ? ORDER BY seq",
+            (command_id,),
+        )
+        parts: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        for row in rows:
+            parts[row["stream"]].append(row["data"])
+        return "".join(parts["stdout"]), "".join(parts["stderr"])
+
+    # -- telemetry ----------------------------------------------------------
+
+    async def record_telemetry(
+        self, agent_id: str, at: float, data: Mapping[str, Any], keep: int = 2880
+    ) -> None:
+        """Store one telemetry report and keep only the agent's newest ``keep`` rows.
+
+        "Newest" is insertion order, not ``at``. ``keep`` must be >= 1.
+        """
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be an integer >= 1, not {keep!r}")
+        if not isinstance(data, Mapping):
+            raise ValueError(f"telemetry data must be a mapping, not {type(data).__name__}")
+        await self._run(
+            self._record_telemetry_txn, agent_id, float(at), _encode_json(dict(data)), keep
+        )
+
+    def _record_telemetry_txn(
+        self, txn: Transaction, agent_id: str, at: float, data: str, keep: int
+    ) -> None:
+        self._execute(
+            txn,
+            "INSERT INTO agent_telemetry (agent_id, at, data) VALUES (?, ?, ?)",
+            (agent_id, at, data),
+        )
+        # The keep-th newest seq, found and deleted below through the
+        # (agent_id, seq) index; NULL (nothing deleted) while fewer are stored.
+        self._execute(
+            txn,
+            "DELETE FROM agent_telemetry WHERE agent_id = ? AND seq < ("
+            " SELECT seq FROM agent_telemetry WHERE agent_id = ?"
+            " ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (agent_id, agent_id, keep - 1),
+        )
+
+    async def latest_telemetry(self, agent_id: str) -> dict[str, Any] | None:
+        """The agent's newest report ``{at, data}``, or None."""
+        rows = await self.telemetry_history(agent_id, limit=1)
+        return rows[0] if rows else None
+
+    async def telemetry_history(
+        self, agent_id: str, limit: int = 100, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the agent's reports ``{at, data}``, newest first.
+
+        ``since`` keeps only reports with ``at`` strictly after it.
+        """
+        sql = "SELECT at, data FROM agent_telemetry WHERE agent_id = ?"
+        params: list[Any] = [agent_id]
+        if since is not None:
+            sql += " AND at > ?"
+            params.append(float(since))
+        sql += " ORDER BY seq DESC LIMIT ?"
+        params.append(int(limit))
+        rows = await self._run(self._select_txn, sql, params)
+        for row in rows:
+            _floats(row, ("at",))
+            row["data"] = _decode_json(row["data"])
+        return rows
 
     # -- tokens -------------------------------------------------------------
 

@@ -144,6 +144,33 @@ MIGRATIONS: list[tuple[str, ...]] = [
         ORDER BY seq
         """,
     ),
+    # 3: live command output, agent telemetry, cancellation requests.
+    (
+        # Chunks as streamed by the agent; (command_id, seq) makes a
+        # redelivered chunk a no-op (INSERT ... ON CONFLICT DO NOTHING).
+        """
+        CREATE TABLE command_output (
+            command_id TEXT NOT NULL REFERENCES commands (command_id),
+            seq INTEGER NOT NULL CHECK (seq >= 0),
+            stream TEXT NOT NULL CHECK (stream IN ('stdout', 'stderr')),
+            data TEXT NOT NULL,
+            at {real} NOT NULL,
+            PRIMARY KEY (command_id, seq)
+        )
+        """,
+        # Host metrics, one row per report; data is a JSON object. seq
+        # orders an agent's reports and bounds how many are kept.
+        """
+        CREATE TABLE agent_telemetry (
+            seq {serial_pk},
+            agent_id TEXT NOT NULL,
+            at {real} NOT NULL,
+            data TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX agent_telemetry_agent ON agent_telemetry (agent_id, seq)",
+        "ALTER TABLE commands ADD COLUMN cancel_requested_at {real}",
+    ),
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
