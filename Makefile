@@ -21,6 +21,8 @@ $(VENV)/.installed: setup.py
 # htpasswd (apache2-utils) is used by the agent's panel verbs and their tests.
 tools:
 	@command -v htpasswd >/dev/null || (apt-get update -qq && apt-get install -y -qq apache2-utils)
+	@(command -v vpncmd && command -v vpnserver && command -v fwknopd) >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq softether-vpnserver softether-vpncmd fwknop-server)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check $(LINT_DIRS)

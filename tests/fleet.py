@@ -2,7 +2,7 @@
 
 Each ``Fleet`` member is the product's own ``BackendLink`` (its reconnect policy,
 retry-after handling, heartbeats and journal) with its own agent certificate,
-issued at test time, and a one-verb in-process catalogue (``ping``). Only the
+issued at test time, and a one-verb catalogue (an in-process ``ping``). Only the
 process is shared: every agent has its own mutual-TLS WebSocket.
 """
 
@@ -12,41 +12,26 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults
 
 from viworks import pki
 from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
+from viworks.gateway.runner import ProcessRunner
+from viworks.gateway.verbs import Verb, VerbCatalog
 from viworks.tls import client_tls_options
 
 
-@dataclass
-class _Outcome:
-    status: str
-    result: Any = None
-    error: dict | None = None
-
-
-class _Execution:
-    """An in-process execution that has already finished."""
-
-    def __init__(self, outcome: _Outcome) -> None:
-        self.outcome: Deferred = succeed(outcome)
-
-    def cancel(self) -> None:
-        pass
-
-
-class PingCatalog:
-    """The smallest verb catalogue a ``BackendLink`` accepts: ``ping``, answered at once."""
-
-    def describe(self) -> dict[str, dict[str, Any]]:
-        return {"ping": {"params": {}, "description": "Answer.", "changes_state": False}}
-
-    def start(self, name: str, args: Any, timeout: float | None = None) -> _Execution:
-        if name != "ping":
-            return _Execution(_Outcome("rejected", error={"code": "UNKNOWN_VERB", "message": "?"}))
-        return _Execution(_Outcome("succeeded", {"pong": True}))
+def ping_catalog(reactor: Any) -> VerbCatalog:
+    """The product's catalogue with one in-process verb, ``ping``."""
+    ping = Verb(
+        name="ping",
+        params={},
+        description="Answer at once.",
+        timeout=5.0,
+        call=lambda _args: {"pong": True},
+    )
+    return VerbCatalog(ProcessRunner(reactor), {"ping": ping})
 
 
 @dataclass
@@ -79,7 +64,7 @@ class Fleet:
         self.reactor = reactor
         self.ids = [f"{prefix}-{i:03d}" for i in range(size)]
         self.events: dict[str, list[Event]] = {agent_id: [] for agent_id in self.ids}
-        catalog = PingCatalog()
+        catalog = ping_catalog(reactor)
         os.makedirs(directory, exist_ok=True)
         self.links = [
             self._link(agent_id, directory, ca_dir, port, catalog, link_options)

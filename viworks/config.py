@@ -391,6 +391,10 @@ def _spki_pins(value: tuple[str, ...], ctx: _Ctx) -> tuple[str, ...]:
 #: The verbs the gateway ships (``viworks.gateway.catalog.builtin_verbs``).  A ``[verbs.NAME]``
 #: table for one of them may only set ``_BUILTIN_VERB_KEYS``.
 BUILTIN_VERBS = frozenset({"ping", "system_health", "create_panel_user", "delete_panel_user"})
+BUILTIN_VERBS |= {"list_panel_users", "service_status", "tail_logs"}
+BUILTIN_VERBS |= {"generate_bootstrap", "get_bootstrap", "revoke_bootstrap"}
+BUILTIN_VERBS |= {"spawn_container", "stop_container", "list_containers"}
+BUILTIN_VERBS |= {"create_vpn_user", "delete_vpn_user", "list_vpn_users"}
 _BUILTIN_VERB_KEYS = ("timeout", "output_cap", "concurrency", "enabled")
 _VERB_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

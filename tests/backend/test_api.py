@@ -280,3 +280,113 @@ class APITests(unittest.TestCase):
         _, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
         _, body = await self.call("GET", f"/api/v1/commands/{command['command_id']}")
         self.assertEqual([e["status"] for e in body["events"]], ["queued", "dispatched"])
+
+    async def start_running(self) -> tuple[FakeSession, dict]:
+        """An online agent running a ping (acknowledged)."""
+        session = self.go_online()
+        _, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
+        await self.ledger.on_ack(session, command["command_id"])
+        return session, command
+
+    async def output(self, session, command_id, seq, data, stream="stdout"):
+        await self.ledger.on_output(
+            session, {"command_id": command_id, "seq": seq, "stream": stream, "data": data}
+        )
+
+    async def test_cancel_queued(self):
+        """Cancelling a queued command finishes it at once (200, cancelled); it is never sent."""
+        _, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
+        code, body = await self.call("POST", f"/api/v1/commands/{command['command_id']}/cancel")
+        self.assertEqual((code, body["status"]), (200, "cancelled"))
+        session = self.go_online()
+        self.assertEqual(await self.ledger.deliver_pending(session), 0)
+
+    async def test_cancel_running(self):
+        """Cancelling a running command asks its agent (202); the agent's result says cancelled."""
+        session, command = await self.start_running()
+        cid = command["command_id"]
+        code, body = await self.call("POST", f"/api/v1/commands/{cid}/cancel")
+        self.assertEqual((code, body["status"]), (202, "running"))
+        self.assertEqual(session.sent[-1].type, "cancel")
+        await self.ledger.on_result(session, result_fields(cid, status="cancelled"))
+        _, body = await self.call("GET", f"/api/v1/commands/{cid}")
+        self.assertEqual(body["status"], "cancelled")
+        code, body = await self.call("POST", f"/api/v1/commands/{cid}/cancel")
+        self.assertEqual((code, body["error"]["code"]), (409, "ALREADY_FINISHED"))
+
+    async def test_cancel_delivered_on_reconnect(self):
+        """A cancel asked while the agent was away is sent when it comes back."""
+        session, command = await self.start_running()
+        self.registry.unregister(session)
+        await self.call("POST", f"/api/v1/commands/{command['command_id']}/cancel")
+        again = self.go_online()
+        await self.ledger.deliver_pending(again)
+        self.assertEqual([f["command_id"] for f in again.sent if f.type == "cancel"],
+                         [command["command_id"]])  # fmt: skip
+
+    async def test_output_so_far(self):
+        """While a command runs, GET shows its output so far and /output lists the chunks."""
+        session, command = await self.start_running()
+        cid = command["command_id"]
+        await self.output(session, cid, 0, "hello ")
+        await self.output(session, cid, 1, "world\n")
+        await self.output(session, cid, 1, "world\n")  # a replayed chunk is ignored
+        _, body = await self.call("GET", f"/api/v1/commands/{cid}")
+        self.assertEqual(body["stdout"], "hello world\n")
+        _, body = await self.call("GET", f"/api/v1/commands/{cid}/output")
+        self.assertEqual([c["seq"] for c in body["chunks"]], [0, 1])
+
+    async def test_follow_output(self):
+        """?follow=1 streams Server-Sent Events: backlog, live chunks, then the final status."""
+        session, command = await self.start_running()
+        cid = command["command_id"]
+        await self.output(session, cid, 0, "early\n")
+        response = self.http.get(
+            f"http://api/api/v1/commands/{cid}/output?follow=1",
+            headers={b"authorization": [f"Bearer {TOKEN}".encode()]},
+        )
+        await self.output(session, cid, 1, "late\n")
+        await self.ledger.on_result(session, result_fields(cid))
+        text = await self.finish_stream(response)
+        self.assertEqual(
+            [line for line in text.splitlines() if line.startswith(("id:", "event:"))],
+            ["id: 0", "event: command.output", "id: 1", "event: command.output",
+             "event: command.status"],
+        )  # fmt: skip
+        self.assertIn('"status":"succeeded"', text)
+
+    async def test_follow_resumes_after_last_event_id(self):
+        """A follower reconnecting with Last-Event-ID gets only what came after it."""
+        session, command = await self.start_running()
+        cid = command["command_id"]
+        for seq in range(3):
+            await self.output(session, cid, seq, f"line {seq}\n")
+        await self.ledger.on_result(session, result_fields(cid))
+        response = self.http.get(
+            f"http://api/api/v1/commands/{cid}/output?follow=1",
+            headers={
+                b"authorization": [f"Bearer {TOKEN}".encode()],
+                b"last-event-id": [b"1"],
+            },
+        )
+        text = await self.finish_stream(response)
+        self.assertIn("line 2", text)
+        self.assertNotIn("line 1", text)
+
+    async def finish_stream(self, pending) -> str:
+        done = []
+        pending.addCallback(lambda r: r.text())
+        pending.addBoth(done.append)
+        await eventually(lambda: self.http.flush() or done)
+        return done[0]
+
+    async def test_telemetry(self):
+        """The latest telemetry and a bounded history are served per agent."""
+        code, body = await self.call("GET", "/api/v1/agents/gw-1/telemetry")
+        self.assertEqual((code, body["error"]["code"]), (404, "NO_TELEMETRY"))
+        for i in range(3):
+            await self.store.record_telemetry("gw-1", 100.0 + i, {"load": i})
+        code, body = await self.call("GET", "/api/v1/agents/gw-1/telemetry")
+        self.assertEqual((code, body["metrics"]), (200, {"load": 2}))
+        _, body = await self.call("GET", "/api/v1/agents/gw-1/telemetry/history?limit=2")
+        self.assertEqual([h["metrics"]["load"] for h in body["history"]], [2, 1])

@@ -175,6 +175,59 @@ class StoreTestsMixin:
         self.assertTrue(fresh)
         self.assertEqual(created["expires_at"], 50.0)
 
+    async def test_migrate_from_v2(self) -> None:
+        """A version-2 database with data is migrated in place (version 3 and later).
+
+        Existing commands get ``cancel_requested_at`` None and keep their
+        history; output, telemetry and cancellation work on them.
+        """
+        patcher = MonkeyPatcher(
+            (store_schema, "MIGRATIONS", store_schema.MIGRATIONS[:2]),
+            (store_schema, "LATEST_VERSION", 2),
+        )
+        patcher.patch()
+        self.addCleanup(patcher.restore)
+        old = self.make_store()
+        self.addCleanup(old.close)
+        self.assertEqual(await old.open(), 2)
+        await self.online(old)
+        await old._run(
+            old._update_count_txn,
+            "INSERT INTO commands (command_id, agent_id, verb, args, status, timeout,"
+            " created_at, dispatched_at, started_at)"
+            " VALUES ('r', 'gw1', 'ping', '{}', 'running', 30.0, 1.0, 2.0, 3.0)",
+            (),
+        )
+        await old._run(
+            old._update_count_txn,
+            "INSERT INTO command_events (command_id, status, at) VALUES ('r', 'running', 3.0)",
+            (),
+        )
+        await old.close()
+        patcher.restore()
+
+        store = await self.open_store()
+        self.assertEqual(await store.open(), store_schema.LATEST_VERSION)
+        rows = await store._run(
+            store._select_txn, "SELECT version FROM schema_version ORDER BY version", ()
+        )
+        self.assertEqual(
+            [r["version"] for r in rows], list(range(1, store_schema.LATEST_VERSION + 1))
+        )
+        command = await store.get_command("r")
+        self.assertEqual(command["status"], "running")
+        self.assertIsNone(command["cancel_requested_at"])
+        self.assertEqual(
+            await store.command_events("r"), [{"status": "running", "at": 3.0, "detail": None}]
+        )
+        self.assertEqual((await store.get_agent("gw1"))["epoch"], 1)
+        self.assertEqual(await store.append_output("r", [(0, "stdout", "hi")], 4.0), 1)
+        self.assertEqual(await store.output_text("r"), ("hi", ""))
+        await store.record_telemetry("gw1", 5.0, {"load": 0.5})
+        self.assertEqual(await store.latest_telemetry("gw1"), {"at": 5.0, "data": {"load": 0.5}})
+        self.assertEqual((await store.request_cancel("r", 6.0))["cancel_requested_at"], 6.0)
+        self.assertEqual([c["command_id"] for c in await store.cancels_pending("gw1")], ["r"])
+
     # -- agents -------------------------------------------------------------
 
     async def test_upsert_agent_online(self) -> None:
@@ -295,6 +348,7 @@ class StoreTestsMixin:
         self.assertIsNone(created["result"])
         self.assertIsNone(created["error"])
         self.assertIsNone(created["exit_code"])
+        self.assertIsNone(created["cancel_requested_at"])
         self.assertNotIn("seq", created)
         self.assertEqual(await store.get_command("c1"), created)
         self.assertIsNone(await store.get_command("nope"))
@@ -711,6 +765,218 @@ class StoreTestsMixin:
         )
         self.assertEqual(rows[0]["n"], count)
 
+    # -- cancellation -------------------------------------------------------
+
+    async def test_request_cancel(self) -> None:
+        """request_cancel marks a non-final command once; final or unknown give None.
+
+        The status is left alone (the caller decides what cancelling means),
+        and a second request keeps the first time.
+        """
+        store = await self.open_store()
+        for command_id in ("q", "r", "s"):
+            await store.create_command(_command(command_id))
+        await self.advance(store, "r", "dispatched", "running")
+        await self.advance(store, "s", "dispatched", "succeeded")
+        events = await store.command_events("r")
+
+        running = await store.request_cancel("r", 20.0)
+        self.assertEqual(running["status"], "running")
+        self.assertEqual(running["cancel_requested_at"], 20.0)
+        self.assertIs(type(running["cancel_requested_at"]), float)
+        self.assertEqual(await store.get_command("r"), running)
+        self.assertEqual(await store.command_events("r"), events)
+        again = await store.request_cancel("r", 30.0)
+        self.assertEqual(again["cancel_requested_at"], 20.0)
+
+        queued = await store.request_cancel("q", 21.0)
+        self.assertEqual(queued["status"], "queued")
+        self.assertEqual(queued["cancel_requested_at"], 21.0)
+        # A marked queued command can still be cancelled through the lifecycle.
+        cancelled = await store.transition("q", "cancelled", 22.0, finished_at=22.0)
+        self.assertEqual(cancelled["cancel_requested_at"], 21.0)
+
+        self.assertIsNone(await store.request_cancel("s", 23.0))
+        self.assertIsNone((await store.get_command("s"))["cancel_requested_at"])
+        self.assertIsNone(await store.request_cancel("q", 24.0))  # now final
+        self.assertIsNone(await store.request_cancel("nope", 25.0))
+
+    async def test_cancel_requested_at_internal(self) -> None:
+        """cancel_requested_at is written only by request_cancel."""
+        store = await self.open_store()
+        with self.assertRaises(ValueError):
+            await store.create_command(_command("c1", cancel_requested_at=1.0))
+        await store.create_command(_command("c2"))
+        with self.assertRaises(ValueError):
+            await store.transition("c2", "dispatched", 1.0, cancel_requested_at=1.0)
+
+    async def test_cancels_pending(self) -> None:
+        """cancels_pending lists the agent's in-flight commands with a cancel requested."""
+        store = await self.open_store()
+        await store.create_command(_command("r", created_at=3.0))
+        await self.advance(store, "r", "dispatched", "running")
+        await store.create_command(_command("d", created_at=2.0))
+        await self.advance(store, "d", "dispatched")
+        await store.create_command(_command("q", created_at=1.0))
+        await store.create_command(_command("idle", created_at=0.5))
+        await self.advance(store, "idle", "dispatched")
+        await store.create_command(_command("other", "gw2", created_at=0.1))
+        await self.advance(store, "other", "dispatched")
+        self.assertEqual(await store.cancels_pending("gw1"), [])
+
+        for command_id in ("r", "d", "q", "other"):
+            self.assertIsNotNone(await store.request_cancel(command_id, 10.0))
+        pending = await store.cancels_pending("gw1")
+        self.assertEqual([c["command_id"] for c in pending], ["d", "r"])
+        self.assertEqual(pending[0], await store.get_command("d"))
+        self.assertEqual([c["command_id"] for c in await store.cancels_pending("gw2")], ["other"])
+        # Once final (or lost), it is no longer pending.
+        await store.transition("r", "cancelled", 11.0)
+        self.assertEqual([c["command_id"] for c in await store.cancels_pending("gw1")], ["d"])
+        self.assertEqual(await store.cancels_pending("nope"), [])
+
+    # -- live output --------------------------------------------------------
+
+    async def test_append_output_idempotent(self) -> None:
+        """Redelivered chunks are ignored; the count is of new chunks only."""
+        store = await self.open_store()
+        await store.create_command(_command("c1"))
+        self.assertEqual(
+            await store.append_output("c1", [(0, "stdout", "a"), (1, "stderr", "b")], 1.0), 2
+        )
+        # A redelivery overlapping the stored chunks keeps the first version.
+        self.assertEqual(
+            await store.append_output("c1", [(1, "stderr", "B"), (2, "stdout", "c")], 2.0), 1
+        )
+        self.assertEqual(await store.append_output("c1", [(0, "stdout", "A")], 3.0), 0)
+        # A seq repeated within one call counts once, first one kept.
+        self.assertEqual(
+            await store.append_output("c1", [(3, "stdout", "d"), (3, "stdout", "D")], 4.0), 1
+        )
+        self.assertEqual(await store.append_output("c1", [], 5.0), 0)
+        self.assertEqual(
+            await store.output_since("c1"),
+            [
+                {"seq": 0, "stream": "stdout", "data": "a", "at": 1.0},
+                {"seq": 1, "stream": "stderr", "data": "b", "at": 1.0},
+                {"seq": 2, "stream": "stdout", "data": "c", "at": 2.0},
+                {"seq": 3, "stream": "stdout", "data": "d", "at": 4.0},
+            ],
+        )
+        # Unknown commands store nothing.
+        self.assertEqual(await store.append_output("nope", [(0, "stdout", "x")], 1.0), 0)
+        self.assertEqual(await store.output_since("nope"), [])
+
+    async def test_append_output_validates(self) -> None:
+        """A bad chunk is a ValueError and nothing of the call is written."""
+        store = await self.open_store()
+        await store.create_command(_command("c1"))
+        for bad in (
+            (-1, "stdout", "x"),
+            (0, "stdin", "x"),
+            ("0", "stdout", "x"),
+            (0, "stdout", b"x"),
+        ):
+            with self.assertRaises(ValueError, msg=repr(bad)):
+                await store.append_output("c1", [(5, "stdout", "ok"), bad], 1.0)
+        self.assertEqual(await store.output_since("c1"), [])
+
+    async def test_output_since_ordered(self) -> None:
+        """output_since returns chunks after a seq, by seq whatever the arrival order."""
+        store = await self.open_store()
+        await store.create_command(_command("c1"))
+        await store.create_command(_command("c2"))
+        await store.append_output("c1", [(5, "stdout", "f"), (2, "stdout", "c")], 1.0)
+        await store.append_output("c1", [(0, "stdout", "a"), (10, "stderr", "k")], 2.0)
+        await store.append_output("c2", [(1, "stdout", "other")], 2.0)
+
+        def seqs(rows: list[dict[str, Any]]) -> list[int]:
+            return [r["seq"] for r in rows]
+
+        self.assertEqual(seqs(await store.output_since("c1")), [0, 2, 5, 10])
+        self.assertEqual(seqs(await store.output_since("c1", 2)), [5, 10])
+        self.assertEqual(seqs(await store.output_since("c1", after_seq=0, limit=2)), [2, 5])
+        self.assertEqual(await store.output_since("c1", 10), [])
+        self.assertEqual(seqs(await store.output_since("c2")), [1])
+        (chunk,) = await store.output_since("c1", 5)
+        self.assertIs(type(chunk["at"]), float)
+
+    async def test_output_many(self) -> None:
+        """A call with more chunks than one INSERT batch stores and counts them all."""
+        store = await self.open_store()
+        await store.create_command(_command("c1"))
+        chunks = [(i, "stdout", f"{i};") for i in range(1203)]
+        self.assertEqual(await store.append_output("c1", chunks[:700], 1.0), 700)
+        self.assertEqual(await store.append_output("c1", chunks, 2.0), 503)
+        stdout, stderr = await store.output_text("c1")
+        self.assertEqual(stdout, "".join(data for _, _, data in chunks))
+        self.assertEqual(stderr, "")
+
+    async def test_output_text(self) -> None:
+        """output_text joins each stream's chunks in seq order."""
+        store = await self.open_store()
+        await store.create_command(_command("c1"))
+        self.assertEqual(await store.output_text("c1"), ("", ""))
+        await store.append_output("c1", [(3, "stdout", "lo\n"), (1, "stderr", "warn ")], 1.0)
+        await store.append_output("c1", [(0, "stdout", "hel"), (2, "stderr", "again\n")], 2.0)
+        await store.append_output("c1", [(4, "stdout", "é")], 3.0)
+        self.assertEqual(await store.output_text("c1"), ("hello\né", "warn again\n"))
+        self.assertEqual(await store.output_text("nope"), ("", ""))
+
+    # -- telemetry ----------------------------------------------------------
+
+    async def test_telemetry_latest_and_history(self) -> None:
+        """Reports come back newest first (by arrival), per agent, with since and limit."""
+        store = await self.open_store()
+        self.assertIsNone(await store.latest_telemetry("gw1"))
+        self.assertEqual(await store.telemetry_history("gw1"), [])
+        for i in range(5):
+            await store.record_telemetry("gw1", 10.0 + i, {"load": i, "disk": {"/": 0.5}})
+        await store.record_telemetry("gw2", 100.0, {"load": 9})
+        # Arrival order wins over a clock that went backwards.
+        await store.record_telemetry("gw1", 12.5, {"load": 5})
+
+        latest = await store.latest_telemetry("gw1")
+        self.assertEqual(latest, {"at": 12.5, "data": {"load": 5}})
+        self.assertIs(type(latest["at"]), float)
+        history = await store.telemetry_history("gw1")
+        self.assertEqual([h["at"] for h in history], [12.5, 14.0, 13.0, 12.0, 11.0, 10.0])
+        self.assertEqual(history[1]["data"], {"load": 4, "disk": {"/": 0.5}})
+        self.assertEqual(
+            [h["at"] for h in await store.telemetry_history("gw1", limit=2)], [12.5, 14.0]
+        )
+        # since is exclusive.
+        self.assertEqual(
+            [h["at"] for h in await store.telemetry_history("gw1", since=12.0)], [12.5, 14.0, 13.0]
+        )
+        self.assertEqual(
+            [h["at"] for h in await store.telemetry_history("gw1", limit=1, since=12.0)], [12.5]
+        )
+        self.assertEqual(await store.telemetry_history("gw1", since=20.0), [])
+        self.assertEqual(await store.telemetry_history("gw2"), [{"at": 100.0, "data": {"load": 9}}])
+
+    async def test_telemetry_keep_bound(self) -> None:
+        """record_telemetry keeps the agent's newest ``keep`` rows, other agents untouched."""
+        store = await self.open_store()
+        for i in range(3):
+            await store.record_telemetry("gw2", float(i), {"n": i}, keep=2)
+        for i in range(10):
+            await store.record_telemetry("gw1", float(i), {"n": i}, keep=4)
+        history = await store.telemetry_history("gw1", limit=100)
+        self.assertEqual([h["data"]["n"] for h in history], [9, 8, 7, 6])
+        self.assertEqual([h["data"]["n"] for h in await store.telemetry_history("gw2")], [2, 1])
+        # A smaller keep trims at once; keep=1 leaves only the new report.
+        await store.record_telemetry("gw1", 10.0, {"n": 10}, keep=1)
+        self.assertEqual(await store.telemetry_history("gw1"), [{"at": 10.0, "data": {"n": 10}}])
+        rows = await store._run(store._select_txn, "SELECT COUNT(*) AS n FROM agent_telemetry", ())
+        self.assertEqual(rows[0]["n"], 3)
+        for keep in (0, -1, 1.5, True):
+            with self.assertRaises(ValueError):
+                await store.record_telemetry("gw1", 11.0, {}, keep=keep)  # type: ignore[arg-type]
+        with self.assertRaises(ValueError):
+            await store.record_telemetry("gw1", 11.0, [1, 2])  # type: ignore[arg-type]
+        self.assertEqual(len(await store.telemetry_history("gw1")), 1)
+
     # -- tokens -------------------------------------------------------------
 
     async def test_tokens(self) -> None:
@@ -823,8 +1089,10 @@ class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
         self.assertEqual(
             [r["table_name"] for r in rows],
             [
+                "agent_telemetry",
                 "agents",
                 "command_events",
+                "command_output",
                 "commands",
                 "idempotency_keys",
                 "schema_version",

@@ -39,18 +39,26 @@ class FakeExecution:
 
 
 class FakeCatalog:
-    """Records what was started; the test fires the outcomes."""
+    """Records what was started; the test fires the outcomes and feeds output."""
+
+    running = 0
+    queued = 0
 
     def __init__(self) -> None:
         self.started: list[tuple[str, dict, float]] = []
         self.executions: list[FakeExecution] = []
+        self.outputs: list = []
 
     def describe(self) -> dict:
         return {"ping": {"params": {}, "description": "", "changes_state": False}}
 
-    def start(self, verb: str, args: dict, timeout: float) -> FakeExecution:
+    def names(self) -> list[str]:
+        return ["ping"]
+
+    def start(self, verb: str, args: dict, timeout: float, on_output=None) -> FakeExecution:
         self.started.append((verb, args, timeout))
         self.executions.append(FakeExecution())
+        self.outputs.append(on_output)
         return self.executions[-1]
 
 
@@ -103,7 +111,7 @@ class LinkCommandTests(unittest.TestCase):
             ),
             False,
         )
-        self.addCleanup(lambda: link._heartbeat.running and link._heartbeat.stop())
+        self.addCleanup(link._stop_timers)
         return conn
 
     def command(self, conn, command_id="c1", expires_at=None, link=None, **extra) -> None:
@@ -221,3 +229,60 @@ class LinkCommandTests(unittest.TestCase):
             conn, protocol.CLOSE_SHUTDOWN, protocol.retry_after_reason("shutdown", 42)
         )
         self.assertGreaterEqual(self.link.policy(0), 42)
+
+    def test_output_streamed_in_numbered_chunks_before_result(self):
+        """Live output is batched (by time) into numbered chunks, all sent before the result."""
+        conn = self.connect()
+        self.command(conn)
+        emit = self.catalog.outputs[0]
+        emit("stdout", "one\n")
+        emit("stdout", "two\n")
+        self.assertEqual(conn.of_type("output"), [])
+        self.clock.advance(0.25)
+        emit("stderr", "warn\n")
+        self.catalog.executions[0].outcome.callback(succeeded())
+        chunks = [(f["seq"], f["stream"], f["data"]) for f in conn.of_type("output")]
+        self.assertEqual(chunks, [(0, "stdout", "one\ntwo\n"), (1, "stderr", "warn\n")])
+        self.assertEqual(conn.sent[-1].type, "result")
+
+    def test_output_spooled_while_disconnected(self):
+        """Output produced while the link is down is sent after the next welcome."""
+        conn = self.connect()
+        self.command(conn)
+        self.link.connection_closed(conn, 1006, "gone")
+        self.catalog.outputs[0]("stdout", "while away\n")
+        self.clock.advance(1)
+        conn = self.connect()
+        self.assertEqual([f["data"] for f in conn.of_type("output")], ["while away\n"])
+
+    def test_cancel_running(self):
+        """A cancel frame cancels the running execution."""
+        conn = self.connect()
+        self.command(conn)
+        self.link.frame_received(conn, protocol.encode("cancel", command_id="c1"), False)
+        self.assertTrue(self.catalog.executions[0].cancelled)
+
+    def test_cancel_before_delivery_never_runs(self):
+        """A cancel for a command never received is recorded, so a late delivery never runs."""
+        conn = self.connect()
+        self.link.frame_received(conn, protocol.encode("cancel", command_id="c9"), False)
+        [result] = conn.of_type("result")
+        self.assertEqual(result["status"], "cancelled")
+        self.command(conn, "c9")
+        self.assertEqual(self.catalog.started, [])
+
+    def test_telemetry_after_welcome(self):
+        """Telemetry is reported right after the welcome, then every telemetry_interval."""
+        conn = self.connect()
+        [first] = conn.of_type("telemetry")
+        self.assertIn("health", first["metrics"])
+        self.assertEqual(first["metrics"]["verbs"], {"running": 0, "queued": 0})
+        self.clock.advance(self.link.telemetry_interval)
+        self.assertEqual(len(conn.of_type("telemetry")), 2)
+
+    def test_refusal_hint_honoured_before_open(self):
+        """A refusal at the upgrade (the connection never opened) still sets the retry delay."""
+        reason = "connection was closed uncleanly (503 - busy; retry-after=3.0)"
+        self.link.connection_closed(FakeConnection(), 1006, reason)
+        self.assertGreaterEqual(self.link.policy(0), 3.0)
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import sys
 import tempfile
@@ -20,15 +21,19 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from viworks.config import ConfigError
 from viworks.gateway.runner import (
     DEFAULT_ENV,
     LEFTOVER_LINGER,
     SETSID,
     ProcessRunner,
+    RunAsError,
     RunResult,
 )
 
 PY = sys.executable
+#: The system interpreter: the test venv's may not be readable by other users.
+SYSTEM_PY = "/usr/bin/python3"
 
 
 def _alive(pid: int) -> bool:
@@ -229,11 +234,114 @@ class RealProcessTests(unittest.TestCase):
             self.runner.start([])
         self.failureResultOf(self.runner.run(["ls"]), ValueError)
 
+    async def test_no_output_timeout_kills_whole_group(self) -> None:
+        """A child that goes silent for no_output_timeout is killed with its whole
+        group (grandchild included) long before its overall timeout; the result
+        says timed_out with reason "no_output" and keeps the output so far."""
+        pidfile = self.script("silent.pid")
+        code = (
+            "import os, subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({pidfile!r} + '.tmp', 'w').write(str(p.pid))\n"
+            f"os.rename({pidfile!r} + '.tmp', {pidfile!r})\n"
+            "for i in range(3):\n"
+            "    print('tick', i, flush=True); time.sleep(0.3)\n"
+            "time.sleep(60)\n"
+        )
+        result = await self.runner.run(
+            [PY, "-c", code], timeout=60, no_output_timeout=1.5, kill_grace=5
+        )
+        self.assertTrue(result.timed_out)
+        self.assertEqual(result.timeout_reason, "no_output")
+        self.assertEqual(result.signal, signal.SIGTERM)
+        self.assertEqual(result.stdout, "tick 0\ntick 1\ntick 2\n")
+        self.assertLess(result.finished_at - result.started_at, 30)
+        with open(pidfile) as f:
+            grandchild = int(f.read())
+        self.assertTrue(await _wait_for(lambda: not _alive(grandchild)))
+
+    async def test_max_time_reason(self) -> None:
+        """A run that is killed for taking too long says timeout_reason "max_time",
+        even when it keeps producing output (which holds off no_output_timeout)."""
+        code = "import time\nwhile True:\n    print('.', flush=True); time.sleep(0.1)\n"
+        result = await self.runner.run(
+            [PY, "-c", code], timeout=1.5, no_output_timeout=1, kill_grace=5
+        )
+        self.assertTrue(result.timed_out)
+        self.assertEqual(result.timeout_reason, "max_time")
+
+    async def test_streaming_real_child(self) -> None:
+        """on_output sees each stream's output in order as it arrives; the pieces
+        add up exactly to the final stdout/stderr."""
+        code = (
+            "import sys, time\n"
+            "for i in range(3):\n"
+            "    print('out', i, flush=True); print('err', i, file=sys.stderr, flush=True)\n"
+            "    time.sleep(0.2)\n"
+        )
+        seen: list[tuple[str, str]] = []
+        result = await self.runner.run(
+            [PY, "-c", code], timeout=20, on_output=lambda s, t: seen.append((s, t))
+        )
+        out = [t for s, t in seen if s == "stdout"]
+        err = [t for s, t in seen if s == "stderr"]
+        self.assertEqual("".join(out), result.stdout)
+        self.assertEqual("".join(err), result.stderr)
+        self.assertEqual(result.stdout, "out 0\nout 1\nout 2\n")
+        self.assertGreater(len(out), 1)  # really streamed, not one final blob
+
     async def test_missing_executable(self) -> None:
         """A missing program fails as a nonzero exit (setsid cannot exec it)."""
         result = await self.runner.run(["/nonexistent/program"], timeout=20)
         self.assertNotEqual(result.exit_code, 0)
         self.assertIn("nonexistent", result.stderr)
+
+
+class RunAsRealTests(unittest.TestCase):
+    """Children run as another user (needs root, ``nobody`` and the system python)."""
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root")
+        if not os.access(SYSTEM_PY, os.X_OK):
+            raise unittest.SkipTest(f"needs {SYSTEM_PY}")
+        try:
+            self.nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            raise unittest.SkipTest("needs the nobody user") from None
+
+    async def test_run_as_nobody(self) -> None:
+        """With run_as="nobody" the child has nobody's uid, gid and groups (none of
+        root's), HOME/USER/LOGNAME from its passwd entry, and is still the leader
+        of its own process group."""
+        runner = ProcessRunner(reactor, run_as="nobody")
+        self.assertEqual(runner.run_as, "nobody")
+        code = (
+            "import json, os\n"
+            "print(json.dumps({'uid': os.getuid(), 'euid': os.geteuid(), 'gid': os.getgid(),"
+            " 'groups': os.getgroups(), 'pgid': os.getpgrp(), 'pid': os.getpid(),"
+            " 'env': dict(os.environ)}))\n"
+        )
+        result = await runner.run([SYSTEM_PY, "-c", code], timeout=20)
+        self.assertEqual(result.exit_code, 0, result)
+        got = json.loads(result.stdout)
+        self.assertEqual((got["uid"], got["euid"]), (self.nobody.pw_uid, self.nobody.pw_uid))
+        self.assertEqual(got["gid"], self.nobody.pw_gid)
+        self.assertNotIn(0, got["groups"])
+        self.assertEqual(got["pgid"], got["pid"])
+        self.assertEqual(got["env"]["HOME"], self.nobody.pw_dir)
+        self.assertEqual(got["env"]["USER"], "nobody")
+        self.assertEqual(got["env"]["LOGNAME"], "nobody")
+        self.assertEqual(got["env"]["PATH"], DEFAULT_ENV["PATH"])
+
+    async def test_run_as_timeout_still_kills(self) -> None:
+        """The agent (root) can still kill the group of a child running as nobody."""
+        runner = ProcessRunner(reactor, run_as="nobody")
+        result = await runner.run(
+            [SYSTEM_PY, "-c", "import time; time.sleep(60)"], timeout=1, kill_grace=2
+        )
+        self.assertTrue(result.timed_out)
+        self.assertEqual(result.signal, signal.SIGTERM)
 
 
 class FakeTransport:
@@ -319,9 +427,148 @@ class FakeTimerTests(unittest.TestCase):
         self.end(ProcessTerminated(signal=signal.SIGKILL))
         result = self.successResultOf(handle.result)
         self.assertTrue(result.timed_out)
+        self.assertEqual(result.timeout_reason, "max_time")
         self.assertEqual(result.signal, signal.SIGKILL)
         self.assertEqual(result.finished_at - result.started_at, 12)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_output_timeout_term_then_kill(self) -> None:
+        """Each output (even past the cap) restarts the silence clock; after
+        no_output_timeout of silence the group gets TERM, then KILL after the
+        grace period, and the result says timeout_reason "no_output"."""
+        handle = self.runner.start(
+            ["/bin/sleep"], timeout=100, no_output_timeout=5, kill_grace=2, output_cap=1
+        )
+        protocol = self.spawner.calls[-1]["protocol"]
+        self.clock.advance(3)
+        protocol.childDataReceived(1, b"ab")  # "a" kept, "b" past the cap
+        self.clock.advance(4)
+        protocol.childDataReceived(2, b"")  # an empty read is not output...
+        protocol.childDataReceived(1, b"c")  # ...but bytes past the cap are
+        self.clock.advance(4.9)
+        self.assertEqual(self.signals, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.signals, [(4242, signal.SIGTERM)])
+        self.clock.advance(2)
+        self.assertEqual(self.signals[-1], (4242, signal.SIGKILL))
+        self.end(ProcessTerminated(signal=signal.SIGKILL))
+        result = self.successResultOf(handle.result)
+        self.assertTrue(result.timed_out)
+        self.assertFalse(result.cancelled)
+        self.assertEqual(result.timeout_reason, "no_output")
+        self.assertEqual((result.stdout, result.stdout_truncated), ("a", True))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_silent_from_the_start(self) -> None:
+        """A child that never writes anything is killed no_output_timeout after spawn."""
+        handle = self.runner.start(["/bin/sleep"], timeout=100, no_output_timeout=5)
+        self.clock.advance(5)
+        self.assertEqual(self.signals, [(4242, signal.SIGTERM)])
+        self.end(ProcessTerminated(signal=signal.SIGTERM))
+        self.assertEqual(self.successResultOf(handle.result).timeout_reason, "no_output")
+
+    def test_no_timeout_reason_on_normal_exit(self) -> None:
+        """A normal exit has timeout_reason None and leaves no silence timer behind."""
+        handle = self.runner.start(["/bin/true"], timeout=10, no_output_timeout=5)
+        self.end(ProcessDone(0))
+        result = self.successResultOf(handle.result)
+        self.assertIsNone(result.timeout_reason)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_bad_no_output_timeout(self) -> None:
+        """A non-positive no_output_timeout is refused and nothing is spawned."""
+        with self.assertRaises(ValueError):
+            self.runner.start(["/bin/true"], no_output_timeout=0)
+        self.assertEqual(self.spawner.calls, [])
+
+    def test_on_output_capped_and_decoded(self) -> None:
+        """on_output gets decoded text in order per stream: a character split
+        across reads arrives whole, nothing past the cap is passed, no empty
+        pieces, and a dangling partial character is flushed at the end."""
+        seen: list[tuple[str, str]] = []
+        handle = self.runner.start(
+            ["/bin/true"], output_cap=6, on_output=lambda s, t: seen.append((s, t))
+        )
+        protocol = self.spawner.calls[-1]["protocol"]
+        protocol.childDataReceived(1, b"ab\xc3")
+        protocol.childDataReceived(2, b"err")
+        protocol.childDataReceived(1, b"\xa9cd")
+        protocol.childDataReceived(1, b"PAST THE CAP")
+        protocol.childDataReceived(2, b"\xe2\x82")  # incomplete at the end
+        self.end(ProcessDone(0))
+        result = self.successResultOf(handle.result)
+        self.assertEqual(
+            seen,
+            [
+                ("stdout", "ab"),
+                ("stderr", "err"),
+                ("stdout", "\u00e9cd"),
+                ("stderr", "\ufffd"),
+            ],
+        )
+        self.assertEqual(result.stdout, "ab\u00e9cd")
+        self.assertTrue(result.stdout_truncated)
+        self.assertEqual(result.stderr, "err\ufffd")
+
+    def test_on_output_error_does_not_break_the_run(self) -> None:
+        """An exception in on_output is logged; the output is still captured."""
+
+        def broken(stream: str, text: str) -> None:
+            raise RuntimeError("callback bug")
+
+        handle = self.runner.start(["/bin/true"], on_output=broken)
+        self.spawner.calls[-1]["protocol"].childDataReceived(1, b"x")
+        self.end(ProcessDone(0))
+        self.assertEqual(self.successResultOf(handle.result).stdout, "x")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_run_as_spawn_arguments(self) -> None:
+        """As root with run_as, spawnProcess gets the user's uid/gid and the env its
+        HOME/USER/LOGNAME (an explicit env's own HOME wins); setsid still wraps."""
+        nobody = pwd.getpwnam("nobody")
+        runner = ProcessRunner(self.clock, self.spawner, run_as="nobody", geteuid=lambda: 0)
+        runner.start(["/bin/true"])
+        runner.start(["/bin/true"], env={"HOME": "/tmp"})
+        first, second = self.spawner.calls
+        self.assertEqual((first["uid"], first["gid"]), (nobody.pw_uid, nobody.pw_gid))
+        self.assertEqual(first["args"], [SETSID, "/bin/true"])
+        self.assertEqual(
+            first["env"],
+            {**DEFAULT_ENV, "HOME": nobody.pw_dir, "USER": "nobody", "LOGNAME": "nobody"},
+        )
+        self.assertEqual(second["env"]["HOME"], "/tmp")
+
+    def test_no_run_as_passes_no_ids(self) -> None:
+        """Without run_as, no uid/gid is passed: children run as the agent."""
+        self.runner.start(["/bin/true"])
+        self.assertNotIn("uid", self.spawner.calls[0])
+        self.assertNotIn("gid", self.spawner.calls[0])
+        self.assertIsNone(self.runner.run_as)
+
+    def test_run_as_needs_root(self) -> None:
+        """Not root and asked to run as another user: a clear configuration error
+        (the agent refuses to start rather than silently run verbs as itself)."""
+        with self.assertRaises(RunAsError) as cm:
+            ProcessRunner(self.clock, self.spawner, run_as="nobody", geteuid=lambda: 1000)
+        self.assertIsInstance(cm.exception, ConfigError)
+        self.assertIn("root", str(cm.exception))
+        self.assertIn("run_as_user", str(cm.exception))
+
+    def test_run_as_self_without_root(self) -> None:
+        """Not root but already the run-as user: allowed, and no uid switch is attempted."""
+        nobody = pwd.getpwnam("nobody")
+        runner = ProcessRunner(
+            self.clock, self.spawner, run_as="nobody", geteuid=lambda: nobody.pw_uid
+        )
+        runner.start(["/bin/true"])
+        self.assertNotIn("uid", self.spawner.calls[0])
+        self.assertEqual(self.spawner.calls[0]["env"]["USER"], "nobody")
+
+    def test_run_as_unknown_user(self) -> None:
+        """An unknown run-as user is a clear configuration error naming it."""
+        with self.assertRaises(RunAsError) as cm:
+            ProcessRunner(self.clock, self.spawner, run_as="no-such-user-xyz", geteuid=lambda: 0)
+        self.assertIn("unknown user 'no-such-user-xyz'", str(cm.exception))
 
     def test_cancel_after_exit_is_noop(self) -> None:
         """Cancelling a finished process sends no signal."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import stat
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from twisted.trial import unittest
 
 from viworks.config import BUILTIN_VERBS, AgentConfig, PanelSection, load_agent_config
 from viworks.gateway import host_verbs, panel_verbs
+from viworks.gateway import verbs as verbs_module
 from viworks.gateway.catalog import builtin_verbs, catalog_from_config
 from viworks.gateway.runner import DEFAULT_ENV, ProcessRunner
 from viworks.gateway.verbs import (
@@ -106,9 +108,11 @@ class CatalogTests(Base):
     def test_describe(self) -> None:
         """describe() lists every verb with params, description, changes_state."""
         described = self.catalog.describe()
-        self.assertEqual(
-            list(described), ["create_panel_user", "delete_panel_user", "ping", "system_health"]
+        # The families grow; these are the verbs this test relies on.
+        self.assertLessEqual(
+            {"create_panel_user", "delete_panel_user", "ping", "system_health"}, set(described)
         )
+        self.assertEqual(list(described), sorted(described))
         self.assertEqual(self.catalog.names(), list(described))
         self.assertEqual(set(described["ping"]), {"params", "description", "changes_state"})
         self.assertFalse(described["ping"]["changes_state"])
@@ -471,7 +475,7 @@ class ConfigCatalogTests(Base):
         )
         described = catalog.describe()
         self.assertEqual(
-            list(described), ["create_panel_user", "ping", "rotate_logs", "system_health"]
+            list(described), sorted((BUILTIN_VERBS - {"delete_panel_user"}) | {"rotate_logs"})
         )
         self.assertEqual(
             described["rotate_logs"],
@@ -556,3 +560,395 @@ class ConfigCatalogTests(Base):
         assert create is not None
         self.assertTrue(create.changes_state)
         self.assertEqual(create.serialize, "panel_users")
+
+
+def fake_runner(spawner: RecordingSpawner) -> ProcessRunner:
+    return ProcessRunner(Clock(), spawner, killpg=lambda pid, sig: None)
+
+
+def fake_verb(name: str, **kw: Any) -> Verb:
+    """A subprocess verb for the RecordingSpawner: it runs until the test finishes it."""
+    return Verb(name, {}, build=lambda _args: Invocation(["/bin/true", name]), **kw)
+
+
+class LimitTests(unittest.TestCase):
+    """Global and per-verb concurrency limits, the bounded queue, cancellation."""
+
+    def setUp(self) -> None:
+        self.spawner = RecordingSpawner()
+
+    def catalog(self, *verbs: Verb, **kw: Any) -> VerbCatalog:
+        return VerbCatalog(fake_runner(self.spawner), {v.name: v for v in verbs}, **kw)
+
+    def spawned(self) -> list[str]:
+        """The verb names spawned so far, in order."""
+        return [args[-1] for _proto, args, _t in self.spawner.calls]
+
+    def assertError(self, outcome: VerbOutcome, status: str, code: str) -> None:
+        self.assertEqual(outcome.status, status, outcome)
+        assert outcome.error is not None
+        self.assertEqual(outcome.error["code"], code, outcome)
+
+    def test_global_limit_and_queue_full(self) -> None:
+        """With max_concurrency=2 and queue_limit=2, two run, two wait, and the fifth is
+        rejected with QUEUE_FULL at once without running; waiting ones start in order
+        as slots free."""
+        catalog = self.catalog(
+            fake_verb("a"), fake_verb("b"), fake_verb("c"), max_concurrency=2, queue_limit=2
+        )
+        runs = [catalog.start(name, {}) for name in ("a", "b", "c", "a", "b")]
+        self.assertEqual(self.spawned(), ["a", "b"])
+        self.assertEqual((catalog.running, catalog.queued), (2, 2))
+        self.assertError(self.successResultOf(runs[4].outcome), "rejected", "QUEUE_FULL")
+        for run in runs[:4]:
+            self.assertNoResult(run.outcome)
+        self.spawner.finish(1)
+        self.assertEqual(self.successResultOf(runs[1].outcome).status, "succeeded")
+        self.assertEqual(self.spawned(), ["a", "b", "c"])
+        self.assertEqual((catalog.running, catalog.queued), (2, 1))
+        # A slot is free in the queue again: a new command waits instead of being refused.
+        late = catalog.start("c", {})
+        self.assertNoResult(late.outcome)
+        self.assertEqual(catalog.queued, 2)
+        for index in (0, 2, 3, 4):
+            self.spawner.finish(index)
+        self.assertEqual(self.spawned(), ["a", "b", "c", "a", "c"])
+        for run in (runs[0], runs[2], runs[3], late):
+            self.assertEqual(self.successResultOf(run.outcome).status, "succeeded")
+        self.assertEqual((catalog.running, catalog.queued), (0, 0))
+
+    def test_queue_limit_zero(self) -> None:
+        """queue_limit=0: nothing waits; beyond max_concurrency a command is QUEUE_FULL."""
+        catalog = self.catalog(fake_verb("a"), max_concurrency=1, queue_limit=0)
+        first = catalog.start("a", {})
+        outcome = self.successResultOf(catalog.execute("a", {}))
+        self.assertError(outcome, "rejected", "QUEUE_FULL")
+        self.assertEqual(len(self.spawner.calls), 1)
+        self.spawner.finish(0)
+        self.successResultOf(first.outcome)
+        self.assertEqual(catalog.running, 0)
+
+    def test_rejections_take_no_slot(self) -> None:
+        """Unknown verbs, invalid arguments and EXEC_DISABLED are answered at once
+        even when every slot and the queue are taken."""
+        verb = Verb(
+            "v",
+            {"n": {"type": "integer"}},
+            build=lambda _args: Invocation(["/bin/true", "v"]),
+        )
+        catalog = self.catalog(verb, max_concurrency=1, queue_limit=0)
+        catalog.start("v", {"n": 1})
+        self.assertError(self.successResultOf(catalog.execute("x", {})), "rejected", "UNKNOWN_VERB")
+        self.assertError(
+            self.successResultOf(catalog.execute("v", {"n": "x"})), "rejected", "INVALID_ARGS"
+        )
+        self.assertEqual((catalog.running, catalog.queued), (1, 0))
+
+    def test_per_verb_limit(self) -> None:
+        """A verb's own concurrency limit queues its extra runs without holding up
+        other verbs behind them."""
+        catalog = self.catalog(
+            fake_verb("slow", concurrency=1), fake_verb("other"), max_concurrency=3
+        )
+        s1 = catalog.start("slow", {})
+        s2 = catalog.start("slow", {})
+        o1 = catalog.start("other", {})
+        self.assertEqual(self.spawned(), ["slow", "other"])
+        self.assertEqual((catalog.running, catalog.queued), (2, 1))
+        self.spawner.finish(1)
+        self.successResultOf(o1.outcome)
+        self.assertEqual(self.spawned(), ["slow", "other"])  # still one slow at a time
+        self.spawner.finish(0)
+        self.successResultOf(s1.outcome)
+        self.assertEqual(self.spawned(), ["slow", "other", "slow"])
+        self.spawner.finish(2)
+        self.successResultOf(s2.outcome)
+
+    def test_serialize_does_not_waste_slots(self) -> None:
+        """Executions waiting on a serialize key hold no slot: with max_concurrency=2,
+        a second writer waits for the first while an unrelated verb takes the slot."""
+        catalog = self.catalog(
+            fake_verb("w1", serialize="file"),
+            fake_verb("w2", serialize="file"),
+            fake_verb("r"),
+            max_concurrency=2,
+        )
+        w1 = catalog.start("w1", {})
+        w2 = catalog.start("w2", {})
+        r = catalog.start("r", {})
+        self.assertEqual(self.spawned(), ["w1", "r"])
+        self.spawner.finish(0)
+        self.successResultOf(w1.outcome)
+        self.assertEqual(self.spawned(), ["w1", "r", "w2"])
+        for index in (1, 2):
+            self.spawner.finish(index)
+        self.successResultOf(w2.outcome)
+        self.successResultOf(r.outcome)
+
+    def test_cancel_queued(self) -> None:
+        """Cancelling a queued execution removes it from the queue: its outcome is
+        cancelled/CANCELLED at once and it never starts, even when a slot frees."""
+        catalog = self.catalog(fake_verb("a"), max_concurrency=1)
+        first = catalog.start("a", {})
+        second = catalog.start("a", {})
+        third = catalog.start("a", {})
+        self.assertEqual(catalog.queued, 2)
+        second.cancel()
+        outcome = self.successResultOf(second.outcome)
+        self.assertError(outcome, "cancelled", "CANCELLED")
+        self.assertEqual(catalog.queued, 1)
+        self.spawner.finish(0)
+        self.successResultOf(first.outcome)
+        self.assertEqual(len(self.spawner.calls), 2)  # the third ran, the second never did
+        self.spawner.finish(1)
+        self.assertEqual(self.successResultOf(third.outcome).status, "succeeded")
+        self.assertEqual((catalog.running, catalog.queued), (0, 0))
+
+    def test_cancel_queued_deferred(self) -> None:
+        """Cancelling the queued outcome Deferred itself also dequeues it; since that
+        completes at once, the Deferred fires with the cancelled outcome."""
+        catalog = self.catalog(fake_verb("a"), max_concurrency=1)
+        catalog.start("a", {})
+        d = catalog.execute("a", {})
+        d.cancel()
+        self.assertError(self.successResultOf(d), "cancelled", "CANCELLED")
+        self.assertEqual(catalog.queued, 0)
+        self.spawner.finish(0)
+        self.assertEqual(len(self.spawner.calls), 1)
+
+    def test_in_process_verbs_admitted_together(self) -> None:
+        """Queued in-process verbs that finish synchronously as they are admitted
+        all run when the slot frees (re-entrant admission), and the counters end at 0."""
+        clock = Clock()
+        catalog = VerbCatalog(
+            fake_runner(self.spawner),
+            {"a": fake_verb("a"), **{v.name: v for v in host_verbs.verbs(clock)}},
+            max_concurrency=1,
+        )
+        first = catalog.start("a", {})
+        pings = [catalog.execute("ping", {}) for _ in range(3)]
+        self.assertEqual(catalog.queued, 3)
+        for d in pings:
+            self.assertNoResult(d)
+        self.spawner.finish(0)
+        self.successResultOf(first.outcome)
+        for d in pings:
+            self.assertEqual(self.successResultOf(d).status, "succeeded")
+        self.assertEqual((catalog.running, catalog.queued), (0, 0))
+
+    def test_bad_limits(self) -> None:
+        """max_concurrency below 1, a negative queue_limit or verb concurrency are refused."""
+        with self.assertRaises(ValueError):
+            self.catalog(fake_verb("a"), max_concurrency=0)
+        with self.assertRaises(ValueError):
+            self.catalog(fake_verb("a"), queue_limit=-1)
+        with self.assertRaises(ValueError):
+            fake_verb("a", concurrency=0)
+        with self.assertRaises(ValueError):
+            fake_verb("a", no_output_timeout=0)
+
+
+# Appends "start"/"stop" events to a shared file (O_APPEND: one line per write).
+RECORDER = """\
+import os, sys, time
+path = sys.argv[1]
+def event(kind):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(fd, f"{kind} {os.getpid()}\\n".encode())
+    os.close(fd)
+event("start")
+time.sleep(0.3)
+event("stop")
+"""
+
+
+class RealLimitTests(unittest.TestCase):
+    async def test_never_more_than_n_running(self) -> None:
+        """Real children recording their start and stop: with max_concurrency=2 and
+        six commands, never more than two overlap, yet two do run side by side."""
+        tmp = tempfile.mkdtemp()
+        events = os.path.join(tmp, "events")
+        verb = Verb(
+            "rec", {}, build=lambda _args: Invocation([PY, "-c", RECORDER, events]), timeout=30
+        )
+        catalog = VerbCatalog(ProcessRunner(reactor), {"rec": verb}, max_concurrency=2)
+        runs = [catalog.execute("rec", {}) for _ in range(6)]
+        self.assertEqual((catalog.running, catalog.queued), (2, 4))
+        for d in runs:
+            self.assertEqual((await d).status, "succeeded")
+        with open(events) as f:
+            lines = f.read().split()
+        kinds = lines[0::2]
+        self.assertEqual(kinds.count("start"), 6)
+        self.assertEqual(kinds.count("stop"), 6)
+        current = peak = 0
+        for kind in kinds:
+            current += 1 if kind == "start" else -1
+            peak = max(peak, current)
+        self.assertEqual(peak, 2)
+        self.assertEqual((catalog.running, catalog.queued), (0, 0))
+
+
+class NoOutputTimeoutTests(unittest.TestCase):
+    async def test_no_output_timeout_code(self) -> None:
+        """A verb silent for its no_output_timeout is timed_out with NO_OUTPUT_TIMEOUT
+        (not TIMEOUT), keeping the output it produced before going quiet."""
+        catalog = VerbCatalog(
+            ProcessRunner(reactor),
+            {
+                "py": py_verb(
+                    "print('hello', flush=True); import time; time.sleep(60)",
+                    timeout=60,
+                    no_output_timeout=0.5,
+                    kill_grace=1,
+                )
+            },
+        )
+        outcome = await catalog.execute("py", {})
+        self.assertEqual(outcome.status, "timed_out")
+        assert outcome.error is not None
+        self.assertEqual(outcome.error["code"], "NO_OUTPUT_TIMEOUT")
+        self.assertIn("no output", outcome.error["message"])
+        self.assertEqual(outcome.stdout, "hello\n")
+
+
+SECRET = "S3CRET-PASSWORD-XYZ"
+
+
+def secret_verb(code: str, **kw: Any) -> Verb:
+    """A python child that gets the secret on stdin and runs ``code``."""
+    return Verb(
+        "leak",
+        {"pw": {"type": "secret"}},
+        build=lambda a: Invocation([PY, "-c", code], stdin=a["pw"].encode()),
+        **kw,
+    )
+
+
+class StreamingTests(unittest.TestCase):
+    """on_output: ordered, capped, scrubbed chunks; the outcome still has everything."""
+
+    def setUp(self) -> None:
+        self.spawner = RecordingSpawner()
+        self.seen: list[tuple[str, str]] = []
+
+    def record(self, stream: str, text: str) -> None:
+        self.seen.append((stream, text))
+
+    def joined(self, stream: str) -> str:
+        return "".join(t for s, t in self.seen if s == stream)
+
+    def assertNoSecretPiece(self) -> None:
+        """No chunk holds the secret or any 3 characters of it."""
+        for _stream, text in self.seen:
+            for i in range(len(SECRET) - 2):
+                self.assertNotIn(SECRET[i : i + 3], text, self.seen)
+
+    async def test_real_child_secret_split_across_chunks(self) -> None:
+        """A real child echoes its secret split over two flushed writes, with a pause
+        between, on both streams: the chunks arrive in order, never show the secret
+        or a piece of it, and add up to the scrubbed outcome."""
+        code = (
+            "import sys, time\n"
+            "pw = sys.stdin.read()\n"
+            "for stream in (sys.stdout, sys.stderr):\n"
+            "    stream.write('begin ' + pw[:7]); stream.flush(); time.sleep(0.3)\n"
+            "    stream.write(pw[7:] + ' end\\n'); stream.flush(); time.sleep(0.3)\n"
+            "    stream.write('tail\\n'); stream.flush()\n"
+        )
+        catalog = VerbCatalog(ProcessRunner(reactor), {"leak": secret_verb(code)})
+        outcome = await catalog.execute("leak", {"pw": SECRET}, on_output=self.record)
+        self.assertEqual(outcome.status, "succeeded", outcome)
+        self.assertEqual(outcome.stdout, "begin *** end\ntail\n")
+        self.assertEqual(outcome.stderr, "begin *** end\ntail\n")
+        self.assertEqual(self.joined("stdout"), outcome.stdout)
+        self.assertEqual(self.joined("stderr"), outcome.stderr)
+        self.assertGreater(len(self.seen), 2)
+        self.assertNoSecretPiece()
+
+    def test_fake_chunks_held_back_then_released(self) -> None:
+        """Chunk by chunk: text that could start a secret is held back until the next
+        chunk decides it, everything else is passed on at once, the rest at the end."""
+        catalog = VerbCatalog(fake_runner(self.spawner), {"leak": secret_verb("pass")})
+        execution = catalog.start("leak", {"pw": SECRET}, on_output=self.record)
+        protocol = self.spawner.calls[0][0]
+        long_text = "x" * 40
+        protocol.childDataReceived(1, long_text.encode())
+        # All but the last len(SECRET) - 1 characters are out at once.
+        self.assertEqual(self.joined("stdout"), "x" * (40 - len(SECRET) + 1))
+        protocol.childDataReceived(1, ("ab" + SECRET[:5]).encode())
+        protocol.childDataReceived(1, (SECRET[5:] + "cd").encode())
+        protocol.childDataReceived(2, b"no secret here")
+        self.assertNoSecretPiece()
+        self.spawner.finish()
+        outcome = self.successResultOf(execution.outcome)
+        self.assertEqual(outcome.stdout, long_text + "ab***cd")
+        self.assertEqual(self.joined("stdout"), outcome.stdout)
+        self.assertEqual(self.joined("stderr"), "no secret here")
+        self.assertNoSecretPiece()
+
+    def test_without_secrets_nothing_is_held(self) -> None:
+        """A verb without secret arguments streams each chunk as is, immediately."""
+        catalog = VerbCatalog(fake_runner(self.spawner), {"v": fake_verb("v")})
+        execution = catalog.start("v", {}, on_output=self.record)
+        protocol = self.spawner.calls[0][0]
+        protocol.childDataReceived(1, b"one ")
+        protocol.childDataReceived(2, b"err")
+        protocol.childDataReceived(1, b"two")
+        self.assertEqual(self.seen, [("stdout", "one "), ("stderr", "err"), ("stdout", "two")])
+        self.spawner.finish()
+        self.assertEqual(self.successResultOf(execution.outcome).stdout, "one two")
+
+    def test_cap_cuts_a_secret(self) -> None:
+        """When the output cap cuts an echoed secret, what is left of it is redacted,
+        in the stream and in the outcome alike; nothing past the cap is streamed."""
+        catalog = VerbCatalog(
+            fake_runner(self.spawner), {"leak": secret_verb("pass", output_cap=12)}
+        )
+        execution = catalog.start("leak", {"pw": SECRET}, on_output=self.record)
+        protocol = self.spawner.calls[0][0]
+        protocol.childDataReceived(1, ("pw=" + SECRET + " and more").encode())
+        self.spawner.finish()
+        outcome = self.successResultOf(execution.outcome)
+        self.assertTrue(outcome.stdout_truncated)
+        self.assertEqual(outcome.stdout, "pw=***")
+        self.assertEqual(self.joined("stdout"), "pw=***")
+        self.assertNoSecretPiece()
+
+    def test_callback_error_does_not_break_the_verb(self) -> None:
+        """An on_output that raises is logged; the verb still completes normally."""
+
+        def broken(stream: str, text: str) -> None:
+            raise RuntimeError("link bug")
+
+        catalog = VerbCatalog(fake_runner(self.spawner), {"leak": secret_verb("pass")})
+        execution = catalog.start("leak", {"pw": SECRET}, on_output=broken)
+        self.spawner.calls[0][0].childDataReceived(1, b"hello")
+        self.spawner.finish()
+        self.assertEqual(self.successResultOf(execution.outcome).stdout, "hello")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_stream_equals_whole_text_randomised(self) -> None:
+        """For overlapping secrets and random chunkings, the streamed pieces always
+        concatenate to the whole-text redaction, which contains no secret."""
+        rng = random.Random(4)
+        for _ in range(300):
+            secrets = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 5)))]
+            secrets.append("".join(rng.choice("abc") for _ in range(rng.randint(2, 6))))
+            text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 40)))
+            truncated = rng.random() < 0.3
+            redactor = verbs_module._Redactor(secrets)
+            pieces: list[str] = []
+            stream = verbs_module._ScrubbedStream(
+                redactor, "stdout", lambda _s, t, pieces=pieces: pieces.append(t)
+            )
+            pos = 0
+            while pos < len(text):
+                step = rng.randint(1, 6)
+                stream.feed(text[pos : pos + step])
+                pos += step
+            stream.finish(truncated)
+            whole = redactor.final(text, truncated)
+            self.assertEqual("".join(pieces), whole, (secrets, text))
+            for secret in secrets:
+                self.assertNotIn(secret, whole, (secrets, text))

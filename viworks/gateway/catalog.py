@@ -13,7 +13,13 @@ import dataclasses
 from twisted.internet.interfaces import IReactorTime
 
 from viworks.config import AgentConfig
-from viworks.gateway import host_verbs, panel_verbs
+from viworks.gateway import (
+    bootstrap_verbs,
+    container_verbs,
+    host_verbs,
+    panel_verbs,
+    vpn_verbs,
+)
 from viworks.gateway.runner import ProcessRunner
 from viworks.gateway.verbs import Verb, VerbCatalog, declared_verb
 
@@ -27,8 +33,13 @@ def builtin_verbs(
     one after another) get the ``runner``.
     """
     families = [
-        host_verbs.verbs(clock),
+        host_verbs.verbs(clock, runner=runner, services=config.services, logs=config.logs),
         panel_verbs.verbs(config.panel),
+        vpn_verbs.verbs(config.vpn, config.fwknop, runner),
+        container_verbs.verbs(config.containers, runner),
+        bootstrap_verbs.verbs(
+            config.bootstrap, config.vpn, config.fwknop, config.agent.state_dir, clock
+        ),
     ]
     return {verb.name: verb for family in families for verb in family}
 
@@ -55,4 +66,10 @@ def catalog_from_config(
             verbs[name] = dataclasses.replace(verbs[name], **overrides)
         else:
             verbs[name] = declared_verb(name, vc)
-    return VerbCatalog(runner, verbs, exec_enable=config.agent.exec_enable)
+    return VerbCatalog(
+        runner,
+        verbs,
+        exec_enable=config.agent.exec_enable,
+        max_concurrency=config.agent.max_concurrency,
+        queue_limit=config.agent.queue_limit,
+    )

@@ -43,6 +43,9 @@ _CURSOR_LINE = "-- cursor: "
 JOURNAL_OUTPUT_CAP = 4 * 1024 * 1024
 SERVICE_STATUS_TIMEOUT = 15.0
 TAIL_LOGS_TIMEOUT = 30.0
+#: The runner's own limit. The verb's timeout (which ``[verbs.NAME] timeout`` may
+#: change) is enforced by the catalog, whose cancellation kills the process group.
+_BACKSTOP_TIMEOUT = 3600.0
 
 
 def parse_is_active(units: tuple[str, ...] | list[str], stdout: str) -> dict[str, str]:
@@ -193,7 +196,7 @@ def _service_status(runner: ProcessRunner, services: ServicesSection) -> Verb:
             return {"units": {}}
         # Unit names were checked by the config loader: none starts with "-".
         run = await runner.run(
-            [systemctl, "is-active", *units], timeout=SERVICE_STATUS_TIMEOUT, output_cap=65536
+            [systemctl, "is-active", *units], timeout=_BACKSTOP_TIMEOUT, output_cap=65536
         )
         # is-active exits 0 when some unit is active and 3 when none is: both are answers.
         if run.exit_code is not None and not run.timed_out and not run.cancelled:
@@ -212,7 +215,7 @@ def _service_status(runner: ProcessRunner, services: ServicesSection) -> Verb:
         name="service_status",
         params={},
         description="systemctl is-active of the configured units ([services] units).",
-        timeout=SERVICE_STATUS_TIMEOUT + 5.0,
+        timeout=SERVICE_STATUS_TIMEOUT,
         call=service_status,
     )
 
@@ -250,13 +253,15 @@ def _tail_logs(runner: ProcessRunner, logs: LogsSection) -> Verb:
         if since is not None:
             # One element, so a cursor can never be read as an option.
             argv.append(f"--after-cursor={since}")
-        run = await runner.run(argv, timeout=TAIL_LOGS_TIMEOUT, output_cap=JOURNAL_OUTPUT_CAP)
+        run = await runner.run(argv, timeout=_BACKSTOP_TIMEOUT, output_cap=JOURNAL_OUTPUT_CAP)
         if run.exit_code == 1 and not run.stdout.strip() and not run.stderr.strip():
             # journalctl exits 1 silently when the unit has no entries at all.
             return {"unit": unit, "entries": [], "next_cursor": since, "truncated": False}
         if run.exit_code != 0:
             detail = _stderr_excerpt(run)
-            code = "INVALID_CURSOR" if since is not None and "cursor" in detail else "JOURNAL_FAILED"
+            code = (
+                "INVALID_CURSOR" if since is not None and "cursor" in detail else "JOURNAL_FAILED"
+            )
             raise VerbError(
                 code, f"journalctl failed ({_exit_text(run)})" + (f": {detail}" if detail else "")
             )
@@ -272,7 +277,7 @@ def _tail_logs(runner: ProcessRunner, logs: LogsSection) -> Verb:
         name="tail_logs",
         params=params,
         description="The last entries of one allowlisted unit's journal, with the next cursor.",
-        timeout=TAIL_LOGS_TIMEOUT + 5.0,
+        timeout=TAIL_LOGS_TIMEOUT,
         output_cap=JOURNAL_OUTPUT_CAP,
         call=tail_logs,
     )

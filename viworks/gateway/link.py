@@ -214,9 +214,8 @@ class BackendLink(MultiService):
         )
 
     def connection_closed(self, proto: AgentLinkProtocol, code: int | None, reason: Any) -> None:
-        if proto is not self._current:
-            return
-        self.log.info("link to backend closed (code {code}, {reason})", code=code, reason=reason)
+        # Hints apply even to a connection that never opened: a refusal at the
+        # HTTP upgrade ("busy; retry-after=N") arrives on exactly such a one.
         if code == protocol.CLOSE_REPLACED:
             self.log.error(
                 "another connection with agent id {agent_id} replaced this one: is a second "
@@ -228,6 +227,9 @@ class BackendLink(MultiService):
         hint = protocol.parse_retry_after(reason)
         if hint is not None:
             self.policy.at_least(min(hint, self.reconnect_max * 10))
+        if proto is not self._current:
+            return
+        self.log.info("link to backend closed (code {code}, {reason})", code=code, reason=reason)
         self._current = None
         self.session_id = None
         self._stop_timers()

@@ -1,7 +1,8 @@
 """The panel's users: an htpasswd file (bcrypt) managed through the real htpasswd tool.
 
 Passwords reach htpasswd on stdin (``-i``), never in argv; create and delete are
-serialized because htpasswd does not lock the file.
+serialized because htpasswd does not lock the file. list_panel_users reads the file
+itself and returns names only.
 """
 
 from __future__ import annotations
@@ -31,8 +32,31 @@ PASSWORD_SPEC: dict[str, Any] = {
 }
 
 
+def read_user_names(users_file: str) -> list[str]:
+    """The user names in an htpasswd file (``name:hash`` lines), in file order.
+
+    A missing file holds no users. Blank lines and ``#`` comments are skipped.
+    """
+    try:
+        with open(users_file, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise VerbError("USERS_FILE_ERROR", f"cannot read users file: {e.strerror}") from None
+    names: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, _hash = line.partition(":")
+        if sep and name and name not in names:
+            names.append(name)
+    return names
+
+
 def verbs(panel: PanelSection) -> list[Verb]:
-    """create_panel_user and delete_panel_user over ``panel.users_file``."""
+    """create_panel_user, delete_panel_user and list_panel_users over ``panel.users_file``."""
     panel_users_file, htpasswd = panel.users_file, panel.htpasswd
     if not os.path.isabs(panel_users_file):
         raise ValueError("panel_users_file must be an absolute path")
@@ -67,6 +91,9 @@ def verbs(panel: PanelSection) -> list[Verb]:
             raise VerbError("NOT_FOUND", "panel user not found")
         return Invocation(argv=[htpasswd, "-D", panel_users_file, args["username"]])
 
+    def list_users(_args: dict[str, Any]) -> dict[str, Any]:
+        return {"users": read_user_names(panel_users_file)}
+
     def parse_delete(args: dict[str, Any], run: RunResult) -> dict[str, Any]:
         # htpasswd exits 0 and prints "User X not found" for a missing user.
         if "not found" in run.stdout + run.stderr:
@@ -93,5 +120,12 @@ def verbs(panel: PanelSection) -> list[Verb]:
             build=build_delete,
             parse=parse_delete,
             serialize="panel_users",
+        ),
+        Verb(
+            name="list_panel_users",
+            params={},
+            description="The panel user names (never their password hashes).",
+            timeout=10.0,
+            call=list_users,
         ),
     ]

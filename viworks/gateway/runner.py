@@ -12,16 +12,35 @@ and ``handle.result`` later fires, once the process is really gone, with a
 need the handle; calling ``.cancel()`` on that Deferred (or on
 ``handle.result``, e.g. through ``addTimeout``) also kills the group, but by
 Twisted's rules the Deferred then fails at once with ``CancelledError``.
+
+Time limits: ``timeout`` bounds the whole run; ``no_output_timeout`` (optional)
+bounds how long the child may stay silent (no byte on stdout or stderr). Either
+one kills the group the same way; ``RunResult.timeout_reason`` says which
+(``"max_time"`` or ``"no_output"``).
+
+Streaming: ``on_output(stream, text)`` (``stream`` is ``"stdout"`` or
+``"stderr"``) is called with each piece of decoded text as it arrives, already
+capped (nothing past ``output_cap`` is ever passed) and in order per stream;
+the concatenation of the pieces of one stream is exactly the final
+``RunResult.stdout``/``stderr``.
+
+Run-as user: ``ProcessRunner(run_as="name")`` runs every child with that
+user's uid, gid and supplementary groups (Twisted's ``spawnProcess`` ``uid``/
+``gid``, which also calls ``initgroups``) and ``HOME``/``USER``/``LOGNAME``
+from its passwd entry. It needs the agent to run as root (or already as that
+user); otherwise the constructor raises :class:`RunAsError`, a
+:class:`~viworks.config.ConfigError`, so the agent refuses to start.
 """
 
 from __future__ import annotations
 
 import codecs
 import os
+import pwd
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
@@ -29,9 +48,18 @@ from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from viworks.config import ConfigError
 from viworks.logs import Logger
 
-__all__ = ["DEFAULT_ENV", "SETSID", "ProcessRunner", "RunResult", "RunningProcess"]
+__all__ = [
+    "DEFAULT_ENV",
+    "SETSID",
+    "OutputCallback",
+    "ProcessRunner",
+    "RunAsError",
+    "RunResult",
+    "RunningProcess",
+]
 
 log = Logger()
 
@@ -45,6 +73,22 @@ DEFAULT_ENV: Mapping[str, str] = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG
 #: ``IReactorProcess.spawnProcess``.
 Spawner = Callable[..., IProcessTransport]
 
+#: ``on_output(stream, text)`` with ``stream`` ``"stdout"`` or ``"stderr"``.
+OutputCallback = Callable[[str, str], object]
+
+TimeoutReason = Literal["max_time", "no_output"]
+
+
+class RunAsError(ConfigError):
+    """The configured run-as user cannot be used (unknown, or the agent is not root)."""
+
+    def __init__(self, message: str) -> None:
+        # The runner does not know the file's path; str() names the key only.
+        super().__init__("", message, section="agent", key="run_as_user")
+
+    def __str__(self) -> str:
+        return f"[agent] run_as_user: {self.message}"
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -52,6 +96,8 @@ class RunResult:
 
     ``exit_code`` is ``None`` when the process died from ``signal``.
     ``started_at``/``finished_at`` come from the runner's reactor clock.
+    ``timeout_reason`` is set when ``timed_out``: ``"max_time"`` (the run took
+    longer than ``timeout``) or ``"no_output"`` (silent for ``no_output_timeout``).
     """
 
     exit_code: int | None
@@ -64,6 +110,7 @@ class RunResult:
     cancelled: bool
     started_at: float
     finished_at: float
+    timeout_reason: TimeoutReason | None = None
 
 
 class _CappedText:
@@ -75,18 +122,30 @@ class _CappedText:
         self._parts: list[str] = []
         self.truncated = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> str:
+        """Keep what fits under the cap; return the text it decoded to (maybe "")."""
         if len(data) > self._remaining:
             # Drop the excess but keep reading, so the child never blocks on
             # a full pipe; memory stays bounded by the cap.
             data = data[: self._remaining]
             self.truncated = True
-        if data:
-            self._remaining -= len(data)
-            self._parts.append(self._decoder.decode(data))
+        if not data:
+            return ""
+        self._remaining -= len(data)
+        text = self._decoder.decode(data)
+        if text:
+            self._parts.append(text)
+        return text
 
     def finish(self) -> str:
-        self._parts.append(self._decoder.decode(b"", final=True))
+        """Flush the decoder (an incomplete character becomes U+FFFD); return that text."""
+        text = self._decoder.decode(b"", final=True)
+        if text:
+            self._parts.append(text)
+        return text
+
+    @property
+    def text(self) -> str:
         return "".join(self._parts)
 
 
@@ -98,9 +157,9 @@ class _RunProtocol(ProcessProtocol):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 1:
-            self.stdout.feed(data)
+            self._handle._output("stdout", self.stdout.feed(data))
         elif childFD == 2:
-            self.stderr.feed(data)
+            self._handle._output("stderr", self.stderr.feed(data))
 
     def processExited(self, reason: Failure) -> None:
         self._handle._leader_exited()
@@ -124,23 +183,30 @@ class RunningProcess:
         output_cap: int,
         kill_grace: float,
         killpg: Callable[[int, int], None],
+        no_output_timeout: float | None = None,
+        on_output: OutputCallback | None = None,
     ) -> None:
         self._reactor = reactor
         self._killpg = killpg
         self._argv = list(argv)
         self._kill_grace = kill_grace
         self._timeout = timeout
+        self._no_output_timeout = no_output_timeout
+        self._on_output = on_output
         self._protocol = _RunProtocol(self, output_cap)
         self._transport: IProcessTransport | None = None
         self._timeout_call: IDelayedCall | None = None
+        self._silence_call: IDelayedCall | None = None
         self._kill_call: IDelayedCall | None = None
         self._linger_call: IDelayedCall | None = None
         self._killing = False
         self._done = False
         self.pid: int | None = None
         self.timed_out = False
+        self.timeout_reason: TimeoutReason | None = None
         self.cancelled = False
         self.started_at = reactor.seconds()
+        self._last_output = self.started_at
         self.result: Deferred[RunResult] = Deferred(lambda _d: self.cancel())
 
     @property
@@ -155,6 +221,11 @@ class RunningProcess:
         log.debug("spawned {executable} pid={pid}", executable=self._argv[0], pid=self.pid)
         if not self._done:
             self._timeout_call = self._reactor.callLater(self._timeout, self._on_timeout)
+            if self._no_output_timeout is not None:
+                self._last_output = self._reactor.seconds()
+                self._silence_call = self._reactor.callLater(
+                    self._no_output_timeout, self._on_silence
+                )
             if stdin:
                 transport.write(stdin)
             transport.closeStdin()
@@ -167,11 +238,43 @@ class RunningProcess:
         log.info("cancelling pid={pid}", pid=self.pid)
         self._start_kill()
 
+    def _output(self, stream: str, text: str) -> None:
+        # Any byte counts as output, even past the cap (the child is alive).
+        if self._no_output_timeout is not None:
+            self._last_output = self._reactor.seconds()
+        if text and self._on_output is not None:
+            try:
+                self._on_output(stream, text)
+            except Exception:
+                log.failure("on_output callback failed for pid={pid}", pid=self.pid)
+
+    def _on_silence(self) -> None:
+        # Rescheduled from the last output rather than reset on every chunk:
+        # one timer call per period, whatever the output rate.
+        self._silence_call = None
+        if self._done or self._killing:
+            return
+        assert self._no_output_timeout is not None
+        due = self._last_output + self._no_output_timeout
+        now = self._reactor.seconds()
+        if now < due:
+            self._silence_call = self._reactor.callLater(due - now, self._on_silence)
+            return
+        self.timed_out = True
+        self.timeout_reason = "no_output"
+        log.info(
+            "pid={pid} produced no output for {timeout}s, killing its group",
+            pid=self.pid,
+            timeout=self._no_output_timeout,
+        )
+        self._start_kill()
+
     def _on_timeout(self) -> None:
         self._timeout_call = None
         if self._done or self._killing:
             return
         self.timed_out = True
+        self.timeout_reason = "max_time"
         log.info(
             "pid={pid} timed out after {timeout}s, killing its group",
             pid=self.pid,
@@ -224,10 +327,13 @@ class RunningProcess:
         if self._done:
             return
         self._done = True
-        for call in (self._timeout_call, self._kill_call, self._linger_call):
+        for call in (self._timeout_call, self._silence_call, self._kill_call, self._linger_call):
             if call is not None and call.active():
                 call.cancel()
-        self._timeout_call = self._kill_call = self._linger_call = None
+        self._timeout_call = self._silence_call = self._kill_call = self._linger_call = None
+        # Flush the decoders (a dangling partial character) before reporting.
+        self._output("stdout", self._protocol.stdout.finish())
+        self._output("stderr", self._protocol.stderr.finish())
 
         exit_code: int | None = None
         sig: int | None = None
@@ -239,14 +345,15 @@ class RunningProcess:
         result = RunResult(
             exit_code=exit_code,
             signal=sig,
-            stdout=self._protocol.stdout.finish(),
-            stderr=self._protocol.stderr.finish(),
+            stdout=self._protocol.stdout.text,
+            stderr=self._protocol.stderr.text,
             stdout_truncated=self._protocol.stdout.truncated,
             stderr_truncated=self._protocol.stderr.truncated,
             timed_out=self.timed_out,
             cancelled=self.cancelled,
             started_at=self.started_at,
             finished_at=self._reactor.seconds(),
+            timeout_reason=self.timeout_reason,
         )
         log.debug(
             "pid={pid} ended exit_code={exit_code} signal={signal}",
@@ -264,7 +371,8 @@ class ProcessRunner:
     ``reactor`` defaults to the global reactor (imported lazily);
     ``spawner`` defaults to ``reactor.spawnProcess`` and exists so unit tests
     can record or fake spawns. ``setsid`` and ``killpg`` are injectable for
-    the same reason.
+    the same reason. ``run_as`` (a user name) runs every child as that user;
+    see the module docstring. ``geteuid`` is injectable for tests.
     """
 
     def __init__(
@@ -274,6 +382,8 @@ class ProcessRunner:
         *,
         setsid: str = SETSID,
         killpg: Callable[[int, int], None] = os.killpg,
+        run_as: str | None = None,
+        geteuid: Callable[[], int] = os.geteuid,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -283,11 +393,25 @@ class ProcessRunner:
         self._spawner: Spawner = spawner if spawner is not None else reactor.spawnProcess
         self._setsid = setsid
         self._killpg = killpg
+        self._run_as: pwd.struct_passwd | None = None
+        self._switch_ids: dict[str, int] = {}
+        if run_as:
+            euid = geteuid()
+            self._run_as = _lookup_run_as(run_as, euid)
+            if self._run_as.pw_uid != euid:
+                # spawnProcess switches gid, supplementary groups (initgroups)
+                # and uid in the child before exec'ing setsid.
+                self._switch_ids = {"uid": self._run_as.pw_uid, "gid": self._run_as.pw_gid}
 
     @property
     def reactor(self) -> Any:
         """The reactor used for timers (and spawning, by default)."""
         return self._reactor
+
+    @property
+    def run_as(self) -> str | None:
+        """The user children run as, or None (the agent's own user)."""
+        return self._run_as.pw_name if self._run_as is not None else None
 
     def start(
         self,
@@ -299,12 +423,18 @@ class ProcessRunner:
         output_cap: int = 65536,
         kill_grace: float = 5.0,
         cwd: str | None = None,
+        no_output_timeout: float | None = None,
+        on_output: OutputCallback | None = None,
     ) -> RunningProcess:
         """Spawn ``argv`` (never through a shell) and return its handle.
 
         ``argv[0]`` must be an absolute path. ``env`` is passed exactly;
         ``None`` means :data:`DEFAULT_ENV` (the agent's own environment is
-        never inherited). ``stdin`` is written and then stdin is closed.
+        never inherited); with a run-as user, ``HOME``, ``USER`` and
+        ``LOGNAME`` are added from its passwd entry unless ``env`` sets them.
+        ``stdin`` is written and then stdin is closed. ``no_output_timeout``
+        (seconds, optional) kills a child that stays silent that long;
+        ``on_output`` receives the output as it arrives (module docstring).
         Raises ``ValueError`` for bad arguments and whatever the spawner
         raises (e.g. ``OSError``) if the process cannot be started.
         """
@@ -315,13 +445,31 @@ class ProcessRunner:
             raise ValueError("argv items must be strings")
         if timeout <= 0 or kill_grace < 0 or output_cap < 0:
             raise ValueError("timeout must be > 0, kill_grace and output_cap >= 0")
-        handle = RunningProcess(self._reactor, argv, timeout, output_cap, kill_grace, self._killpg)
+        if no_output_timeout is not None and not no_output_timeout > 0:
+            raise ValueError("no_output_timeout must be > 0")
+        child_env = dict(DEFAULT_ENV if env is None else env)
+        if self._run_as is not None:
+            user = self._run_as
+            child_env.setdefault("HOME", user.pw_dir)
+            child_env.setdefault("USER", user.pw_name)
+            child_env.setdefault("LOGNAME", user.pw_name)
+        handle = RunningProcess(
+            self._reactor,
+            argv,
+            timeout,
+            output_cap,
+            kill_grace,
+            self._killpg,
+            no_output_timeout=no_output_timeout,
+            on_output=on_output,
+        )
         transport = self._spawner(
             handle._protocol,
             self._setsid,
             [self._setsid, *argv],
-            env=dict(DEFAULT_ENV if env is None else env),
+            env=child_env,
             path=cwd,
+            **self._switch_ids,
         )
         handle._spawned(transport, stdin)
         return handle
@@ -336,6 +484,8 @@ class ProcessRunner:
         output_cap: int = 65536,
         kill_grace: float = 5.0,
         cwd: str | None = None,
+        no_output_timeout: float | None = None,
+        on_output: OutputCallback | None = None,
     ) -> Deferred[RunResult]:
         """``start(...).result``; a spawn error becomes a failed Deferred."""
         try:
@@ -347,7 +497,25 @@ class ProcessRunner:
                 output_cap=output_cap,
                 kill_grace=kill_grace,
                 cwd=cwd,
+                no_output_timeout=no_output_timeout,
+                on_output=on_output,
             )
         except Exception:
             return fail()
         return handle.result
+
+
+def _lookup_run_as(name: str, euid: int) -> pwd.struct_passwd:
+    """The passwd entry of ``name``, checking the agent can switch to it."""
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        raise RunAsError(f"unknown user {name!r}") from None
+    if euid != 0 and euid != user.pw_uid:
+        raise RunAsError(
+            f"running verbs as {name!r} needs the agent to run as root (it runs as uid {euid});"
+            " start it as root or leave run_as_user empty"
+        )
+    if user.pw_uid == 0:
+        log.warn("run_as_user {user!r} is root: verbs are not isolated", user=name)
+    return user

@@ -43,7 +43,8 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     """The whole gateway agent for ``config``; used by twistd, the .tac and ``viworks dev``."""
     set_log_level(config.agent.log_level)
     ensure_private_dir(config.agent.state_dir)
-    catalog = catalog_from_config(ProcessRunner(reactor), config, clock=reactor)
+    runner = ProcessRunner(reactor, run_as=config.agent.run_as_user or None)
+    catalog = catalog_from_config(runner, config, clock=reactor)
     outbound = config.outbound
     host, _port, _path = parse_wss_url(outbound.backend_url)
     link = BackendLink(

@@ -15,7 +15,28 @@ process but, by Twisted's rules, fails it at once with ``CancelledError``.
 
 Secrets (``"secret"`` parameters) never reach argv, logs, error messages or
 the outcome: they travel on stdin, and any echo of one in the captured output
-is replaced by ``"***"``.
+is replaced by ``"***"`` (as is a trailing piece of one cut off by the output
+cap).
+
+Limits: at most ``max_concurrency`` executions run at once (``None``: no
+limit), at most ``Verb.concurrency`` of one verb, and one at a time per
+``Verb.serialize`` key. An execution that cannot run yet waits in a FIFO queue
+of at most ``queue_limit`` entries (``None``: unbounded); beyond it the command
+is ``rejected`` with ``QUEUE_FULL`` and nothing runs. When a slot frees, the
+first waiting execution whose limits allow it starts (one blocked by its own
+verb's limit or lock does not hold up the others). Cancelling a waiting
+execution removes it from the queue: it never starts. Every verb that gets
+past validation counts, in-process ones included. ``catalog.running`` and
+``catalog.queued`` are the current counts, for telemetry. A verb's timeout
+counts from its start, not from when it was queued.
+
+Streaming: ``start(..., on_output=cb)`` calls ``cb(stream, text)`` (``stream``
+``"stdout"`` or ``"stderr"``) while a subprocess verb runs, in order per
+stream, with text already capped and scrubbed of secrets. To catch a secret
+split across two chunks, the last ``len(longest secret) - 1`` characters are
+held back until more output arrives or the process ends (only when the verb
+has secret arguments). The pieces of one stream concatenate to exactly the
+outcome's ``stdout``/``stderr``. In-process verbs produce no output.
 
 :func:`declared_verb` turns an operator's ``[verbs.NAME]`` declaration (argv and
 stdin templates over a parameter schema) into a :class:`Verb`. With
@@ -27,16 +48,18 @@ modules and are composed by :mod:`viworks.gateway.catalog`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import re
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from viworks import schema
 from viworks.config import VerbConfig, parse_template
-from viworks.gateway.runner import ProcessRunner, RunResult
+from viworks.gateway.runner import OutputCallback, ProcessRunner, RunResult
 from viworks.logs import Logger
 
 __all__ = [
@@ -82,10 +105,12 @@ class Verb:
     result or a Deferred of one) and ``build`` (``build(args) -> Invocation``)
     must be set. ``parse(args, run_result)`` is applied to subprocess results
     that exited 0 (default: result ``None``). Any of them may raise
-    :class:`VerbError`. ``timeout`` is the maximum run time; verbs with the
-    same ``serialize`` key never run concurrently (e.g. writers of one file).
+    :class:`VerbError`. ``timeout`` is the maximum run time;
+    ``no_output_timeout`` (subprocess verbs, optional) kills a process silent
+    that long (``NO_OUTPUT_TIMEOUT``). Verbs with the same ``serialize`` key
+    never run concurrently (e.g. writers of one file); ``concurrency`` is the
+    most runs of this verb at once (``None``: only the catalog's limit).
     ``changes_state`` verbs are refused when the catalog has exec disabled.
-    ``concurrency`` (maximum simultaneous runs) is recorded but not enforced yet.
     """
 
     name: str
@@ -100,12 +125,17 @@ class Verb:
     parse: Callable[[dict[str, Any], RunResult], Any] | None = None
     serialize: str | None = None
     concurrency: int | None = None
+    no_output_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if (self.call is None) == (self.build is None):
             raise ValueError(f"verb {self.name!r}: set exactly one of call and build")
         if self.timeout <= 0:
             raise ValueError(f"verb {self.name!r}: timeout must be positive")
+        if self.no_output_timeout is not None and not self.no_output_timeout > 0:
+            raise ValueError(f"verb {self.name!r}: no_output_timeout must be positive")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"verb {self.name!r}: concurrency must be at least 1")
         schema.validate_schema(self.params)
 
 
@@ -150,29 +180,75 @@ class VerbExecution:
 EXEC_DISABLED_MESSAGE = "exec is disabled on this gateway (exec_enable = false)"
 
 
+class _Waiter:
+    """An execution waiting for a slot; ``admitted`` fires once it holds one."""
+
+    __slots__ = ("admitted", "verb")
+
+    def __init__(self, verb: Verb, admitted: Deferred[None]) -> None:
+        self.verb = verb
+        self.admitted = admitted
+
+
 class VerbCatalog:
     """The verbs this gateway offers, keyed by name.
 
     With ``exec_enable=False`` every verb whose ``changes_state`` is true is
     rejected with ``EXEC_DISABLED`` before its arguments are even looked at;
-    read-only verbs still run.
+    read-only verbs still run. ``max_concurrency`` and ``queue_limit`` (``None``:
+    unlimited) bound what runs and waits; see the module docstring.
     """
 
     def __init__(
-        self, runner: ProcessRunner, verbs: Mapping[str, Verb], *, exec_enable: bool = True
+        self,
+        runner: ProcessRunner,
+        verbs: Mapping[str, Verb],
+        *,
+        exec_enable: bool = True,
+        max_concurrency: int | None = None,
+        queue_limit: int | None = None,
     ) -> None:
         for key, verb in verbs.items():
             if key != verb.name:
                 raise ValueError(f"verb registered as {key!r} is named {verb.name!r}")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if queue_limit is not None and queue_limit < 0:
+            raise ValueError("queue_limit must not be negative")
         self._runner = runner
         self._verbs = dict(verbs)
-        self._locks: dict[str, DeferredLock] = {}
         self._exec_enable = exec_enable
+        self._max_concurrency = max_concurrency
+        self._queue_limit = queue_limit
+        self._running = 0
+        self._running_per_verb: dict[str, int] = {}
+        self._busy_keys: set[str] = set()
+        self._waiting: deque[_Waiter] = deque()
 
     @property
     def exec_enable(self) -> bool:
         """False when state-changing verbs are refused."""
         return self._exec_enable
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """Executions allowed to run at once (None: no limit)."""
+        return self._max_concurrency
+
+    @property
+    def queue_limit(self) -> int | None:
+        """Executions allowed to wait for a slot (None: no limit)."""
+        return self._queue_limit
+
+    @property
+    def running(self) -> int:
+        """Executions running now (holding a slot)."""
+        return self._running
+
+    @property
+    def queued(self) -> int:
+        """Executions waiting for a slot."""
+        return len(self._waiting)
 
     def get(self, name: str) -> Verb | None:
         """The verb called ``name``, or None."""
@@ -193,16 +269,28 @@ class VerbCatalog:
         }
 
     def execute(
-        self, name: str, args: object, timeout: float | None = None
+        self,
+        name: str,
+        args: object,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
     ) -> Deferred[VerbOutcome]:
-        """``start(name, args, timeout).outcome``."""
-        return self.start(name, args, timeout).outcome
+        """``start(name, args, timeout, on_output).outcome``."""
+        return self.start(name, args, timeout, on_output).outcome
 
-    def start(self, name: str, args: object, timeout: float | None = None) -> VerbExecution:
-        """Validate and start a verb; never raises.
+    def start(
+        self,
+        name: str,
+        args: object,
+        timeout: float | None = None,
+        on_output: OutputCallback | None = None,
+    ) -> VerbExecution:
+        """Validate and start (or queue) a verb; never raises.
 
         Unknown verbs and invalid arguments give a ``"rejected"`` outcome and
-        nothing runs. ``timeout`` may only shorten the verb's own maximum.
+        nothing runs; so does a full queue (``QUEUE_FULL``). ``timeout`` may
+        only shorten the verb's own maximum. ``on_output(stream, text)``
+        receives a subprocess verb's output as it arrives (module docstring).
         """
         execution = VerbExecution()
         verb = self._verbs.get(name)
@@ -214,7 +302,7 @@ class VerbCatalog:
             d = Deferred()
             d.callback(_error("rejected", "EXEC_DISABLED", EXEC_DISABLED_MESSAGE))
         else:
-            d = Deferred.fromCoroutine(self._execute(verb, args, timeout, execution))
+            d = Deferred.fromCoroutine(self._execute(verb, args, timeout, execution, on_output))
         outer: Deferred[VerbOutcome] = Deferred(lambda _d: execution.cancel())
 
         def deliver(value: VerbOutcome | Failure) -> None:
@@ -229,7 +317,12 @@ class VerbCatalog:
         return execution
 
     async def _execute(
-        self, verb: Verb, raw_args: object, timeout: float | None, ex: VerbExecution
+        self,
+        verb: Verb,
+        raw_args: object,
+        timeout: float | None,
+        ex: VerbExecution,
+        on_output: OutputCallback | None,
     ) -> VerbOutcome:
         try:
             args = schema.validate_args(verb.params, raw_args)
@@ -244,13 +337,24 @@ class VerbCatalog:
             return _error("rejected", e.code, str(e))
 
         secrets = [v for k, v in args.items() if verb.params[k]["type"] == "secret" and v]
-        lock = None
-        if verb.serialize is not None:
-            lock = self._locks.setdefault(verb.serialize, DeferredLock())
-            acquiring = lock.acquire()
-            ex._cancel_step = acquiring.cancel
+        if self._can_run(verb):
+            self._take(verb)
+        elif self._queue_limit is not None and len(self._waiting) >= self._queue_limit:
+            log.info(
+                "verb {verb} rejected: queue full ({queued} waiting)",
+                verb=verb.name,
+                queued=len(self._waiting),
+            )
+            return _error(
+                "rejected",
+                "QUEUE_FULL",
+                f"the gateway is busy ({len(self._waiting)} commands already waiting)",
+            )
+        else:
+            admitted = self._enqueue(verb)
+            ex._cancel_step = admitted.cancel
             try:
-                await acquiring
+                await admitted
             except CancelledError:
                 return _error("cancelled", "CANCELLED", "cancelled before it started")
         try:
@@ -259,10 +363,9 @@ class VerbCatalog:
             if verb.call is not None:
                 outcome = await self._run_call(verb, args, effective, ex)
             else:
-                outcome = await self._run_process(verb, args, effective, ex)
+                outcome = await self._run_process(verb, args, effective, ex, secrets, on_output)
         finally:
-            if lock is not None:
-                lock.release()
+            self._release(verb)
         outcome = _scrub(outcome, secrets)
         log.info(
             "verb {verb} finished {status} exit_code={exit_code}",
@@ -271,6 +374,62 @@ class VerbCatalog:
             exit_code=outcome.exit_code,
         )
         return outcome
+
+    # -- scheduling: slots for the global, per-verb and serialize limits --
+
+    def _can_run(self, verb: Verb) -> bool:
+        if self._max_concurrency is not None and self._running >= self._max_concurrency:
+            return False
+        if (
+            verb.concurrency is not None
+            and self._running_per_verb.get(verb.name, 0) >= verb.concurrency
+        ):
+            return False
+        return verb.serialize is None or verb.serialize not in self._busy_keys
+
+    def _take(self, verb: Verb) -> None:
+        self._running += 1
+        self._running_per_verb[verb.name] = self._running_per_verb.get(verb.name, 0) + 1
+        if verb.serialize is not None:
+            self._busy_keys.add(verb.serialize)
+
+    def _release(self, verb: Verb) -> None:
+        self._running -= 1
+        left = self._running_per_verb[verb.name] - 1
+        if left:
+            self._running_per_verb[verb.name] = left
+        else:
+            del self._running_per_verb[verb.name]
+        if verb.serialize is not None:
+            self._busy_keys.discard(verb.serialize)
+        self._pump()
+
+    def _enqueue(self, verb: Verb) -> Deferred[None]:
+        def forget(_d: Deferred[None]) -> None:
+            self._waiting.remove(waiter)  # cancelled while waiting: it never starts
+
+        waiter = _Waiter(verb, Deferred(forget))
+        self._waiting.append(waiter)
+        log.debug(
+            "verb {verb} queued ({queued} waiting)", verb=verb.name, queued=len(self._waiting)
+        )
+        return waiter.admitted
+
+    def _pump(self) -> None:
+        """Admit, in FIFO order, every waiting execution whose limits now allow it."""
+        admitted: list[_Waiter] = []
+        still: deque[_Waiter] = deque()
+        for waiter in self._waiting:
+            if self._can_run(waiter.verb):
+                self._take(waiter.verb)
+                admitted.append(waiter)
+            else:
+                still.append(waiter)
+        self._waiting = still
+        # Fire only once the queue is consistent: an admitted execution may
+        # finish synchronously and pump again.
+        for waiter in admitted:
+            waiter.admitted.callback(None)
 
     async def _run_call(
         self, verb: Verb, args: dict[str, Any], timeout: float, ex: VerbExecution
@@ -301,7 +460,13 @@ class VerbCatalog:
         return VerbOutcome(status="succeeded", result=result)
 
     async def _run_process(
-        self, verb: Verb, args: dict[str, Any], timeout: float, ex: VerbExecution
+        self,
+        verb: Verb,
+        args: dict[str, Any],
+        timeout: float,
+        ex: VerbExecution,
+        secrets: Sequence[str] = (),
+        on_output: OutputCallback | None = None,
     ) -> VerbOutcome:
         assert verb.build is not None
         try:
@@ -310,6 +475,18 @@ class VerbCatalog:
             return _error("failed", e.code, e.message)
         except schema.ArgsError as e:
             return _error("rejected", e.code, str(e))
+        streams: dict[str, _ScrubbedStream] = {}
+        forward: OutputCallback | None = None
+        if on_output is not None:
+            emit = _guarded(on_output, verb.name)
+            if secrets:
+                redactor = _Redactor(secrets)
+                streams = {s: _ScrubbedStream(redactor, s, emit) for s in ("stdout", "stderr")}
+
+                def forward(stream: str, text: str) -> None:
+                    streams[stream].feed(text)
+            else:
+                forward = emit
         try:
             handle = self._runner.start(
                 invocation.argv,
@@ -317,12 +494,17 @@ class VerbCatalog:
                 timeout=timeout,
                 output_cap=verb.output_cap,
                 kill_grace=verb.kill_grace,
+                no_output_timeout=verb.no_output_timeout,
+                on_output=forward,
             )
         except Exception:
             log.failure("verb {verb} could not be spawned", verb=verb.name)
             return _error("failed", "SPAWN_FAILED", "the command could not be started")
         ex._cancel_step = handle.cancel
         run = await handle.result
+        if streams:  # the process is gone: release what was held back
+            streams["stdout"].finish(run.stdout_truncated)
+            streams["stderr"].finish(run.stderr_truncated)
         output = {
             "exit_code": run.exit_code,
             "stdout": run.stdout,
@@ -332,6 +514,9 @@ class VerbCatalog:
         }
         if run.cancelled:
             return _error("cancelled", "CANCELLED", "cancelled", **output)
+        if run.timed_out and run.timeout_reason == "no_output":
+            message = f"produced no output for {verb.no_output_timeout}s"
+            return _error("timed_out", "NO_OUTPUT_TIMEOUT", message, **output)
         if run.timed_out:
             return _error("timed_out", "TIMEOUT", f"did not finish within {timeout}s", **output)
         if run.exit_code != 0:
@@ -365,25 +550,100 @@ def _effective_timeout(verb: Verb, requested: float | None) -> float:
     return min(float(requested), verb.timeout)
 
 
+class _Redactor:
+    """Replaces secrets in text, all at once or as a stream.
+
+    Matching is leftmost-first, longest secret first at a given position. The
+    decision at a position depends only on the ``longest`` characters from
+    there, so a stream can emit everything but its last ``longest - 1``
+    characters and get exactly what the whole text would give.
+    """
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.secrets = ordered
+        self.longest = len(ordered[0]) if ordered else 0
+        self._pattern = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+
+    def _scan(self, text: str, safe: int) -> tuple[list[str], int]:
+        """Redact the matches starting before ``safe``; return the pieces and where they end."""
+        out: list[str] = []
+        pos = 0
+        if self._pattern is not None:
+            while (m := self._pattern.search(text, pos)) is not None and m.start() < safe:
+                out += (text[pos : m.start()], schema.REDACTED)
+                pos = m.end()
+        return out, pos
+
+    def partial(self, text: str) -> tuple[str, str]:
+        """For a stream: ``(clean text to emit, raw text to hold back)``."""
+        safe = len(text) - self.longest + 1
+        out, pos = self._scan(text, safe)
+        cut = max(pos, safe)
+        out.append(text[pos:cut])
+        return "".join(out), text[cut:]
+
+    def final(self, text: str, truncated: bool = False) -> str:
+        """Clean ``text`` to its end. When the output was cut by the cap, a trailing
+        beginning of a secret (what the cap left of it) is redacted too."""
+        out, pos = self._scan(text, len(text))
+        tail = text[pos:]
+        if truncated:
+            for k in range(min(len(tail), self.longest - 1), 0, -1):
+                if any(len(s) > k and s.startswith(tail[-k:]) for s in self.secrets):
+                    tail = tail[:-k] + schema.REDACTED
+                    break
+        out.append(tail)
+        return "".join(out)
+
+
+class _ScrubbedStream:
+    """One output stream on its way to ``on_output``, with secrets redacted."""
+
+    def __init__(self, redactor: _Redactor, stream: str, emit: OutputCallback) -> None:
+        self._redactor = redactor
+        self._stream = stream
+        self._emit = emit
+        self._held = ""
+
+    def feed(self, text: str) -> None:
+        clean, self._held = self._redactor.partial(self._held + text)
+        if clean:
+            self._emit(self._stream, clean)
+
+    def finish(self, truncated: bool) -> None:
+        clean = self._redactor.final(self._held, truncated)
+        self._held = ""
+        if clean:
+            self._emit(self._stream, clean)
+
+
+def _guarded(on_output: OutputCallback, verb: str) -> OutputCallback:
+    """``on_output`` with its exceptions logged instead of breaking the run."""
+
+    def emit(stream: str, text: str) -> None:
+        try:
+            on_output(stream, text)
+        except Exception:
+            log.failure("on_output callback failed for verb {verb}", verb=verb)
+
+    return emit
+
+
 def _scrub(outcome: VerbOutcome, secrets: list[str]) -> VerbOutcome:
     # Defence in depth: a tool that echoes its input must not leak a secret.
     if not secrets:
         return outcome
-
-    def clean(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, schema.REDACTED)
-        return text
-
+    redactor = _Redactor(secrets)
     error = outcome.error
     if error is not None:
-        error = {k: clean(v) for k, v in error.items()}
+        error = {k: redactor.final(v) for k, v in error.items()}
     return VerbOutcome(
         status=outcome.status,
         exit_code=outcome.exit_code,
         result=outcome.result,
-        stdout=clean(outcome.stdout),
-        stderr=clean(outcome.stderr),
+        stdout=redactor.final(outcome.stdout, outcome.stdout_truncated),
+        stderr=redactor.final(outcome.stderr, outcome.stderr_truncated),
         stdout_truncated=outcome.stdout_truncated,
         stderr_truncated=outcome.stderr_truncated,
         error=error,
