@@ -18,11 +18,19 @@ $(VENV)/.installed: setup.py
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
 
-# htpasswd (apache2-utils) is used by the agent's panel verbs and their tests.
+# The real tools the verbs drive, for the tests that run them (command:package):
+# htpasswd for the panel verbs, SoftEther and fwknopd for the VPN verbs, and
+# systemd-journal-remote to build a real journal file for journalctl.
+TOOLS := htpasswd:apache2-utils vpncmd:softether-vpncmd vpnserver:softether-vpnserver \
+	fwknopd:fwknop-server systemd-journal-remote:systemd-journal-remote
 tools:
-	@command -v htpasswd >/dev/null || (apt-get update -qq && apt-get install -y -qq apache2-utils)
-	@(command -v vpncmd && command -v vpnserver && command -v fwknopd) >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq softether-vpnserver softether-vpncmd fwknop-server)
+	@missing=""; for t in $(TOOLS); do \
+		command -v $${t%%:*} >/dev/null || [ -x /lib/systemd/$${t%%:*} ] || missing="$$missing $${t#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check $(LINT_DIRS)

@@ -390,12 +390,17 @@ def _spki_pins(value: tuple[str, ...], ctx: _Ctx) -> tuple[str, ...]:
 
 #: The verbs the gateway ships (``viworks.gateway.catalog.builtin_verbs``).  A ``[verbs.NAME]``
 #: table for one of them may only set ``_BUILTIN_VERB_KEYS``.
-BUILTIN_VERBS = frozenset({"ping", "system_health", "create_panel_user", "delete_panel_user"})
-BUILTIN_VERBS |= {"list_panel_users", "service_status", "tail_logs"}
-BUILTIN_VERBS |= {"generate_bootstrap", "get_bootstrap", "revoke_bootstrap"}
-BUILTIN_VERBS |= {"spawn_container", "stop_container", "list_containers"}
-BUILTIN_VERBS |= {"create_vpn_user", "delete_vpn_user", "list_vpn_users"}
-_BUILTIN_VERB_KEYS = ("timeout", "output_cap", "concurrency", "enabled")
+BUILTIN_VERBS = frozenset(
+    {
+        *("ping", "system_health", "service_status", "tail_logs"),
+        *("create_panel_user", "delete_panel_user", "list_panel_users"),
+        *("create_vpn_user", "delete_vpn_user", "list_vpn_users"),
+        *("spawn_container", "stop_container", "list_containers"),
+        *("terminate_session", "get_session_status"),
+        *("generate_bootstrap", "get_bootstrap", "revoke_bootstrap"),
+    }
+)
+_BUILTIN_VERB_KEYS = ("timeout", "output_cap", "concurrency", "no_output_timeout", "enabled")
 _VERB_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -631,8 +636,9 @@ class VerbConfig:
     gateway default (timeout 30 s, output cap 64 KiB, no concurrency limit).  ``argv`` and
     ``stdin`` are templates (see ``parse_template``) over ``params``, a schema checked with
     ``viworks.schema.validate_schema``.  Built-in verbs accept only ``timeout``,
-    ``output_cap``, ``concurrency`` and ``enabled``; a declared verb requires ``argv``.
-    ``concurrency`` is stored but not enforced yet.
+    ``output_cap``, ``concurrency``, ``no_output_timeout`` and ``enabled``; a declared verb
+    requires ``argv``. ``concurrency`` caps how many run at once (beyond it they wait in the
+    gateway's queue); ``no_output_timeout`` kills a run that stays silent that long.
     """
 
     argv: tuple[str, ...] | None = _spec("string array", None, _argv)
@@ -640,6 +646,7 @@ class VerbConfig:
     timeout: float | None = _spec("number", None, _optional(_positive))
     output_cap: int | None = _spec("integer", None, _optional(_at_least(1024)))
     concurrency: int | None = _spec("integer", None, _optional(_at_least(1)))
+    no_output_timeout: float | None = _spec("number", None, _optional(_positive))
     changes_state: bool = _spec("boolean", True)
     description: str = _spec("string", "")
     params: dict[str, Any] = _spec("table", {}, _param_specs)

@@ -285,4 +285,3 @@ class LinkCommandTests(unittest.TestCase):
         reason = "connection was closed uncleanly (503 - busy; retry-after=3.0)"
         self.link.connection_closed(FakeConnection(), 1006, reason)
         self.assertGreaterEqual(self.link.policy(0), 3.0)
-

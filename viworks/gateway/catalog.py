@@ -18,6 +18,7 @@ from viworks.gateway import (
     container_verbs,
     host_verbs,
     panel_verbs,
+    session_verbs,
     vpn_verbs,
 )
 from viworks.gateway.runner import ProcessRunner
@@ -37,6 +38,7 @@ def builtin_verbs(
         panel_verbs.verbs(config.panel),
         vpn_verbs.verbs(config.vpn, config.fwknop, runner),
         container_verbs.verbs(config.containers, runner),
+        session_verbs.verbs(config.containers, config.vpn, runner, config.agent.state_dir),
         bootstrap_verbs.verbs(
             config.bootstrap, config.vpn, config.fwknop, config.agent.state_dir, clock
         ),
@@ -60,7 +62,7 @@ def catalog_from_config(
         elif name in verbs:
             overrides = {
                 key: getattr(vc, key)
-                for key in ("timeout", "output_cap", "concurrency")
+                for key in ("timeout", "output_cap", "concurrency", "no_output_timeout")
                 if getattr(vc, key) is not None
             }
             verbs[name] = dataclasses.replace(verbs[name], **overrides)

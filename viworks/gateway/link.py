@@ -92,7 +92,9 @@ class AgentLinkProtocol(WebSocketClientProtocol):
         self.factory.link.connection_closed(self, code, reason)
 
     def send_frame(self, payload: bytes) -> None:
-        self.sendMessage(payload, isBinary=False)
+        # A closing connection takes nothing more; the journal keeps what matters.
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(payload, isBinary=False)
 
 
 class BackendLink(MultiService):

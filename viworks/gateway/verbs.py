@@ -11,7 +11,9 @@ Cancellation mirrors the runner: :meth:`VerbCatalog.start` returns a
 ``execution.outcome`` fires, once the process is gone, with status
 ``"cancelled"`` (keeping any output). :meth:`VerbCatalog.execute` returns
 ``start(...).outcome``; calling ``.cancel()`` on that Deferred also kills the
-process but, by Twisted's rules, fails it at once with ``CancelledError``.
+process but, by Twisted's rules, fails it at once with ``CancelledError``
+(unless the cancellation completes at once, as for an execution still waiting
+in the queue: the Deferred then fires with the ``"cancelled"`` outcome).
 
 Secrets (``"secret"`` parameters) never reach argv, logs, error messages or
 the outcome: they travel on stdin, and any echo of one in the captured output
@@ -80,13 +82,15 @@ Status = Literal["succeeded", "failed", "timed_out", "rejected", "cancelled"]
 class VerbError(Exception):
     """Raised by a verb's ``call``/``build``/``parse`` to fail with ``code``.
 
-    ``message`` is sent to the backend: it must not contain secrets.
+    ``message`` is sent to the backend: it must not contain secrets. ``result``
+    travels with the failure, for verbs that report what they did before failing.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, result: Any = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -452,7 +456,7 @@ class VerbCatalog:
                 return _error("timed_out", "TIMEOUT", f"did not finish within {timeout}s")
             return _error("cancelled", "CANCELLED", "cancelled")
         except VerbError as e:
-            return _error("failed", e.code, e.message)
+            return _error("failed", e.code, e.message, result=e.result)
         except Exception:
             # Log the traceback locally; the backend gets no internals.
             log.failure("verb {verb} raised", verb=verb.name)
@@ -680,6 +684,7 @@ def declared_verb(name: str, vc: VerbConfig) -> Verb:
         timeout=vc.timeout if vc.timeout is not None else Verb.timeout,
         output_cap=vc.output_cap if vc.output_cap is not None else Verb.output_cap,
         concurrency=vc.concurrency,
+        no_output_timeout=vc.no_output_timeout,
         build=build,
     )
 
