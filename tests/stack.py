@@ -94,12 +94,14 @@ class Stack:
         port: int | None = None,
         name: str | None = None,
         marks: str | None = None,
+        extra: str = "",
         **outbound: Any,
     ):
         """An agent config in ``<dir>/<name or agent_id>/``.
 
         ``port`` points the agent at another backend port (a fault proxy);
         ``marks`` declares the ``mark`` verb appending to that file (``mark_verb``);
+        ``extra`` is appended as is (more ``[verbs.NAME]`` tables);
         ``outbound`` overrides ``[outbound]`` keys (heartbeat_interval, reconnect_*).
         """
         certs = self.pki[ca]
@@ -121,7 +123,8 @@ class Stack:
             f'[tls]\ncert = "{certs}/agents/{cert_of}.crt"\nkey = "{certs}/agents/{cert_of}.key"\n'
             f'ca = "{self.pki[trust]}/ca.crt"\nbackend_spki_pins = {_toml(list(pins))}\n'
             f'[panel]\nusers_file = "{agent_dir}/panel.htpasswd"\n'
-            + ("" if marks is None else mark_verb(marks)),
+            + ("" if marks is None else mark_verb(marks))
+            + extra,
         )
         return load_agent_config(path)
 
@@ -203,3 +206,26 @@ async def poll(fetch: Any, predicate: Any, timeout: float = 10.0, step: float = 
             return value
         await deferLater(reactor, step, lambda: None)
     raise AssertionError(f"condition not reached within {timeout} s; last value {value!r}")
+
+
+#: Writes its pid and a sleeping grandchild's pid to a file, then prints ``count`` lines,
+#: one every ``interval`` seconds.
+TICK_SCRIPT = (
+    "import subprocess, sys, time; "
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+    "open(sys.argv[1], 'w').write(f'{__import__(\"os\").getpid()} {child.pid}'); "
+    "[(print(f'tick {i}', flush=True), time.sleep(float(sys.argv[3]))) "
+    "for i in range(int(sys.argv[2]))]; child.kill()"
+)
+
+
+def tick_verb(pids: str) -> str:
+    """A ``[verbs.tick]`` table: prints lines slowly and leaves a grandchild running."""
+    script = TICK_SCRIPT.replace("{", "{{").replace("}", "}}")  # literal braces in a template
+    argv = [sys.executable, "-c", script, pids, "{count}", "{interval}"]
+    return (
+        f"[verbs.tick]\nargv = {_toml(argv)}\ntimeout = 60\nchanges_state = false\n"
+        'params.count = { type = "integer", min = 1, max = 1000 }\n'
+        'params.interval = { type = "number", min = 0, max = 5 }\n'
+    )
+

@@ -34,7 +34,8 @@ class EndToEndTests(unittest.TestCase):
         log = self.stack.dir + "/b.log"
         backend = Twistd(self, "viworks-backend", self.backend_toml, log).start()
         wait_for(lambda: api.get("/health")[0] == 200)
-        Twistd(self, "viworks-gateway", self.agent_toml, self.stack.dir + "/g.log").start()
+        gateway = Twistd(self, "viworks-gateway", self.agent_toml, self.stack.dir + "/g.log")
+        gateway.start()
 
         def online():
             code, body = api.get("/api/v1/agents/gw-1")
@@ -69,11 +70,20 @@ class EndToEndTests(unittest.TestCase):
         self.assertNotIn("correct-horse", json.dumps(listed))
         # twistd re-raises the stopping signal after a clean shutdown.
         self.assertIn(backend.stop(), (0, -signal.SIGTERM))
+        gateway.stop()
         with open(log, "rb") as f:
             log = f.read()
         self.assertIn(b"Main loop terminated", log)
         self.assertNotIn(b"Traceback", log)
         self.assertNotIn(b"correct-horse", log)
+        self.assertNoSecretOnDisk(b"correct-horse")
+
+    def assertNoSecretOnDisk(self, secret: bytes) -> None:
+        """No file the stack wrote (store, WAL, journal, logs, configs) holds ``secret``."""
+        for folder, _dirs, files in os.walk(self.stack.dir):
+            for name in files:
+                with open(os.path.join(folder, name), "rb") as f:
+                    self.assertNotIn(secret, f.read(), os.path.join(folder, name))
 
     def test_bad_config_is_one_line(self):
         """A broken config stops twistd with one line naming file and key, no traceback."""

@@ -7,6 +7,7 @@ timeouts and stops everything it started.
 from __future__ import annotations
 
 import base64
+import os
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
@@ -14,7 +15,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial import unittest
 
-from tests.stack import Stack, eventually, stays
+from tests.stack import Stack, eventually, poll, stays, tick_verb
 from viworks import pki
 
 
@@ -149,3 +150,58 @@ class LinkTests(unittest.TestCase):
         await self.stack.start_backend()
         self.stack.start_gateway(host="127.0.0.2")
         await stays(lambda: len(self.stack.backend.registry) == 0)
+
+
+class LiveOutputTests(unittest.TestCase):
+    """Output streaming and cancellation through a real link, with a real subprocess verb."""
+
+    timeout = 60
+
+    async def start(self):
+        self.stack = Stack(self)
+        self.pids = os.path.join(self.stack.dir, "tick.pids")
+        await self.stack.start_backend()
+        self.stack.start_gateway(extra=tick_verb(self.pids))
+        registry = self.stack.backend.registry
+        await eventually(lambda: registry.get("gw-1") is not None)
+        return self.stack.backend.ledger
+
+    async def test_output_streams_before_the_result(self):
+        """Output chunks reach the backend while the verb runs, before its final status."""
+        ledger = await self.start()
+        seen = []
+        self.addCleanup(ledger.hub.subscribe(lambda e: seen.append(e)))
+        command, _ = await ledger.submit("gw-1", "tick", {"count": 3, "interval": 0.3})
+        finished = await ledger.wait(command["command_id"], 20)
+        self.assertEqual(finished["status"], "succeeded")
+        mine = [e for e in seen if e.data.get("command_id") == command["command_id"]]
+        outputs = [e for e in mine if e.type == "command.output"]
+        self.assertGreaterEqual(len(outputs), 2, "output came in one piece, not streamed")
+        self.assertEqual([e.data["seq"] for e in outputs], list(range(len(outputs))))
+        self.assertEqual("".join(e.data["data"] for e in outputs), "tick 0\ntick 1\ntick 2\n")
+        self.assertEqual(mine[-1].data["status"], "succeeded")
+        stdout, _ = await self.stack.backend.store.output_text(command["command_id"])
+        self.assertEqual(stdout, finished["stdout"])
+
+    async def test_cancel_kills_the_process_group(self):
+        """Cancelling a running command stops it and its children; it ends cancelled."""
+        ledger = await self.start()
+        command, _ = await ledger.submit("gw-1", "tick", {"count": 200, "interval": 0.1})
+        cid = command["command_id"]
+        store = self.stack.backend.store
+        await poll(lambda: store.output_text(cid), lambda out: "tick 1" in out[0])
+        await ledger.cancel(cid)
+        finished = await ledger.wait(cid, 20)
+        self.assertEqual(finished["status"], "cancelled")
+        with open(self.pids) as f:
+            pids = [int(p) for p in f.read().split()]
+        await eventually(lambda: not any(_alive(pid) for pid in pids))
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
