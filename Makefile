@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Directories to lint; those that do not exist (yet) are skipped.
 LINT_DIRS := $(wildcard viworks tests twisted bench)
 
-.PHONY: all test lint tools run clean
+.PHONY: all test lint tools run clean bench bench-full
 
 all: test
 
@@ -20,9 +20,10 @@ $(VENV)/.installed: setup.py
 
 # The real tools the verbs drive, for the tests that run them (command:package):
 # htpasswd for the panel verbs, SoftEther and fwknopd for the VPN verbs, and
-# systemd-journal-remote to build a real journal file for journalctl.
+# systemd-journal-remote to build a real journal file for journalctl, and nginx to test
+# agents behind a TLS-terminating proxy (tests/test_nginx.py).
 TOOLS := htpasswd:apache2-utils vpncmd:softether-vpncmd vpnserver:softether-vpnserver \
-	fwknopd:fwknop-server systemd-journal-remote:systemd-journal-remote
+	fwknopd:fwknop-server systemd-journal-remote:systemd-journal-remote nginx:nginx
 tools:
 	@missing=""; for t in $(TOOLS); do \
 		command -v $${t%%:*} >/dev/null || [ -x /lib/systemd/$${t%%:*} ] || missing="$$missing $${t#*:}"; \
@@ -41,6 +42,13 @@ test: $(VENV)/.installed tools
 	$(VENV)/bin/ruff check $(LINT_DIRS) || status=1; \
 	$(PY) -m twisted.trial tests || status=1; \
 	exit $$status
+
+# Benchmarks (bench/, docs/benchmarks.md); not part of `make test`.
+bench: $(VENV)/.installed
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-full: $(VENV)/.installed
+	$(PY) -m bench.run --full $(BENCH_ARGS)
 
 run: $(VENV)/.installed tools
 	$(VENV)/bin/viworks dev --dir .dev

@@ -40,6 +40,7 @@ setup(
         "attrs",
         "treq>=24",
         "psycopg[binary]>=3.1",
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": ["ruff", "hypothesis"],

@@ -38,6 +38,8 @@ def shared_pki() -> dict[str, str]:
             pki.issue_server(directory, "localhost", ["127.0.0.1"])
             for agent_id in AGENTS:
                 pki.issue_agent(directory, agent_id)
+            # signing.key / signing.pub: see Stack.signing_backend and signing_agent.
+            pki.make_signing_key(directory)
         _pki.update(ours=ours, theirs=theirs)
     return _pki
 
@@ -66,7 +68,8 @@ class Stack:
         self.backend = None
         self.pki = shared_pki()
 
-    def backend_config(self, **backend: Any):
+    def backend_config(self, *, extra: str = "", **backend: Any):
+        """The backend's config; ``extra`` is appended as is (e.g. ``signing_backend()``)."""
         ours = self.pki["ours"]
         values = {
             "http_bind": f"127.0.0.1:{self.http_port}",
@@ -78,9 +81,19 @@ class Stack:
         path = write(
             os.path.join(self.dir, "backend.toml"),
             f"[backend]\n{_table(values)}\n[tls]\n"
-            f'cert = "{ours}/server.crt"\nkey = "{ours}/server.key"\nclient_ca = "{ours}/ca.crt"\n',
+            f'cert = "{ours}/server.crt"\nkey = "{ours}/server.key"\nclient_ca = "{ours}/ca.crt"\n'
+            + extra,
         )
         return load_backend_config(path)
+
+    def signing_backend(self, pki_name: str = "ours") -> str:
+        """A backend ``[signing]`` section with that PKI's signing key (for ``extra``)."""
+        return f'[signing]\nkey = "{self.pki[pki_name]}/signing.key"\n'
+
+    def signing_agent(self, *pki_names: str, clock_window: float = 60) -> str:
+        """An agent ``[signing]`` section trusting those PKIs' keys (default ours; ``extra``)."""
+        keys = [f"{self.pki[name]}/signing.pub" for name in pki_names or ("ours",)]
+        return f"[signing]\npublic_keys = {_toml(keys)}\nclock_window = {clock_window}\n"
 
     def agent_config(
         self,
@@ -228,4 +241,3 @@ def tick_verb(pids: str) -> str:
         'params.count = { type = "integer", min = 1, max = 1000 }\n'
         'params.interval = { type = "number", min = 0, max = 5 }\n'
     )
-

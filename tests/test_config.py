@@ -9,6 +9,7 @@ import stat
 
 from twisted.trial import unittest
 
+from viworks import pki
 from viworks.config import (
     BUILTIN_VERBS,
     AgentConfig,
@@ -53,6 +54,8 @@ class _ConfigTestCase(unittest.TestCase):
         for name in ("agent.crt", "agent.key", "server.crt", "server.key", "ca.crt"):
             with open(os.path.join(self.dir, "pki", name), "w") as f:
                 f.write("-----BEGIN PLACEHOLDER-----\n")
+        # signing.key and signing.pub: [signing] checks that they are real Ed25519 keys.
+        pki.make_signing_key(os.path.join(self.dir, "pki"))
 
     def write(self, text: str, name: str = "config.toml") -> str:
         path = os.path.join(self.dir, name)
@@ -135,8 +138,9 @@ class ShippedFilesTests(_ConfigTestCase):
         from viworks import config as mod
 
         for name, sections in (
-            ("agent.toml", mod._AGENT_SECTIONS),
-            ("backend.toml", mod._BACKEND_SECTIONS),
+            # [signing] is optional (a table loader), and the examples turn it on.
+            ("agent.toml", {**mod._AGENT_SECTIONS, "signing": (mod.AgentSigning, ())}),
+            ("backend.toml", {**mod._BACKEND_SECTIONS, "signing": (mod.BackendSigning, ())}),
         ):
             with open(os.path.join(ETC, name), "rb") as f:
                 data = tomllib.load(f)
@@ -643,3 +647,61 @@ class HelperTests(unittest.TestCase):
             "/f.toml: [agent] site: bad thing",
         )
         self.assertEqual(str(ConfigError("/f.toml", "oops", section="x")), "/f.toml: [x]: oops")
+
+
+class SigningConfigTests(_ConfigTestCase):
+    def test_absent_means_off(self):
+        """Without [signing] both configs load with signing None (existing files keep working)."""
+        self.assertIsNone(self.agent().signing)
+        self.assertIsNone(load_backend_config(self.write(BACKEND_MINIMAL)).signing)
+
+    def test_agent_signing(self):
+        """[signing] public_keys are resolved against the file; clock_window defaults to 60."""
+        config = self.agent('[signing]\npublic_keys = ["pki/signing.pub", "pki/signing.pub"]\n')
+        pub = os.path.join(self.dir, "pki", "signing.pub")
+        self.assertEqual(config.signing.public_keys, (pub, pub))
+        self.assertEqual(config.signing.clock_window, 60.0)
+        config = self.agent('[signing]\npublic_keys = ["pki/signing.pub"]\nclock_window = 5\n')
+        self.assertEqual(config.signing.clock_window, 5.0)
+
+    def test_agent_signing_errors(self):
+        """Bad [signing] values name the file, the section and the key."""
+        self.assertAgentError(
+            AGENT_MINIMAL + "[signing]\n", "[signing] public_keys: required key is missing"
+        )
+        self.assertAgentError(
+            AGENT_MINIMAL + "[signing]\npublic_keys = []\n",
+            "[signing] public_keys: must list at least one",
+        )
+        self.assertAgentError(
+            AGENT_MINIMAL + '[signing]\npublic_keys = ["pki/nope.pub"]\n',
+            "[signing] public_keys: item 0: file does not exist",
+        )
+        self.assertAgentError(
+            AGENT_MINIMAL + '[signing]\npublic_keys = ["pki/ca.crt"]\n',
+            "[signing] public_keys: item 0:",
+            "not a PEM public key",
+        )
+        self.assertAgentError(
+            AGENT_MINIMAL + '[signing]\npublic_keys = ["pki/signing.pub"]\nclock_window = 0\n',
+            "[signing] clock_window: must be > 0",
+        )
+
+    def test_backend_signing(self):
+        """backend.toml [signing] key must exist and be an Ed25519 private key."""
+        config = load_backend_config(
+            self.write(BACKEND_MINIMAL + '[signing]\nkey = "pki/signing.key"\n')
+        )
+        self.assertEqual(config.signing.key, os.path.join(self.dir, "pki", "signing.key"))
+        self.assertBackendError(
+            BACKEND_MINIMAL + '[signing]\nkey = "pki/missing.key"\n',
+            "[signing] key: file does not exist",
+        )
+        self.assertBackendError(
+            BACKEND_MINIMAL + '[signing]\nkey = "pki/signing.pub"\n',
+            "[signing] key:",
+            "not an unencrypted PEM private key",
+        )
+        self.assertBackendError(
+            BACKEND_MINIMAL + '[signing]\nkye = "pki/signing.key"\n', "[signing] kye: unknown key"
+        )

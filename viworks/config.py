@@ -21,6 +21,7 @@ import base64
 import copy
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -34,10 +35,13 @@ from viworks.schema import validate_schema
 __all__ = [
     "AgentConfig",
     "AgentSection",
+    "AgentSigning",
     "AgentTLS",
+    "ApiSection",
     "BUILTIN_VERBS",
     "BackendConfig",
     "BackendSection",
+    "BackendSigning",
     "BackendTLS",
     "ConfigError",
     "OutboundSection",
@@ -319,6 +323,24 @@ def _bind(value: str, ctx: _Ctx) -> str:
     return value
 
 
+def _optional_bind(value: str, ctx: _Ctx) -> str:
+    """A ``host:port``, or "" for "not set"."""
+    return _bind(value, ctx) if value else ""
+
+
+def _networks(value: tuple[str, ...], ctx: _Ctx) -> tuple[str, ...]:
+    """IP addresses or CIDR networks, normalised (``10.0.0.0/8``, ``::1/128``)."""
+    out = []
+    for i, item in enumerate(value):
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise _Invalid(
+                f"item {i} must be an IP address or CIDR network, got {item!r}"
+            ) from None
+    return tuple(out)
+
+
 def _wss_url(value: str, ctx: _Ctx) -> str:
     try:
         parse_wss_url(value)
@@ -386,6 +408,37 @@ def _spki_pins(value: tuple[str, ...], ctx: _Ctx) -> tuple[str, ...]:
                 f"item {i} must be 'sha256/<base64 of a 32-byte SHA-256 digest>', got {pin!r}"
             )
     return value
+
+
+def _signing_private_key(value: str, ctx: _Ctx) -> str:
+    """The backend's Ed25519 signing key (``viworks pki signing-key``)."""
+    path = _readable_file(value, ctx)
+    if ctx.check_files:
+        from viworks import signing
+
+        try:
+            signing.load_private_key(path)
+        except signing.SigningKeyError as e:
+            raise _Invalid(str(e)) from None
+    return path
+
+
+def _signing_public_keys(value: tuple[str, ...], ctx: _Ctx) -> tuple[str, ...]:
+    """The backend's public signing keys the agent trusts: [current] or [current, next]."""
+    if not value:
+        raise _Invalid("must list at least one public key file (the backend's signing.pub)")
+    from viworks import signing
+
+    paths = []
+    for i, item in enumerate(value):
+        try:
+            path = _readable_file(item, ctx)
+            if ctx.check_files:
+                signing.load_public_key(path)
+        except (_Invalid, signing.SigningKeyError) as e:
+            raise _Invalid(f"item {i}: {e}") from None
+        paths.append(path)
+    return tuple(paths)
 
 
 #: The verbs the gateway ships (``viworks.gateway.catalog.builtin_verbs``).  A ``[verbs.NAME]``
@@ -629,6 +682,16 @@ class BootstrapSection:
 
 
 @dataclass(frozen=True)
+class AgentSigning:
+    """``[signing]``: run only commands signed by the backend (optional; off without it)."""
+
+    # Paths of the backend's signing.pub: [current] or [current, next] during a rotation.
+    public_keys: tuple[str, ...] = _spec("string array", check=_signing_public_keys)
+    # Seconds a command's issued_at may differ from this agent's clock.
+    clock_window: float = _spec("number", 60.0, _positive)
+
+
+@dataclass(frozen=True)
 class VerbConfig:
     """One ``[verbs.NAME]`` table: overrides of a built-in verb, or a declared verb.
 
@@ -667,6 +730,8 @@ class AgentConfig:
     logs: LogsSection = field(default_factory=LogsSection)
     bootstrap: BootstrapSection = field(default_factory=BootstrapSection)
     verbs: dict[str, VerbConfig] = field(default_factory=dict)
+    # None when the file has no [signing] section (commands are not verified).
+    signing: AgentSigning | None = None
 
 
 @dataclass(frozen=True)
@@ -683,6 +748,13 @@ class BackendSection:
     lost_grace: float = _spec("number", 60.0, _positive)
     handshake_rate: float = _spec("number", 200.0, _positive)
     handshake_burst: int = _spec("integer", 200, _at_least(1))
+    # Frames per second one agent may send (burst: twice that); see etc/backend.toml.
+    agent_frame_rate: float = _spec("number", 50.0, _positive)
+    # Agents through a TLS-terminating nginx: a plain-TCP WebSocket listener ("" = off) that
+    # takes the agent's identity from nginx's verified-client-certificate headers, and only
+    # when the TCP peer is one of trusted_proxies (IPs or CIDRs). See docs/security.md.
+    proxied_ws_bind: str = _spec("string", "", _optional_bind)
+    trusted_proxies: tuple[str, ...] = _spec("string array", (), _networks)
 
     @property
     def http_host(self) -> str:
@@ -713,10 +785,32 @@ class BackendTLS:
 
 
 @dataclass(frozen=True)
+class BackendSigning:
+    """``[signing]``: sign every command delivered to agents (optional)."""
+
+    # The Ed25519 private key written by `viworks pki signing-key DIR` (DIR/signing.key).
+    key: str = _spec("string", check=_signing_private_key)
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    """``[api]``: the operators' HTTP API."""
+
+    # Per API token: requests per second, and how many may come at once (burst).
+    rate_limit_per_token: float = _spec("number", 20.0, _positive)
+    rate_limit_burst: int = _spec("integer", 40, _at_least(1))
+    # GET /metrics (Prometheus) needs "Authorization: Bearer <metrics_token>" ("" = open).
+    metrics_token: str = _spec("string", "")
+
+
+@dataclass(frozen=True)
 class BackendConfig:
     path: str
     backend: BackendSection
     tls: BackendTLS
+    api: ApiSection = field(default_factory=ApiSection)
+    # None when the file has no [signing] section (commands go out unsigned).
+    signing: BackendSigning | None = None
 
 
 # section name -> (dataclass, cross-field checks run after every key is valid)
@@ -741,6 +835,7 @@ _TableLoaders = dict[str, Callable[[str, Any, _Ctx], Any]]
 _BACKEND_SECTIONS: _SectionTable = {
     "backend": (BackendSection, ()),
     "tls": (BackendTLS, ()),
+    "api": (ApiSection, ()),
 }
 
 
@@ -844,7 +939,21 @@ def _load_verbs(path: str, table: Any, ctx: _Ctx) -> dict[str, VerbConfig]:
     return verbs
 
 
-_AGENT_TABLES: _TableLoaders = {"verbs": _load_verbs}
+def _optional_section(name: str, cls: type) -> Callable[[str, Any, _Ctx], Any]:
+    """A loader for a section that may be left out (``None`` then, see ``_load``)."""
+
+    def load(path: str, table: Any, ctx: _Ctx) -> Any:
+        return _load_section(path, name, cls, (), table, ctx)
+
+    load.optional = True  # type: ignore[attr-defined]
+    return load
+
+
+_AGENT_TABLES: _TableLoaders = {
+    "verbs": _load_verbs,
+    "signing": _optional_section("signing", AgentSigning),
+}
+_BACKEND_TABLES: _TableLoaders = {"signing": _optional_section("signing", BackendSigning)}
 
 
 def _load(
@@ -865,6 +974,9 @@ def _load(
     for name, (cls, checks) in sections.items():
         loaded[name] = _load_section(path, name, cls, checks, data.get(name, {}), ctx)
     for name, loader in tables.items():
+        if getattr(loader, "optional", False) and name not in data:
+            loaded[name] = None
+            continue
         loaded[name] = loader(path, data.get(name, {}), ctx)
     return loaded
 
@@ -880,4 +992,4 @@ def load_agent_config(path: str, *, check_files: bool = True) -> AgentConfig:
 
 def load_backend_config(path: str, *, check_files: bool = True) -> BackendConfig:
     """Load and validate a backend configuration file (see ``load_agent_config``)."""
-    return BackendConfig(**_load(path, _BACKEND_SECTIONS, check_files))
+    return BackendConfig(**_load(path, _BACKEND_SECTIONS, check_files, _BACKEND_TABLES))

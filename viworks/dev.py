@@ -34,6 +34,9 @@ heartbeat_interval = 10
 cert = "pki/server.crt"
 key = "pki/server.key"
 client_ca = "pki/ca.crt"
+
+[signing]
+key = "pki/signing.key"
 """
 
 AGENT_TOML = """\
@@ -56,6 +59,10 @@ key = "pki/agents/{agent_id}.key"
 ca = "pki/ca.crt"
 backend_spki_pins = ["{pin}"]
 
+[signing]
+public_keys = ["pki/signing.pub"]
+clock_window = 60
+
 [panel]
 users_file = "panel.htpasswd"
 """
@@ -70,6 +77,9 @@ def prepare(directory: str, http_port: int, ws_port: int, api_port: int) -> tupl
         pki.init_ca(pki_dir, common_name="ViWorkS dev CA")
         pki.issue_server(pki_dir, "localhost", ["127.0.0.1", "::1"])
         pki.issue_agent(pki_dir, DEV_AGENT)
+    # Also for dev directories made before commands were signed.
+    if not os.path.exists(os.path.join(pki_dir, "signing.key")):
+        pki.make_signing_key(pki_dir)
     values = {
         "http_port": http_port,
         "ws_port": ws_port,

@@ -12,6 +12,21 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
 
+LISTEN_BACKLOG = 4096
+
+
+def no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off on the TCP socket under (possibly TLS-wrapped) ``transport``.
+
+    Commands and results are small messages that must go out at once; with
+    Nagle on, a reply waits for the peer's delayed ACK (tens of milliseconds).
+    Autobahn's own tcpNoDelay does not reach the socket under TLS.
+    """
+    while transport is not None and not hasattr(transport, "setTcpNoDelay"):
+        transport = getattr(transport, "transport", None)
+    if transport is not None:
+        transport.setTcpNoDelay(True)
+
 
 def listen_service(
     reactor: Any,
@@ -30,7 +45,9 @@ def listen_service(
     except ValueError:
         is_v6 = False
     endpoint_class = TCP6ServerEndpoint if is_v6 else TCP4ServerEndpoint
-    endpoint = endpoint_class(reactor, port, interface=host)
+    # A deep accept queue: after a backend restart thousands of agents connect
+    # at once, and overflowing the default (50) costs each of them a TCP retry.
+    endpoint = endpoint_class(reactor, port, backlog=LISTEN_BACKLOG, interface=host)
     if tls_options is not None:
         factory = TLSMemoryBIOFactory(tls_options, False, factory)
     service = StreamServerEndpointService(endpoint, factory)

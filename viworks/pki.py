@@ -6,6 +6,7 @@ Layout of a PKI directory::
     DIR/ca.crt  DIR/ca.key                      the CA
     DIR/server.crt  DIR/server.key              the backend's TLS identity
     DIR/agents/AGENT_ID.crt  AGENT_ID.key       one per gateway agent
+    DIR/signing.key  DIR/signing.pub            the backend's command-signing key (Ed25519)
 
 Keys are EC P-256 (fast to generate, supported by every TLS stack we use),
 written mode 0600; every file is written atomically.
@@ -33,6 +34,7 @@ __all__ = [
     "init_ca",
     "issue_agent",
     "issue_server",
+    "make_signing_key",
     "spki_pin",
     "spki_pin_of_certificate",
 ]
@@ -128,6 +130,27 @@ def issue_agent(directory: str, agent_id: str, days: int = 825) -> tuple[str, st
         ExtendedKeyUsageOID.CLIENT_AUTH,
         days,
     )
+
+
+def make_signing_key(directory: str) -> tuple[str, str]:
+    """Create the backend's Ed25519 command-signing key pair in DIR.
+
+    Writes DIR/signing.key (PKCS#8 PEM, 0600) and DIR/signing.pub (PEM
+    SubjectPublicKeyInfo, 0644, for the agents' ``[signing] public_keys``) and
+    returns their paths. Creates DIR (0700) if needed. Raises L{PKIError} if
+    DIR/signing.key exists: agents trust the key it replaces, so a rotation
+    makes the next key in another directory (see docs/security.md).
+    """
+    from viworks import signing
+
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    key_path = os.path.join(directory, "signing.key")
+    pub_path = os.path.join(directory, "signing.pub")
+    key = signing.generate_private_key()
+    # The private key first, never clobbering, so the pair always matches.
+    _write_file(key_path, signing.private_key_pem(key), 0o600, replace=False)
+    _write_file(pub_path, signing.public_key_pem(key.public_key()), 0o644)
+    return key_path, pub_path
 
 
 def spki_pin(cert_path_or_pem: str | bytes | os.PathLike[str]) -> str:

@@ -9,6 +9,7 @@ inverse. docs/protocol.md describes every frame.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ CLOSE_HELLO_REFUSED = 4001
 CLOSE_REPLACED = 4002
 CLOSE_SHUTDOWN = 4003
 CLOSE_BUSY = 4004
+# An agent that kept sending beyond [backend] agent_frame_rate ("flood; retry-after=N").
+CLOSE_FLOOD = 4005
 
 _RETRY_AFTER = re.compile(r"retry-after=(\d+(?:\.\d+)?)")
 
@@ -34,6 +37,8 @@ INVALID_FRAME = "INVALID_FRAME"
 HELLO_REQUIRED = "HELLO_REQUIRED"
 IDENTITY_MISMATCH = "IDENTITY_MISMATCH"
 UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+# A frame dropped because the agent sends faster than [backend] agent_frame_rate.
+RATE_LIMITED = "RATE_LIMITED"
 
 _STR = (str,)
 _NUM = (int, float)
@@ -162,6 +167,17 @@ def _type_ok(value: Any, accepted: tuple[type, ...]) -> bool:
     return isinstance(value, accepted)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def decode(payload: bytes, is_binary: bool = False) -> Frame:
     """Parse and validate one frame, raising ``FrameError`` on anything wrong.
 
@@ -170,9 +186,13 @@ def decode(payload: bytes, is_binary: bool = False) -> Frame:
     if is_binary:
         raise FrameError(MALFORMED_FRAME, "binary frames are not accepted; send JSON text")
     try:
-        body = json.loads(payload)
+        # Strict JSON (RFC 8259): no NaN or Infinity, which json accepts by default.
+        body = json.loads(payload, parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError) as e:
         raise FrameError(MALFORMED_FRAME, f"frame is not valid JSON: {e}") from None
+    except RecursionError:
+        # Found by fuzzing: deeply nested arrays exhaust the parser's stack.
+        raise FrameError(MALFORMED_FRAME, "frame is nested too deeply") from None
     if not isinstance(body, dict):
         raise FrameError(MALFORMED_FRAME, "frame must be a JSON object")
     frame_type = body.pop("type", None)

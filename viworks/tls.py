@@ -17,24 +17,30 @@ import binascii
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from OpenSSL import crypto
+from OpenSSL import SSL, crypto
 from twisted.internet import ssl
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from zope.interface import implementer
 
 from viworks.pki import agent_id_of, spki_pin_of_certificate
 
 __all__ = [
+    "ReloadableTLS",
     "TLSConfigError",
     "client_tls_options",
     "enforce_pins",
     "load_pem_certificate",
+    "load_pem_certificates",
     "load_pem_private_key",
     "parse_pin",
     "peer_agent_id",
@@ -116,6 +122,33 @@ def client_tls_options(
             "raiseMinimumTo": ssl.TLSVersion.TLSv1_2,
         },
     )
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLClientConnectionCreator)
+class ReloadableTLS:
+    """TLS options that can be swapped while listening or reconnecting (SIGHUP).
+
+    ``build()`` makes the options (L{server_context_factory} or
+    L{client_tls_options} with the configured paths); L{reload} calls it again
+    and, only if that succeeded, uses the result for every LATER connection.
+    Connections already established keep the material they were made with.
+    On failure the exception propagates and the previous options stay in use.
+    """
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self.options = build()
+
+    def reload(self, build: Callable[[], Any]) -> None:
+        self.options = build()
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802
+        options = self.options
+        if IOpenSSLServerConnectionCreator.providedBy(options):
+            return options.serverConnectionForTLS(tlsProtocol)
+        return SSL.Connection(options.getContext(), None)
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802
+        return self.options.clientConnectionForTLS(tlsProtocol)
 
 
 def peer_certificate(transport: Any) -> x509.Certificate | None:
@@ -220,6 +253,18 @@ def _load_pair(
     return cert, key
 
 
+def load_pem_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle (a CA rotation trusts old and new at once)."""
+    try:
+        return x509.load_pem_x509_certificates(_read(path))
+    except ValueError as e:
+        raise TLSConfigError(path, f"not a PEM certificate ({_one_line(e)})") from None
+
+
 def _trust_root(ca_path: str | os.PathLike[str]) -> Any:
-    ca = load_pem_certificate(ca_path)
-    return ssl.trustRootFromCertificates([ssl.Certificate(crypto.X509.from_cryptography(ca))])
+    return ssl.trustRootFromCertificates(
+        [
+            ssl.Certificate(crypto.X509.from_cryptography(ca))
+            for ca in load_pem_certificates(ca_path)
+        ]
+    )

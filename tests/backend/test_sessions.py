@@ -97,7 +97,7 @@ class AgentSessionTests(unittest.TestCase):
             ledger=self.ledger,
             clock=self.clock,
             # A certificate would name the agent; here the test sets it per transport.
-            identify=lambda transport: getattr(transport, "identity", None),
+            identify=lambda transport, request: getattr(transport, "identity", None),
             ws_path=WS_PATH,
             heartbeat_interval=HEARTBEAT,
             max_message_size=MAX_MESSAGE,
@@ -481,3 +481,29 @@ class AgentSessionTests(unittest.TestCase):
         self.flush()
         self.assertEqual(client.frames, [])
         self.assertTrue(client.live)
+
+    async def test_session_metrics(self):
+        """Sessions feed the shared metrics: opened, reconnects, refusals, frames in and out."""
+        first = await self.welcomed()
+        first.sendClose()
+        self.flush()
+        await self.welcomed()  # the same agent again: a reconnect
+        stranger = self.connect("gw-2")
+        stranger.hello("gw-3")
+        await self.until(lambda: stranger.closed)
+        nobody = self.connect(None)
+        await self.until(lambda: nobody.closed)
+        text = self.factory.metrics.render().decode()
+        self.assertIs(self.factory.metrics, self.ledger.metrics)
+        for line in (
+            "viworks_agents_connected 1.0",
+            "viworks_sessions_opened_total 2.0",
+            "viworks_reconnects_total 1.0",
+            'viworks_sessions_refused_total{reason="IDENTITY_MISMATCH"} 1.0',
+            'viworks_sessions_refused_total{reason="no_certificate"} 1.0',
+            'viworks_frames_received_total{type="hello"} 3.0',
+            'viworks_frames_sent_total{type="welcome"} 2.0',
+            'viworks_frames_sent_total{type="error"} 1.0',  # IDENTITY_MISMATCH
+        ):
+            self.assertIn(line + "\n", text)
+        self.assertRegex(text, r"viworks_handshake_tokens_available \d")

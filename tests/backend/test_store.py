@@ -190,7 +190,13 @@ class StoreTestsMixin:
         old = self.make_store()
         self.addCleanup(old.close)
         self.assertEqual(await old.open(), 2)
-        await self.online(old)
+        # Version-2 columns only (upsert_agent_online writes later ones).
+        await old._run(
+            old._update_count_txn,
+            "INSERT INTO agents (agent_id, status, session_id, epoch)"
+            " VALUES ('gw1', 'online', 's1', 1)",
+            (),
+        )
         await old._run(
             old._update_count_txn,
             "INSERT INTO commands (command_id, agent_id, verb, args, status, timeout,"
@@ -989,9 +995,19 @@ class StoreTestsMixin:
         self.assertEqual(await store.token_name_for_hash("aa" * 32), "ci")
         self.assertEqual(await store.token_name_for_hash("bb" * 32), "admin")
         self.assertIsNone(await store.token_name_for_hash("cc" * 32))
+        unlimited = {
+            "role": "operator",
+            "verbs": None,
+            "sites": None,
+            "expires_at": None,
+            "revoked_at": None,
+        }
         self.assertEqual(
             await store.list_tokens(),
-            [{"name": "admin", "created_at": 11.0}, {"name": "ci", "created_at": 10.0}],
+            [
+                {"name": "admin", "created_at": 11.0, **unlimited},
+                {"name": "ci", "created_at": 10.0, **unlimited},
+            ],
         )
 
     async def test_duplicate_token(self) -> None:
@@ -1007,6 +1023,143 @@ class StoreTestsMixin:
         self.assertIsNone(await store.token_name_for_hash("bb" * 32))
         self.assertEqual([t["name"] for t in await store.list_tokens()], ["ci"])
 
+    async def test_token_roles_scopes_expiry_revocation(self) -> None:
+        """Tokens carry a role, verb/site lists, an expiry; revoking one stamps it once."""
+        store = await self.open_store()
+        await store.create_token(
+            "ops", "aa" * 32, 10.0, role="operator", verbs=["ping"], sites=["paris"]
+        )
+        await store.create_token("boss", "bb" * 32, 11.0, role="admin", expires_at=99.5)
+        await store.create_token("eyes", "cc" * 32, 12.0, role="viewer")
+        with self.assertRaises(ValueError):
+            await store.create_token("bad", "dd" * 32, 13.0, role="root")
+        ops = await store.token_for_hash("aa" * 32)
+        self.assertEqual(
+            ops,
+            {
+                "name": "ops",
+                "created_at": 10.0,
+                "role": "operator",
+                "verbs": ["ping"],
+                "sites": ["paris"],
+                "expires_at": None,
+                "revoked_at": None,
+            },
+        )
+        self.assertEqual((await store.token_for_hash("bb" * 32))["expires_at"], 99.5)
+        self.assertEqual(
+            [(t["name"], t["role"]) for t in await store.list_tokens()],
+            [("boss", "admin"), ("eyes", "viewer"), ("ops", "operator")],
+        )
+        for token in await store.list_tokens():
+            self.assertNotIn("token_hash", token)
+        self.assertTrue(await store.revoke_token("ops", 20.0))
+        self.assertFalse(await store.revoke_token("ops", 21.0))
+        self.assertFalse(await store.revoke_token("nobody", 21.0))
+        self.assertEqual((await store.token_for_hash("aa" * 32))["revoked_at"], 20.0)
+
+    async def test_certificate_serial_and_revocations(self) -> None:
+        """The agent row keeps its certificate serial; revocations are polled by seq."""
+        store = await self.open_store()
+        self.assertIsNone((await self.online(store))["cert_serial"])
+        agent = await store.upsert_agent_online(
+            "gw2",
+            version="1",
+            site="s",
+            hostname="h",
+            protocol=1,
+            verbs={},
+            peer=None,
+            session_id="s2",
+            labels={},
+            now=1.0,
+            cert_serial="1f2e",
+        )
+        self.assertEqual(agent["cert_serial"], "1f2e")
+        self.assertEqual(await store.revocations_since(0), [])
+        self.assertTrue(await store.revoke_certificate("1f2e", "gw2", 5.0, "lost laptop"))
+        self.assertFalse(await store.revoke_certificate("1f2e", "gw2", 6.0))
+        self.assertTrue(await store.revoke_certificate("aa", "gw1", 7.0))
+        first, second = await store.revocations_since(0)
+        self.assertEqual(
+            {k: first[k] for k in ("serial", "agent_id", "revoked_at", "reason")},
+            {"serial": "1f2e", "agent_id": "gw2", "revoked_at": 5.0, "reason": "lost laptop"},
+        )
+        self.assertEqual(await store.revocations_since(first["seq"]), [second])
+        self.assertEqual(await store.revocations_since(second["seq"]), [])
+        self.assertTrue(await store.is_certificate_revoked("1f2e"))
+        self.assertFalse(await store.is_certificate_revoked("1f2f"))
+
+    async def test_audit_chain(self) -> None:
+        """Audit records are numbered from 1, chained by hash, with secrets redacted."""
+        from viworks.backend import audit
+
+        store = await self.open_store()
+        first = await store.append_audit(
+            1.5, "ci", "api.post", "/x", "ok", {"password": "hunter2", "verb": "ping"}
+        )
+        second = await store.append_audit(2.0, "system", "command.finished", None, "failed")
+        self.assertEqual((first["seq"], second["seq"]), (1, 2))
+        self.assertEqual(first["prev_hash"], audit.GENESIS)
+        self.assertEqual(second["prev_hash"], first["hash"])
+        rows = await store.audit_records()
+        self.assertEqual(rows, [first, second])
+        self.assertEqual(rows[0]["detail"], '{"password":"[redacted]","verb":"ping"}')
+        self.assertIsNone(rows[1]["detail"])
+        self.assertEqual(audit.verify_chain(rows), 2)
+        self.assertEqual(await store.audit_records(after_seq=1), [second])
+        self.assertEqual(await store.audit_seq_of_hash(second["hash"]), 2)
+        self.assertIsNone(await store.audit_seq_of_hash("ff" * 32))
+
+    async def test_audit_concurrent_writers(self) -> None:
+        """Appends from concurrent transactions (and a second store) never fork the chain."""
+        from viworks.backend import audit
+
+        store = await self.open_store()
+        other = await self.open_store()
+        writes = [
+            (store if i % 2 else other).append_audit(float(i), f"w{i}", "test", None, "ok")
+            for i in range(40)
+        ]
+        await defer.gatherResults([defer.Deferred.fromCoroutine(w) for w in writes])
+        rows = await store.audit_records(limit=100)
+        self.assertEqual([r["seq"] for r in rows], list(range(1, 41)))
+        self.assertEqual(audit.verify_chain(rows), 40)
+
+    async def test_migrate_from_v3(self) -> None:
+        """Tokens made before roles become unlimited operators; agents get no serial yet."""
+        patcher = MonkeyPatcher(
+            (store_schema, "MIGRATIONS", store_schema.MIGRATIONS[:3]),
+            (store_schema, "LATEST_VERSION", 3),
+        )
+        patcher.patch()
+        self.addCleanup(patcher.restore)
+        old = self.make_store()
+        self.addCleanup(old.close)
+        self.assertEqual(await old.open(), 3)
+        await old._run(
+            old._update_count_txn,
+            "INSERT INTO tokens (name, token_hash, created_at) VALUES ('ci', ?, 1.0)",
+            ("aa" * 32,),
+        )
+        await old._run(
+            old._update_count_txn,
+            "INSERT INTO agents (agent_id, status, session_id) VALUES ('gw1', 'offline', 's1')",
+            (),
+        )
+        await old.close()
+        patcher.restore()
+
+        store = await self.open_store()
+        token = await store.token_for_hash("aa" * 32)
+        self.assertEqual(
+            (token["role"], token["verbs"], token["sites"], token["expires_at"]),
+            ("operator", None, None, None),
+        )
+        self.assertIsNone(token["revoked_at"])
+        self.assertIsNone((await store.get_agent("gw1"))["cert_serial"])
+        self.assertEqual((await store.append_audit(1.0, "a", "b", None, "ok"))["seq"], 1)
+
     async def test_survives_reopen(self) -> None:
         """Data written before close() is there after reopening the database."""
         store = await self.open_store()
@@ -1020,6 +1173,104 @@ class StoreTestsMixin:
         self.assertEqual((await again.get_agent("gw1"))["verbs"], VERBS)
         self.assertEqual((await again.get_command("c1"))["args"], {"count": 1})
         self.assertEqual(await again.token_name_for_hash("aa" * 32), "ci")
+
+    # -- jobs ---------------------------------------------------------------
+
+    def _job(self, job_id: str = "j1", **fields: Any) -> dict[str, Any]:
+        return {
+            "job_id": job_id,
+            "status": "running",
+            "verb": "ping",
+            "args": {"count": 1},
+            "selector": "site=paris",
+            "concurrency": "10%",
+            "concurrency_limit": 1,
+            "max_errors": "2",
+            "max_errors_limit": 2,
+            "ttl": 60.0,
+            "timeout": 30.0,
+            "created_at": 10.0,
+            "updated_at": 10.0,
+            **fields,
+        }
+
+    async def test_jobs_create_get_list(self) -> None:
+        """A job and its targets are stored together and read back decoded."""
+        store = await self.open_store()
+        job = await store.create_job(self._job(canary=2, canary_auto=True), ["gw2", "gw1"])
+        self.assertEqual(job["args"], {"count": 1})
+        self.assertIs(job["canary_auto"], True)
+        self.assertIs(job["canary_passed"], False)
+        self.assertIs(job["has_secrets"], False)
+        self.assertEqual((job["canary"], job["ttl"], job["created_at"]), (2, 60.0, 10.0))
+        self.assertEqual(await store.get_job("j1"), job)
+        self.assertIsNone(await store.get_job("nope"))
+        targets = await store.job_targets("j1")
+        self.assertEqual(
+            [(t["position"], t["agent_id"], t["command_id"], t["status"]) for t in targets],
+            [(0, "gw2", None, "pending"), (1, "gw1", None, "pending")],
+        )
+        await store.create_job(self._job("j2", status="paused", created_at=20.0), ["gw1"])
+        self.assertEqual([j["job_id"] for j in await store.list_jobs()], ["j2", "j1"])
+        self.assertEqual([j["job_id"] for j in await store.list_jobs(["running"])], ["j1"])
+        self.assertEqual([j["job_id"] for j in await store.list_jobs(limit=1)], ["j2"])
+        with self.assertRaises(ValueError):
+            await store.list_jobs(["nope"])
+        with self.assertRaises(ValueError):
+            await store.create_job(self._job("j3"), ["gw1", "gw1"])
+        with self.assertRaises(ValueError):
+            await store.create_job(self._job("j3", bogus=1), ["gw1"])
+
+    async def test_job_targets_follow_their_commands(self) -> None:
+        """A target shows its command's status, or its outcome; counts group them."""
+        store = await self.open_store()
+        await store.create_job(self._job(), ["gw1", "gw2", "gw3"])
+        await store.create_command(_command("c1", "gw1"))
+        self.assertTrue(await store.settle_job_target("j1", 0, command_id="c1"))
+        # Compare-and-set: a settled target is not settled again.
+        self.assertFalse(await store.settle_job_target("j1", 0, outcome="expired"))
+        error = {"code": "EXPIRED", "message": "offline"}
+        self.assertTrue(await store.settle_job_target("j1", 2, outcome="expired", error=error))
+        await store.transition("c1", "dispatched", 11.0, dispatched_at=11.0)
+        targets = await store.job_targets("j1")
+        self.assertEqual(
+            [(t["command_id"], t["status"], t["error"]) for t in targets],
+            [("c1", "dispatched", None), (None, "pending", None), (None, "expired", error)],
+        )
+        await store.create_job(self._job("j2"), ["gw1"])
+        self.assertEqual(
+            await store.job_counts(["j1", "j2", "j3"]),
+            {"j1": {"dispatched": 1, "pending": 1, "expired": 1}, "j2": {"pending": 1}, "j3": {}},
+        )
+        with self.assertRaises(ValueError):
+            await store.settle_job_target("j1", 1)
+        with self.assertRaises(ValueError):
+            await store.settle_job_target("j1", 1, outcome="succeeded")
+
+    async def test_update_job_compare_and_set(self) -> None:
+        """update_job changes a job only from the expected statuses, and stamps updated_at."""
+        store = await self.open_store()
+        await store.create_job(self._job(), ["gw1"])
+        paused = await store.update_job("j1", 12.0, expected=["running"], status="paused")
+        self.assertEqual((paused["status"], paused["updated_at"]), ("paused", 12.0))
+        self.assertIsNone(await store.update_job("j1", 13.0, expected=["running"], status="paused"))
+        done = await store.update_job(
+            "j1",
+            14.0,
+            expected=["paused"],
+            status="completed",
+            canary_passed=True,
+            finished_at=14.0,
+            error={"code": "X", "message": "y"},
+        )
+        self.assertEqual(done["error"], {"code": "X", "message": "y"})
+        self.assertIs(done["canary_passed"], True)
+        self.assertEqual(await store.get_job("j1"), done)
+        self.assertIsNone(await store.update_job("nope", 15.0, status="paused"))
+        with self.assertRaises(ValueError):
+            await store.update_job("j1", 15.0, status="exploded")
+        with self.assertRaises(ValueError):
+            await store.update_job("j1", 15.0, verb="other")
 
 
 class SQLiteStoreTests(StoreTestsMixin, unittest.TestCase):
@@ -1091,10 +1342,14 @@ class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
             [
                 "agent_telemetry",
                 "agents",
+                "audit_log",
                 "command_events",
                 "command_output",
                 "commands",
                 "idempotency_keys",
+                "job_targets",
+                "jobs",
+                "revoked_certificates",
                 "schema_version",
                 "tokens",
             ],

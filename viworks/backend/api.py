@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +16,23 @@ from twisted.internet.interfaces import IReactorTime
 from werkzeug.exceptions import HTTPException
 
 from viworks import __version__, lifecycle
+from viworks.backend import audit, authz
 from viworks.backend.events import Event, sse_frame
+from viworks.backend.jobs import STATUSES as JOB_STATUSES
+from viworks.backend.jobs import JobRunner
 from viworks.backend.ledger import CommandLedger, Idempotency, LedgerError
+from viworks.backend.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from viworks.backend.metrics import Metrics
 from viworks.backend.registry import SessionRegistry
 from viworks.logs import Logger
+from viworks.ratelimit import TokenBucket
+from viworks.selectors import SelectorError
+from viworks.selectors import parse as parse_selector
 from viworks.timeutil import rfc3339
 
 MAX_BODY = 1 << 20
+# Requests that change nothing; every other one is audited.
+_READ_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 MAX_WAIT = 300.0
 MAX_IDEMPOTENCY_KEY = 255
 SSE_KEEPALIVE = 15.0
@@ -29,20 +41,36 @@ SSE_KEEPALIVE = 15.0
 class ApiError(Exception):
     """An error response: status, machine code, human message, offending field."""
 
-    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[bytes, bytes] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the token's name, and the token itself (never stored)."""
+    """Who sent a request: the token's name, the token itself (never stored), its
+    role and, for operators, the verbs and sites it is limited to (None: any)."""
 
     name: str
     token: str
+    role: str = authz.OPERATOR
+    verbs: tuple[str, ...] | None = None
+    sites: tuple[str, ...] | None = None
+
+    def refusal(self, verb: str | None, site: str | None) -> str | None:
+        """Why this caller may not act with ``verb`` on site ``site`` (None: it may)."""
+        return authz.scope_refusal(self.role, self.verbs, self.sites, verb, site)
 
 
 def hash_token(token: str) -> str:
@@ -60,6 +88,8 @@ def agent_json(agent: dict, online: bool) -> dict:
         "hostname": agent["hostname"],
         "labels": agent.get("labels") or {},
         "protocol": agent["protocol"],
+        # Whether the agent verifies command signatures (its HELLO said so).
+        "signing": agent.get("signing") or "off",
         "verbs": sorted(agent["verbs"]),
         "connected_at": rfc3339(agent["connected_at"]),
         "last_seen": rfc3339(agent["last_seen"]),
@@ -170,6 +200,7 @@ class _Follower:
         self.clock = clock
         self.request = request
         self.gone = False
+        self.stopping = False
         self._events: list[Event] = []
         self._wake: Deferred | None = None
         request.notifyFinish().addBoth(self._closed)
@@ -184,6 +215,11 @@ class _Follower:
 
     def push(self, event: Event) -> None:
         self._events.append(event)
+        self._poke()
+
+    def stop(self) -> None:
+        """End the stream (the backend is stopping): the route returns and finishes it."""
+        self.stopping = True
         self._poke()
 
     async def next_events(self, keepalive: float) -> list[Event]:
@@ -207,12 +243,35 @@ class BackendAPI:
     log = Logger()
 
     def __init__(
-        self, store: Any, registry: SessionRegistry, ledger: CommandLedger, clock: IReactorTime
+        self,
+        store: Any,
+        registry: SessionRegistry,
+        ledger: CommandLedger,
+        clock: IReactorTime,
+        *,
+        metrics: Metrics | None = None,
+        metrics_token: str = "",
+        rate_limit_per_token: float = 20.0,
+        rate_limit_burst: int = 40,
+        audit_log: audit.AuditLog | None = None,
+        jobs: JobRunner | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.ledger = ledger
         self.clock = clock
+        # One token bucket per token name ([api] rate_limit_per_token / _burst).
+        self.rate_limit = (rate_limit_per_token, rate_limit_burst)
+        self._buckets: dict[str, TokenBucket] = {}
+        # Every request that changes something (or tries to) is audited.
+        self.audit = audit_log or getattr(ledger, "audit", None) or audit.AuditLog(store, clock)
+        # GET /metrics: shared with the ledger and sessions unless given; a bearer
+        # token is needed only when [api] metrics_token is set.
+        self.metrics = metrics or getattr(ledger, "metrics", None) or Metrics()
+        self.metrics_token = metrics_token
+        self._streams: set[_Follower] = set()
+        # Fan-out jobs (started with the backend service; see viworks.backend.jobs).
+        self.jobs = jobs or JobRunner(store, ledger, registry, clock)
 
     def resource(self):
         return self.app.resource()
@@ -223,17 +282,88 @@ class BackendAPI:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
+        if request.method not in _READ_METHODS:
+            self._audit_request(request, status, body)
         return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
+    def _audit_request(self, request: Any, status: int, body: Any) -> None:
+        """Audit a request that changes something, whatever its outcome (in the background)."""
+        caller = getattr(request, "viworks_caller", None)
+        detail: dict[str, Any] = {
+            "method": request.method.decode("latin-1"),
+            "status": status,
+            **getattr(request, "viworks_audit", {}),
+        }
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            detail["error"] = body["error"].get("code")
+        outcome = audit.OK if status < 400 else audit.REFUSED if status < 500 else audit.FAILED
+        self.audit.record_later(
+            caller.name if caller is not None else getattr(request, "viworks_actor", "anonymous"),
+            "api." + request.method.decode("latin-1").lower(),
+            request.path.decode("utf-8", "replace"),
+            outcome,
+            detail,
+        )
+
     async def _authenticate(self, request: Any) -> Caller:
+        """The caller, if its token is valid, within its rate and its role allows the route.
+
+        401 without a valid token (unknown, expired, revoked), 429 over the
+        token's rate, 403 when the role does not allow the route (authz.ROUTES).
+        """
         header = (request.getHeader(b"authorization") or b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <token>")
-        name = await self.store.token_name_for_hash(hash_token(token.strip()))
-        if name is None:
+        row = await self.store.token_for_hash(hash_token(token.strip()))
+        if row is None:
             raise ApiError(401, "UNAUTHORIZED", "the token is not valid")
-        return Caller(name, token.strip())
+        if row["revoked_at"] is not None:
+            request.viworks_actor = row["name"]
+            raise ApiError(401, "UNAUTHORIZED", "the token was revoked")
+        if row["expires_at"] is not None and row["expires_at"] <= self.clock.seconds():
+            request.viworks_actor = row["name"]
+            raise ApiError(401, "UNAUTHORIZED", "the token has expired")
+        caller = Caller(
+            row["name"],
+            token.strip(),
+            row["role"],
+            None if row["verbs"] is None else tuple(row["verbs"]),
+            None if row["sites"] is None else tuple(row["sites"]),
+        )
+        request.viworks_caller = caller
+        bucket = self._buckets.get(caller.name)
+        if bucket is None:
+            bucket = self._buckets[caller.name] = TokenBucket(*self.rate_limit, self.clock)
+        if not bucket.take():
+            wait = max(1, math.ceil(bucket.wait_time()))
+            raise ApiError(
+                429,
+                "RATE_LIMITED",
+                f"too many requests for this token; retry after {wait} s",
+                headers={b"retry-after": str(wait).encode()},
+            )
+        method = request.method.decode("latin-1")
+        path = request.path.decode("utf-8", "replace")
+        if not authz.role_allows(caller.role, method, path):
+            raise ApiError(
+                403,
+                "FORBIDDEN",
+                f"a {caller.role} token may not {method} {path}"
+                f" (needs {authz.required_role(method, path)})",
+            )
+        return caller
+
+    async def _check_scope(self, caller: Caller, verb: Any, agent_id: str) -> None:
+        """403 when an operator limited to verbs/sites may not act with ``verb`` on the agent."""
+        if caller.role == authz.ADMIN or (caller.verbs is None and caller.sites is None):
+            return
+        agent = await self.store.get_agent(agent_id)
+        if agent is None:
+            return  # the ledger answers 404
+        refusal = caller.refusal(verb if isinstance(verb, str) else None, agent["site"])
+        if refusal is not None:
+            raise ApiError(403, "FORBIDDEN", refusal)
 
     def _body(self, request: Any) -> dict:
         data = request.content.read(MAX_BODY + 1)
@@ -255,6 +385,8 @@ class BackendAPI:
             error["field"] = e.field
         if e.status == 401:
             request.setHeader(b"www-authenticate", b'Bearer realm="viworks"')
+        for name, value in getattr(e, "headers", {}).items():
+            request.setHeader(name, value)
         return self._json(request, {"error": error}, e.status)
 
     @app.handle_errors(HTTPException)
@@ -289,6 +421,14 @@ class BackendAPI:
     async def list_agents(self, request: Any) -> bytes:
         await self._authenticate(request)
         agents = await self.store.list_agents()
+        raw_selector = _query(request, "selector")
+        if raw_selector is not None:
+            # ?selector=: a dry run of what a job with this selector would target.
+            try:
+                selector = parse_selector(raw_selector)
+            except SelectorError as e:
+                raise ApiError(400, "BAD_SELECTOR", str(e), "selector") from None
+            agents = [a for a in agents if selector.matches(a)]
         return self._json(
             request,
             {"agents": [agent_json(a, a["agent_id"] in self._online()) for a in agents]},
@@ -329,6 +469,9 @@ class BackendAPI:
         args = body.get("args", {})
         if not isinstance(args, dict):
             raise ApiError(422, "INVALID_ARGS", "args must be a JSON object", "args")
+        # Argument names only: values may be secrets.
+        request.viworks_audit = {"verb": body["verb"], "arg_names": sorted(map(str, args))}
+        await self._check_scope(caller, body["verb"], agent_id)
         command, created = await self.ledger.submit(
             agent_id,
             body["verb"],
@@ -337,6 +480,7 @@ class BackendAPI:
             body.get("ttl"),
             _idempotency(request, caller, agent_id, body),
         )
+        request.viworks_audit["command_id"] = command["command_id"]
         if wait is None:
             return self._json(request, command_json(command), 201 if created else 200)
         if command["status"] not in lifecycle.FINAL:
@@ -369,7 +513,10 @@ class BackendAPI:
 
     @app.route("/api/v1/commands/<command_id>/cancel", methods=["POST"])
     async def cancel_command(self, request: Any, command_id: str) -> bytes:
-        await self._authenticate(request)
+        caller = await self._authenticate(request)
+        existing = await self._command(command_id)
+        request.viworks_audit = {"verb": existing["verb"], "agent_id": existing["agent_id"]}
+        await self._check_scope(caller, existing["verb"], existing["agent_id"])
         command = await self.ledger.cancel(command_id)
         # 200: cancelled now; 202: the agent was asked to stop it.
         status = 200 if command["status"] == lifecycle.CANCELLED else 202
@@ -395,9 +542,7 @@ class BackendAPI:
 
     async def _follow_output(self, request: Any, command_id: str, after: int) -> None:
         """Stream output chunks as Server-Sent Events until the command is final."""
-        request.setHeader(b"content-type", b"text/event-stream")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer the stream
+        _sse_headers(request)
         follower = _Follower(self.clock, request)
 
         def listener(event: Event) -> None:
@@ -460,3 +605,152 @@ class BackendAPI:
             limit=int(limit or 100),
         )
         return self._json(request, {"commands": [command_json(c) for c in commands]})
+
+    # -- jobs: one verb fanned out to the agents a selector matches -----------------------
+
+    @app.route("/api/v1/jobs", methods=["POST"])
+    async def create_job(self, request: Any) -> bytes:
+        caller = await self._authenticate(request)
+        body = self._body(request)
+        verb = body.get("verb")
+        request.viworks_audit = {
+            "verb": verb,
+            "selector": body.get("selector"),
+            "arg_names": sorted(map(str, body.get("args") or {}))
+            if isinstance(body.get("args"), dict)
+            else [],
+        }
+        job = await self.jobs.create(
+            body,
+            created_by=caller.name,
+            refusal=lambda agent: caller.refusal(
+                verb if isinstance(verb, str) else None, agent.get("site")
+            ),
+        )
+        request.viworks_audit["job_id"] = job["job_id"]
+        return self._json(request, job, 201)
+
+    @app.route("/api/v1/jobs", methods=["GET"])
+    async def list_jobs(self, request: Any) -> bytes:
+        await self._authenticate(request)
+        status = _query(request, "status")
+        if status is not None and status not in JOB_STATUSES:
+            raise ApiError(400, "BAD_REQUEST", f"unknown job status {status!r}", "status")
+        limit = int(_number(request, "limit", 1, 1000) or 100)
+        jobs = await self.jobs.list(None if status is None else [status], limit=limit)
+        return self._json(request, {"jobs": jobs})
+
+    @app.route("/api/v1/jobs/<job_id>", methods=["GET"])
+    async def get_job(self, request: Any, job_id: str) -> bytes:
+        await self._authenticate(request)
+        return self._json(request, await self.jobs.describe(job_id))
+
+    @app.route("/api/v1/jobs/<job_id>/<action>", methods=["POST"])
+    async def job_action(self, request: Any, job_id: str, action: str) -> bytes:
+        caller = await self._authenticate(request)
+        if action not in ("pause", "resume", "cancel"):
+            raise ApiError(404, "NOT_FOUND", f"no job action {action!r} (pause, resume, cancel)")
+        request.viworks_audit = {"job_id": job_id, "action": action}
+        job = await self.jobs.describe(job_id)
+        # An operator limited to verbs/sites must be allowed the job's verb on every site.
+        sites = {a["site"] for a in await self._job_agents(job)}
+        for site in sorted(sites, key=str):
+            refusal = caller.refusal(job["verb"], site)
+            if refusal is not None:
+                raise ApiError(403, "FORBIDDEN", refusal)
+        job = await getattr(self.jobs, action)(job_id)
+        return self._json(request, job)
+
+    async def _job_agents(self, job: dict) -> list[dict]:
+        targets = {c["agent_id"] for c in job["commands"]}
+        return [a for a in await self.store.list_agents() if a["agent_id"] in targets]
+
+    # -- live events and metrics ----------------------------------------------------------
+
+    @app.route("/api/v1/events", methods=["GET"])
+    async def events(self, request: Any) -> bytes:
+        """Hub events as Server-Sent Events until the client goes (or the backend stops).
+
+        ``Last-Event-ID`` (or ``?after=``) replays what the bounded history still holds
+        after that id; without it the stream starts now. ``?types=a,b`` keeps only those
+        types (``command.*`` keeps every ``command.`` type). A resume point the history
+        no longer covers (or from before a backend restart) gets an ``events.gap`` event
+        first, so the client knows to re-read the state it cares about.
+        """
+        await self._authenticate(request)
+        after = _last_event_id(request)
+        keep = _event_filter(_query(request, "types"))
+        _sse_headers(request)
+        follower = _Follower(self.clock, request)
+        self._streams.add(follower)
+        hub = self.ledger.hub
+
+        def listener(event: Event) -> None:
+            if keep(event.type):
+                follower.push(event)
+
+        # Subscribe and read the history in one go: nothing can fall in between.
+        unsubscribe = hub.subscribe(listener)
+        try:
+            request.write(b"retry: 2000\n\n")
+            last = after
+            if after >= 0:
+                backlog = hub.since(after)
+                first = backlog[0].id if backlog else hub.last_id + 1
+                if first > after + 1 or after > hub.last_id:
+                    gap = {"after": after, "first": first, "last": hub.last_id}
+                    request.write(sse_frame("events.gap", gap))
+                for event in backlog:
+                    if keep(event.type):
+                        request.write(sse_frame(event.type, event.data, event.id))
+                    last = event.id
+            else:
+                last = hub.last_id
+            while not follower.gone and not follower.stopping:
+                for event in await follower.next_events(SSE_KEEPALIVE):
+                    if event.id > last and not follower.gone:
+                        last = event.id
+                        request.write(sse_frame(event.type, event.data, event.id))
+        finally:
+            unsubscribe()
+            self._streams.discard(follower)
+        return b""
+
+    def stop_streams(self) -> None:
+        """End every open event stream (called when the backend stops)."""
+        for follower in list(self._streams):
+            follower.stop()
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_page(self, request: Any) -> bytes:
+        """Prometheus text exposition; a bearer token only if [api] metrics_token is set."""
+        if self.metrics_token:
+            header = (request.getHeader(b"authorization") or b"").decode("latin-1")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), self.metrics_token.encode()
+            ):
+                raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <metrics_token>")
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return self.metrics.render()
+
+
+def _sse_headers(request: Any) -> None:
+    request.setHeader(b"content-type", b"text/event-stream")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-accel-buffering", b"no")  # nginx: do not buffer the stream
+
+
+def _event_filter(raw: str | None) -> Callable[[str], bool]:
+    """``?types=a,b,c.*``: exact event types, or prefixes ending in ``*``; None keeps all."""
+    if raw is None:
+        return lambda _: True
+    names = [t.strip() for t in raw.split(",") if t.strip()]
+    if not names:
+        raise ApiError(
+            400, "BAD_REQUEST", "types must list event types, e.g. types=agent.online", "types"
+        )
+    exact = frozenset(n for n in names if not n.endswith("*"))
+    prefixes = tuple(n[:-1] for n in names if n.endswith("*"))
+    return lambda event_type: event_type in exact or event_type.startswith(prefixes)

@@ -44,6 +44,11 @@ class EventHub:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
+    @property
+    def last_id(self) -> int:
+        """The id of the last event published (0 before the first)."""
+        return self._next_id - 1
+
     def since(self, last_id: int) -> list[Event]:
         """Remembered events after ``last_id``, oldest first."""
         return [event for event in self._history if event.id > last_id]

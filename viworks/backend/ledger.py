@@ -17,8 +17,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from viworks import lifecycle, protocol
+from viworks import lifecycle, protocol, signing
+from viworks.backend.audit import AuditLog
 from viworks.backend.events import EventHub
+from viworks.backend.metrics import Metrics
 from viworks.backend.registry import LiveSession, SessionRegistry
 from viworks.backend.store import IdempotencyConflict
 from viworks.logs import Logger
@@ -69,10 +71,19 @@ class CommandLedger:
         lost_grace: float = 60.0,
         hub: EventHub | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        signing_key: Any = None,
+        metrics: Metrics | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
-        self.store = store
+        # Final outcomes are audited; the API and the sessions share this log by default.
+        self.audit = audit or AuditLog(store, clock)
+        self.metrics = metrics or Metrics()
+        # Every store call the ledger makes is timed (viworks_store_seconds).
+        self.store = self.metrics.timed_store(store)
         self.registry = registry
         self.clock = clock
+        # The Ed25519 key of [signing] (None: commands go out unsigned); set_signing_key swaps it.
+        self.signing_key = signing_key
         self.default_timeout = default_timeout
         self.default_ttl = default_ttl
         self.lost_grace = lost_grace
@@ -266,16 +277,33 @@ class CommandLedger:
         )
         if updated is None:
             return None
+        if command["status"] == lifecycle.QUEUED:
+            self.metrics.command_dispatched(command, now)
+        sent_args = command["args"] if args is None else args
+        extra: dict[str, Any] = {}
+        if redacted:
+            extra["redacted"] = True  # a redelivery the agent may answer from its journal
+        if self.signing_key is not None:
+            # Signed at every delivery: a fresh nonce and issued_at each time.
+            envelope = signing.envelope_for(
+                command_id=command_id,
+                agent_id=session.agent_id,
+                verb=command["verb"],
+                args=sent_args,
+                expires_at=command["expires_at"],
+                now=now,
+            )
+            extra["signature"] = signing.sign(self.signing_key, envelope)
         session.send_frame(
             protocol.encode(
                 "command",
                 command_id=command_id,
+                agent_id=session.agent_id,
                 verb=command["verb"],
-                args=command["args"] if args is None else args,
+                args=sent_args,
                 timeout=command["timeout"],
                 expires_at=command["expires_at"],
-                # A redelivery the agent may answer from its journal, never run.
-                **({"redacted": True} if redacted else {}),
+                **extra,
             )
         )
         self.log.info(
@@ -285,6 +313,10 @@ class CommandLedger:
         )
         self._wake_at(now + command["timeout"] + self.lost_grace)
         return updated
+
+    def set_signing_key(self, key: Any) -> None:
+        """Sign the next deliveries with ``key`` (SIGHUP); None sends them unsigned."""
+        self.signing_key = key
 
     async def _has_secrets(self, command: dict) -> bool:
         agent = await self.store.get_agent(command["agent_id"])
@@ -337,7 +369,11 @@ class CommandLedger:
         session = self.registry.get(requested["agent_id"])
         if session is not None:
             session.send_frame(protocol.encode("cancel", command_id=command_id))
-        self.log.info("command {command_id}: cancel requested", command_id=command_id)
+        self.log.info(
+            "command {command_id}: cancel requested",
+            command_id=command_id,
+            agent_id=requested["agent_id"],
+        )
         return requested
 
     async def on_ack(self, session: LiveSession, command_id: str) -> None:
@@ -411,13 +447,34 @@ class CommandLedger:
             },
         )
         if command["status"] in lifecycle.FINAL:
+            self.metrics.command_final(command)
             self._finished(command)
 
     def _finished(self, command: dict) -> None:
         command_id = command["command_id"]
         self._args.pop(command_id, None)
         self.log.info(
-            "command {command_id} {status}", command_id=command_id, status=command["status"]
+            "command {command_id} {status}",
+            command_id=command_id,
+            status=command["status"],
+            agent_id=command["agent_id"],
+        )
+        # Reported by the agent if it got the command; decided here otherwise.
+        agent_reported = command.get("dispatched_at") is not None and command["status"] not in (
+            lifecycle.EXPIRED,
+            lifecycle.LOST,
+        )
+        self.audit.record_later(
+            command["agent_id"] if agent_reported else "system",
+            "command.finished",
+            f"command:{command_id}",
+            command["status"],
+            {
+                "agent_id": command["agent_id"],
+                "verb": command["verb"],
+                "exit_code": command.get("exit_code"),
+                "error": (command.get("error") or {}).get("code"),
+            },
         )
         for waiter in self._waiters.pop(command_id, []):
             waiter.callback(command)

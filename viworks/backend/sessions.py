@@ -20,13 +20,20 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from viworks import protocol
+from viworks.backend import audit
 from viworks.backend.ledger import CommandLedger
+from viworks.backend.metrics import Metrics
 from viworks.backend.registry import SessionRegistry
+from viworks.backend.revocation import peer_cert_serial
 from viworks.logs import Logger
 from viworks.ratelimit import TokenBucket
 from viworks.schema import validate_schema
 
 HELLO_TIMEOUT = 10.0
+# Flood control: drops counted over this window; beyond the limit the agent is
+# disconnected and told to come back after FLOOD_RETRY_AFTER seconds.
+FLOOD_WINDOW = 10.0
+FLOOD_RETRY_AFTER = 60.0
 
 
 class AgentSession(WebSocketServerProtocol):
@@ -40,6 +47,10 @@ class AgentSession(WebSocketServerProtocol):
     _identity: str | None = None
     _hello_timer = None
     _refused = False
+    # Hex serial of the agent's certificate (None when unknown).
+    cert_serial: str | None = None
+    _frames: TokenBucket | None = None
+    _drops: list[float] | None = None
 
     # -- Autobahn callbacks -------------------------------------------------
 
@@ -52,36 +63,73 @@ class AgentSession(WebSocketServerProtocol):
         if not factory.admission.take():
             # Shed load before any per-agent work; the hint spreads the retries.
             hint = factory.retry_hint()
+            factory.metrics.handshakes_refused.inc()
+            factory.metrics.session_refused("busy")
             self.log.info(
                 "admission: refused {peer}, retry after {hint:.1f} s", peer=self.peer, hint=hint
             )
             raise ConnectionDeny(
                 ConnectionDeny.SERVICE_UNAVAILABLE, protocol.retry_after_reason("busy", hint)
             )
-        identity = factory.identify(self.transport)
+        # identify(transport, request): the mutual-TLS listener reads the certificate,
+        # the proxied listener the headers of a trusted nginx (viworks.backend.identity).
+        identity = factory.identify(self.transport, request)
         if identity is None:
+            factory.metrics.session_refused("no_certificate")
             self.log.warn("refused {peer}: no client certificate identity", peer=self.peer)
+            factory.audit.record_later(
+                "anonymous",
+                "connection.refused",
+                self.peer,
+                audit.REFUSED,
+                {"reason": "no client certificate identity"},
+            )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "a client certificate is required")
+        serial = factory.cert_serial(self.transport, request)
+        if serial is not None and serial in factory.revoked_serials:
+            factory.metrics.session_refused("revoked")
+            self.log.warn(
+                "refused agent {agent_id} from {peer}: certificate {serial} is revoked",
+                agent_id=identity,
+                peer=self.peer,
+                serial=serial,
+            )
+            factory.audit.record_later(
+                identity,
+                "connection.refused",
+                f"agent:{identity}",
+                audit.REFUSED,
+                {"reason": "certificate revoked", "serial": serial, "peer": self.peer},
+            )
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "the client certificate is revoked")
         self._identity = identity
+        self.cert_serial = serial
 
     def onOpen(self) -> None:
-        self._hello_timer = self.factory.clock.callLater(self.factory.hello_timeout, self._no_hello)
+        factory = self.factory
+        self._hello_timer = factory.clock.callLater(factory.hello_timeout, self._no_hello)
+        self._frames = TokenBucket(factory.frame_rate, factory.frame_burst, factory.clock)
+        self._drops = []
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._refused:
             # Closing after a refusal: nothing more this peer sends counts.
             return
+        if self._frames is not None and not self._frames.take():
+            self._throttle()
+            return
         try:
             frame = protocol.decode(payload, isBinary)
         except protocol.FrameError as e:
             self.log.warn(
-                "bad frame from {agent}: {code} {message}",
-                agent=self.agent_id or self._identity,
+                "bad frame from {agent_id}: {code} {message}",
+                agent_id=self.agent_id or self._identity,
                 code=e.code,
                 message=e.message,
             )
             self.send_frame(protocol.error_frame(e.code, e.message, e.command_id))
             return
+        self.factory.metrics.frame_in(frame.type)
         if self.agent_id is None:
             self._on_first_frame(frame)
             return
@@ -121,6 +169,7 @@ class AgentSession(WebSocketServerProtocol):
 
     def send_frame(self, payload: bytes) -> None:
         if self.state == self.STATE_OPEN:
+            self.factory.metrics.frame_out(payload)
             self.sendMessage(payload, isBinary=False)
 
     def close_replaced(self) -> None:
@@ -141,16 +190,93 @@ class AgentSession(WebSocketServerProtocol):
     def abort(self) -> None:
         self.dropConnection(abort=True)
 
+    def close_revoked_before_hello(self) -> None:
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self._refused = False
+        self.close_revoked()
+
+    def close_revoked(self) -> None:
+        """Its certificate was revoked (RevocationWatcher): close now, audited."""
+        if self._refused:
+            return
+        self._refused = True
+        agent_id = self.agent_id or self._identity
+        self.log.warn(
+            "agent {agent_id}: certificate {serial} revoked, closing session {session_id}",
+            agent_id=agent_id,
+            serial=self.cert_serial,
+            session_id=self.session_id,
+        )
+        self.factory.audit.record_later(
+            "system",
+            "session.closed",
+            f"agent:{agent_id}",
+            audit.OK,
+            {"reason": "certificate revoked", "serial": self.cert_serial},
+        )
+        self.sendClose(protocol.CLOSE_POLICY, "certificate revoked")
+
+    # -- flood control --------------------------------------------------------
+
+    def _throttle(self) -> None:
+        """A frame beyond the agent's rate: drop it; disconnect an agent that keeps on."""
+        factory = self.factory
+        now = factory.clock.seconds()
+        drops = self._drops if self._drops is not None else []
+        drops.append(now)
+        while drops and drops[0] <= now - FLOOD_WINDOW:
+            drops.pop(0)
+        agent_id = self.agent_id or self._identity
+        if len(drops) <= factory.flood_limit:
+            self.send_frame(
+                protocol.error_frame(
+                    protocol.RATE_LIMITED,
+                    f"more than {factory.frame_rate:g} frames/s: frame dropped",
+                )
+            )
+            return
+        self._refused = True
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
+        self.log.warn(
+            "agent {agent_id} from {peer}: flood ({drops} frames dropped in {window:g} s),"
+            " disconnected",
+            agent_id=agent_id,
+            peer=self.peer,
+            drops=len(drops),
+            window=FLOOD_WINDOW,
+        )
+        factory.metrics.session_refused("flood")
+        factory.audit.record_later(
+            agent_id or "anonymous",
+            "connection.refused",
+            f"agent:{agent_id}",
+            audit.REFUSED,
+            {
+                "reason": "flood",
+                "dropped": len(drops),
+                "window": FLOOD_WINDOW,
+                "frame_rate": factory.frame_rate,
+                "peer": self.peer,
+            },
+        )
+        self.sendClose(
+            protocol.CLOSE_FLOOD, protocol.retry_after_reason("flood", FLOOD_RETRY_AFTER)
+        )
+
     # -- frames ---------------------------------------------------------------
 
     def _refuse(self, code: str, message: str, close_code: int) -> None:
         self.log.warn(
             "refused agent {identity} from {peer}: {code} {message}",
             identity=self._identity,
+            agent_id=self._identity,
             peer=self.peer,
             code=code,
             message=message,
         )
+        self.factory.metrics.session_refused(code)
         self._refused = True
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
@@ -167,11 +293,23 @@ class AgentSession(WebSocketServerProtocol):
             )
             return
         if frame["agent_id"] != self._identity:
+            self.factory.audit.record_later(
+                self._identity,
+                "connection.refused",
+                f"agent:{self._identity}",
+                audit.REFUSED,
+                {"reason": "identity mismatch", "hello": frame["agent_id"], "peer": self.peer},
+            )
             self._refuse(
                 protocol.IDENTITY_MISMATCH,
                 f"hello names {frame['agent_id']!r} but the certificate is {self._identity!r}",
                 protocol.CLOSE_HELLO_REFUSED,
             )
+            return
+        if self.cert_serial is not None and self.cert_serial in self.factory.revoked_serials:
+            # Revoked between the upgrade and the HELLO.
+            self._refused = True
+            self.close_revoked_before_hello()
             return
         try:
             for name, description in frame["verbs"].items():
@@ -185,6 +323,7 @@ class AgentSession(WebSocketServerProtocol):
         self.agent_id = frame["agent_id"]
         self.session_id = uuid.uuid4().hex
         replaced = self.factory.registry.register(self)
+        self.factory.metrics.session_opened(self.agent_id)
         if replaced is not None:
             replaced.close_replaced()
         self._run(self._welcome(frame))
@@ -202,6 +341,9 @@ class AgentSession(WebSocketServerProtocol):
             peer=self.peer,
             session_id=self.session_id,
             labels=labels if isinstance(labels, dict) else {},
+            # Older agents do not say: they verify nothing.
+            signing="on" if hello.get("signing") == "on" else "off",
+            cert_serial=self.cert_serial,
             now=factory.clock.seconds(),
         )
         if not factory.registry.is_current(self):
@@ -289,7 +431,7 @@ class AgentSessionFactory(WebSocketServerFactory):
         store: Any,
         ledger: CommandLedger,
         clock: IReactorTime,
-        identify: Callable[[Any], str | None],
+        identify: Callable[[Any, Any], str | None],
         ws_path: str = "/ws/agent",
         heartbeat_interval: float = 15.0,
         max_message_size: int = 1 << 20,
@@ -297,8 +439,22 @@ class AgentSessionFactory(WebSocketServerFactory):
         handshake_rate: float = 200.0,
         handshake_burst: float = 200.0,
         telemetry_keep: int = 2880,
+        metrics: Metrics | None = None,
+        agent_frame_rate: float = 50.0,
+        cert_serial: Callable[[Any, Any], str | None] = peer_cert_serial,
+        audit_log: audit.AuditLog | None = None,
     ) -> None:
         super().__init__(reactor=clock)
+        # Flood control: frames/s per agent, bursts of twice that; more drops than
+        # the burst within FLOOD_WINDOW disconnects it.
+        self.frame_rate = agent_frame_rate
+        self.frame_burst = max(1.0, 2 * agent_frame_rate)
+        self.flood_limit = int(self.frame_burst)
+        # Revocation: the serial of a connecting agent's certificate, and the serials
+        # refused (kept current by viworks.backend.revocation.RevocationWatcher).
+        self.cert_serial = cert_serial
+        self.revoked_serials: set[str] = set()
+        self.audit = audit_log or getattr(ledger, "audit", None) or audit.AuditLog(store, clock)
         self.registry = registry
         self.store = store
         self.ledger = ledger
@@ -309,6 +465,9 @@ class AgentSessionFactory(WebSocketServerFactory):
         self.hello_timeout = hello_timeout
         self.admission = TokenBucket(handshake_rate, handshake_burst, clock)
         self.telemetry_keep = telemetry_keep
+        # Shared with the ledger (and the API) unless given.
+        self.metrics = metrics or getattr(ledger, "metrics", None) or Metrics()
+        self.metrics.watch_sessions(registry, lambda: self.admission)
         # Don't advertise our version; no status page on a plain GET.
         self.server = "viworks"
         self.setProtocolOptions(

@@ -64,6 +64,16 @@ _MIGRATIONS: list[list[str]] = [
         # unacked() and prune() walk entries in finish order.
         "CREATE INDEX commands_acked_seq ON commands (acked, finish_seq)",
     ],
+    [
+        # Nonces of signed commands seen within their validity (replay cache).
+        """
+        CREATE TABLE nonces (
+            nonce      TEXT PRIMARY KEY,
+            expires_at REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX nonces_expires ON nonces (expires_at)",
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -292,6 +302,29 @@ class Journal:
                 (FINISHED, cutoff, FINISHED, keep),
             )
             return cursor.rowcount
+
+    # -- replay cache ------------------------------------------------------
+
+    def remember_nonce(self, nonce: str, expires_at: float, now: float) -> bool:
+        """Record the nonce of a signed command; ``False`` if it was already seen.
+
+        A nonce is kept until ``expires_at`` (its command's ``issued_at`` plus
+        the clock window: after that the command is refused as expired
+        anyway), in the journal's file, so the cache survives restarts.
+        Expired nonces are dropped here, which bounds the table by what can
+        arrive within one window.
+        """
+        with self._transaction() as db:
+            db.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+            seen = db.execute("SELECT 1 FROM nonces WHERE nonce = ?", (nonce,)).fetchone()
+            if seen is not None:
+                return False
+            db.execute("INSERT INTO nonces (nonce, expires_at) VALUES (?, ?)", (nonce, expires_at))
+            return True
+
+    def nonce_count(self) -> int:
+        """How many nonces the replay cache holds (for tests and telemetry)."""
+        return self._conn().execute("SELECT COUNT(*) FROM nonces").fetchone()[0]
 
     # -- internals ---------------------------------------------------------
 

@@ -26,12 +26,13 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
-from viworks import __version__, lifecycle, protocol
+from viworks import __version__, lifecycle, protocol, signing
 from viworks.config import parse_wss_url
 from viworks.gateway import telemetry
 from viworks.gateway.journal import Journal
 from viworks.gateway.output import OutputBuffer
 from viworks.logs import Logger
+from viworks.net import no_delay
 from viworks.tls import enforce_pins
 
 STOP_GRACE = 10.0
@@ -77,6 +78,10 @@ class AgentLinkProtocol(WebSocketClientProtocol):
 
     log = Logger()
 
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+        super().connectionMade()
+
     def handshakeCompleted(self) -> None:
         # Chain and hostname were verified by TLS; the pin check comes on top.
         if not enforce_pins(self.transport, self.factory.link.pins):
@@ -120,8 +125,11 @@ class BackendLink(MultiService):
         reconnect_max: float = 60.0,
         max_message_size: int = 1 << 20,
         telemetry_interval: float = 30.0,
+        verifier: signing.Verifier | None = None,
     ) -> None:
         super().__init__()
+        # None: [signing] is not configured and commands run unverified.
+        self.verifier = verifier
         self.reactor = reactor
         self.agent_id = agent_id
         self.site = site
@@ -130,6 +138,8 @@ class BackendLink(MultiService):
         self.catalog = catalog
         self.journal = journal
         self.pins = list(pins)
+        # A ReloadableTLS in the services (SIGHUP swaps it for the next connect).
+        self.tls_options = tls_options
         self.reconnect_max = reconnect_max
         self.heartbeat_interval = heartbeat_interval
         self.session_id: str | None = None
@@ -166,12 +176,28 @@ class BackendLink(MultiService):
         )
         self.client_service.setServiceParent(self)
 
+    def set_verifier(self, verifier: signing.Verifier | None) -> None:
+        """The keys checked from the next command on (SIGHUP); None turns checking off."""
+        if verifier is None and self.verifier is not None:
+            self.log.warn("command signing turned off by a reload: [signing] was removed")
+        self.verifier = verifier
+
+    def set_pins(self, pins: Any) -> None:
+        """Pins for the next handshakes (SIGHUP); the open connection is not re-checked."""
+        self.pins = list(pins)
+
     @property
     def connected(self) -> bool:
         """True between the backend's welcome and the link going down."""
         return self.session_id is not None
 
     def startService(self) -> None:
+        if self.verifier is None:
+            self.log.warn(
+                "command signing is off: agent.toml has no [signing] section, so this agent"
+                " runs any command its backend link delivers, without checking that the"
+                " backend issued it"
+            )
         for entry in self.journal.open():
             self.log.warn(
                 "command {command_id} ({verb}) was running when the agent stopped: "
@@ -212,6 +238,7 @@ class BackendLink(MultiService):
                 protocol=protocol.PROTOCOL_VERSION,
                 labels=self.labels,
                 verbs=self.catalog.describe(),
+                signing="off" if self.verifier is None else "on",
             )
         )
 
@@ -328,8 +355,11 @@ class BackendLink(MultiService):
                 proto.send_frame(protocol.encode("ack", command_id=command_id))
             return
         now = self.reactor.seconds()
-        refusal = None
-        if frame.get("redacted"):
+        # Only a command the backend signed (for us, now, once) may go further.
+        refusal = None if self.verifier is None else self._check_signature(frame, now)
+        if refusal is not None:
+            pass
+        elif frame.get("redacted"):
             refusal = (
                 lifecycle.REJECTED,
                 "SECRETS_UNAVAILABLE",
@@ -365,6 +395,30 @@ class BackendLink(MultiService):
             lambda f: self.log.failure("command {command_id} failed", f, command_id=command_id)
         )
         d.addBoth(lambda _: self._running.pop(command_id, None))
+
+    def _check_signature(self, frame: protocol.Frame, now: float) -> tuple | None:
+        """The refusal of a command that is not the backend's, or None (nonce recorded)."""
+        try:
+            envelope = self.verifier.check(frame.fields, agent_id=self.agent_id, now=now)
+            if not self.journal.remember_nonce(
+                envelope.nonce, envelope.issued_at + self.verifier.window, now
+            ):
+                raise signing.SignatureRefused(
+                    signing.REPLAY_DETECTED, "this command's nonce was already used"
+                )
+        except signing.SignatureRefused as e:
+            self.log.warn(
+                "command {command_id} ({verb}) refused: {code}: {message}",
+                command_id=frame["command_id"],
+                verb=frame["verb"],
+                code=e.code,
+                message=e.message,
+            )
+            # Past its delivery deadline it is "expired", as for an unsigned agent.
+            deadline = frame["expires_at"]
+            passed = e.code == signing.EXPIRED and deadline is not None and now > deadline
+            return (lifecycle.EXPIRED if passed else lifecycle.REJECTED, e.code, e.message)
+        return None
 
     def _on_cancel(self, command_id: str) -> None:
         execution = self._running.get(command_id)

@@ -15,6 +15,7 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 from twisted.web.server import Site
 
+from viworks import signing
 from viworks.config import (
     AgentConfig,
     ensure_private_dir,
@@ -29,8 +30,9 @@ from viworks.gateway.localapi import GatewayAPI
 from viworks.gateway.runner import ProcessRunner
 from viworks.logs import set_log_level
 from viworks.net import ConnectionLimit, listen_service
+from viworks.reload import Reloader, install_sighup
 from viworks.service import build_or_exit
-from viworks.tls import client_tls_options
+from viworks.tls import ReloadableTLS, client_tls_options
 
 
 class Options(usage.Options):
@@ -56,15 +58,19 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
         labels=dict(config.agent.labels),
         catalog=catalog,
         journal=Journal(os.path.join(config.agent.state_dir, "journal.db"), clock=reactor),
-        tls_options=client_tls_options(host, config.tls.cert, config.tls.key, config.tls.ca),
+        # Swapped on SIGHUP: the next reconnect uses the new certificate, key and CA.
+        tls_options=ReloadableTLS(lambda: _client_tls(config, host)),
         pins=list(config.tls.backend_spki_pins),
         heartbeat_interval=outbound.heartbeat_interval,
         reconnect_initial=outbound.reconnect_initial,
         reconnect_max=outbound.reconnect_max,
         telemetry_interval=config.agent.telemetry_interval,
+        verifier=signing_verifier(config),
     )
     top = MultiService()
     top.link = link
+    top.reloader = _gateway_reloader(config, link)
+    top.reloader.add("command signing keys", lambda new: link.set_verifier(signing_verifier(new)))
     link.setServiceParent(top)
     api_host, api_port = parse_bind(config.agent.bind_address)
     # request_timeout closes idle local-API connections; max_connections caps them.
@@ -74,7 +80,41 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     return top
 
 
+def signing_verifier(config: AgentConfig) -> signing.Verifier | None:
+    """The trusted keys of ``[signing]``, or None when the section is left out."""
+    if config.signing is None:
+        return None
+    keys = [signing.load_public_key(path) for path in config.signing.public_keys]
+    return signing.Verifier(keys, config.signing.clock_window)
+
+
+def _client_tls(config: AgentConfig, host: str) -> Any:
+    return client_tls_options(host, config.tls.cert, config.tls.key, config.tls.ca)
+
+
+def _gateway_reloader(config: AgentConfig, link: BackendLink) -> Reloader:
+    """What SIGHUP reloads: log level, TLS material and the backend's pins (next connect).
+
+    The open link stays up. backend_url (the host checked against the backend's
+    certificate) keeps its start-up value: changing it needs a restart. More
+    material (signing public keys) registers with ``top.reloader.add``.
+    """
+    reloader = Reloader(lambda: load_agent_config(config.path))
+    reloader.add("log level", lambda new: set_log_level(new.agent.log_level))
+
+    # The start-up URL's host: the endpoint cannot change without a restart.
+    host = parse_wss_url(config.outbound.backend_url)[0]
+    reloader.add(
+        "TLS certificate, key and CA",
+        lambda new: link.tls_options.reload(lambda: _client_tls(new, host)),
+    )
+    reloader.add("backend SPKI pins", lambda new: link.set_pins(new.tls.backend_spki_pins))
+    return reloader
+
+
 def makeService(options: Any, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    return build_or_exit(load_agent_config, build_gateway, options, reactor)
+    service = build_or_exit(load_agent_config, build_gateway, options, reactor)
+    install_sighup(reactor, service.reloader)
+    return service

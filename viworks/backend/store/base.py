@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from twisted.enterprise.adbapi import ConnectionPool, Transaction
 
 from viworks import lifecycle
+from viworks.backend import audit
 from viworks.backend.store import schema
 from viworks.logs import Logger
 
@@ -68,6 +69,8 @@ COMMAND_INTERNAL = frozenset({"cancel_requested_at"})
 # and the status itself only changes through the lifecycle.
 COMMAND_MUTABLE = frozenset(COMMAND_COLUMNS) - {"command_id", "status"} - COMMAND_INTERNAL
 OUTPUT_STREAMS = frozenset({"stdout", "stderr"})
+TOKEN_ROLES = ("viewer", "operator", "admin")
+_TOKEN_COLUMNS = "name, created_at, role, verbs, sites, expires_at, revoked_at"
 
 _COMMAND_COLUMNS_SQL = ", ".join(COMMAND_COLUMNS)
 _COMMAND_SELECT = f"SELECT {_COMMAND_COLUMNS_SQL} FROM commands"
@@ -78,6 +81,37 @@ _IN_FLIGHT = (lifecycle.DISPATCHED, lifecycle.RUNNING)
 _EVENT_BATCH = 500
 # Rows per multi-row output INSERT (5 parameters each).
 _OUTPUT_BATCH = 500
+
+
+JOB_STATUSES = frozenset({"running", "paused", "stopped", "completed", "cancelled"})
+_JOB_COLUMNS = (
+    "job_id",
+    "status",
+    "verb",
+    "args",
+    "has_secrets",
+    "selector",
+    "concurrency",
+    "concurrency_limit",
+    "max_errors",
+    "max_errors_limit",
+    "canary",
+    "canary_auto",
+    "canary_passed",
+    "timeout",
+    "ttl",
+    "created_by",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "error",
+)
+_JOB_COLUMNS_SQL = ", ".join(_JOB_COLUMNS)
+_JOB_JSON = frozenset({"args", "error"})
+_JOB_BOOL = frozenset({"has_secrets", "canary_auto", "canary_passed"})
+_JOB_REAL = frozenset({"timeout", "ttl", "created_at", "updated_at", "finished_at"})
+_JOB_MUTABLE = frozenset({"status", "canary_passed", "finished_at", "error"})
+_TARGET_OUTCOMES = frozenset({"expired", "rejected"})
 
 
 class StoreError(Exception):
@@ -128,6 +162,13 @@ def _floats(row: dict[str, Any], keys: Iterable[str]) -> None:
             row[key] = float(row[key])
 
 
+def _token_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    for key in ("verbs", "sites"):
+        row[key] = _decode_json(row[key])
+    _floats(row, ("created_at", "expires_at", "revoked_at"))
+    return row
+
+
 def _agent_from_row(row: dict[str, Any]) -> dict[str, Any]:
     for key in AGENT_JSON:
         row[key] = _decode_json(row[key])
@@ -175,6 +216,36 @@ def _new_command_values(command: Mapping[str, Any]) -> dict[str, Any]:
     if fields["status"] != lifecycle.QUEUED:
         raise ValueError("a command is created queued; later statuses go through transition()")
     return _command_values(fields)
+
+
+def _job_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in _JOB_JSON:
+            value = _encode_json(value)
+        elif key in _JOB_BOOL:
+            value = int(bool(value))
+        out[key] = value
+    return out
+
+
+def _job_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    for key in _JOB_JSON:
+        row[key] = _decode_json(row[key])
+    for key in _JOB_BOOL:
+        row[key] = bool(row[key])
+    _floats(row, _JOB_REAL)
+    return row
+
+
+def _job_statuses(statuses: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(statuses, str):
+        raise TypeError("statuses must be a collection of job statuses, not a string")
+    result = tuple(statuses)
+    unknown = set(result) - JOB_STATUSES
+    if not result or unknown:
+        raise ValueError(f"unknown or no job statuses: {sorted(unknown)}")
+    return result
 
 
 def _output_chunks(chunks: Iterable[Sequence[Any]]) -> list[tuple[int, str, str]]:
@@ -239,6 +310,10 @@ class SQLStore:
 
     def _lock_for_migration(self, txn: Transaction) -> None:
         """Start the migration transaction so concurrent openers serialise."""
+        raise NotImplementedError
+
+    def _lock_audit(self, txn: Transaction) -> None:
+        """Start an audit append so concurrent writers (any process) serialise."""
         raise NotImplementedError
 
     # -- helpers ------------------------------------------------------------
@@ -310,12 +385,17 @@ class SQLStore:
         session_id: str,
         labels: Mapping[str, Any] | None,
         now: float,
+        cert_serial: str | None = None,
+        signing: str = "off",
     ) -> dict[str, Any]:
         """Record a (re)connected agent as online under ``session_id``.
 
         Each call increments the agent's ``epoch`` (1 after the first
         connection), a fencing counter for the session; the returned agent
-        carries the new value.
+        carries the new value. ``cert_serial`` is the (hex) serial of the
+        certificate it connected with (what ``viworks pki revoke`` revokes);
+        ``signing`` is what its HELLO said: ``"on"`` if it verifies command
+        signatures, else ``"off"``.
         """
         params = (
             agent_id,
@@ -329,6 +409,8 @@ class SQLStore:
             peer,
             session_id,
             _encode_json(dict(labels or {})),
+            cert_serial,
+            signing,
         )
         return await self._run(self._upsert_agent_txn, params)
 
@@ -338,8 +420,8 @@ class SQLStore:
             """
             INSERT INTO agents (agent_id, status, version, site, hostname,
                 protocol, verbs, connected_at, last_seen, peer, session_id,
-                labels, epoch)
-            VALUES (?, 'online', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+                labels, cert_serial, signing, epoch)
+            VALUES (?, 'online', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
             ON CONFLICT (agent_id) DO UPDATE SET
                 status = excluded.status,
                 version = excluded.version,
@@ -352,6 +434,8 @@ class SQLStore:
                 peer = excluded.peer,
                 session_id = excluded.session_id,
                 labels = excluded.labels,
+                cert_serial = excluded.cert_serial,
+                signing = excluded.signing,
                 epoch = agents.epoch + 1
             RETURNING *
             """,
@@ -922,32 +1006,347 @@ class SQLStore:
             row["data"] = _decode_json(row["data"])
         return rows
 
+    # -- jobs ---------------------------------------------------------------
+
+    async def create_job(self, job: Mapping[str, Any], agent_ids: Sequence[str]) -> dict[str, Any]:
+        """Insert a job and its targets (``agent_ids``, in start order) in one transaction.
+
+        ``job`` holds the ``jobs`` columns (``args`` a dict, booleans as
+        bools); returns the job as stored.
+        """
+        unknown = set(job) - set(_JOB_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown job fields: {sorted(unknown)}")
+        if len(set(agent_ids)) != len(agent_ids):
+            raise ValueError("a job targets each agent once")
+        return await self._run(self._create_job_txn, _job_values(job), list(agent_ids))
+
+    def _create_job_txn(
+        self, txn: Transaction, values: dict[str, Any], agent_ids: list[str]
+    ) -> dict[str, Any]:
+        columns = list(values)
+        self._execute(
+            txn,
+            "INSERT INTO jobs ({}) VALUES ({}) RETURNING {}".format(
+                ", ".join(columns), _marks(len(columns)), _JOB_COLUMNS_SQL
+            ),
+            [values[c] for c in columns],
+        )
+        created = _job_from_row(_rows(txn)[0])
+        for start in range(0, len(agent_ids), _EVENT_BATCH):
+            batch = agent_ids[start : start + _EVENT_BATCH]
+            self._execute(
+                txn,
+                "INSERT INTO job_targets (job_id, position, agent_id) VALUES "
+                + ", ".join(["(?, ?, ?)"] * len(batch)),
+                [
+                    v
+                    for offset, agent_id in enumerate(batch)
+                    for v in (created["job_id"], start + offset, agent_id)
+                ],
+            )
+        return created
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """Return the job, or None."""
+        rows = await self._run(
+            self._select_txn, f"SELECT {_JOB_COLUMNS_SQL} FROM jobs WHERE job_id = ?", (job_id,)
+        )
+        return _job_from_row(rows[0]) if rows else None
+
+    async def list_jobs(
+        self, statuses: Sequence[str] | None = None, limit: int | None = 100
+    ) -> list[dict[str, Any]]:
+        """Jobs newest first (``limit`` None: all), optionally only those in ``statuses``."""
+        sql = f"SELECT {_JOB_COLUMNS_SQL} FROM jobs"
+        params: list[Any] = []
+        if statuses is not None:
+            statuses = _job_statuses(statuses)
+            sql += f" WHERE status IN ({_marks(len(statuses))})"
+            params.extend(statuses)
+        sql += " ORDER BY created_at DESC, job_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return [_job_from_row(row) for row in await self._run(self._select_txn, sql, params)]
+
+    async def update_job(
+        self, job_id: str, at: float, *, expected: Sequence[str] | None = None, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Set ``fields`` (and ``updated_at``) if the job's status is in ``expected``.
+
+        Compare-and-set like :meth:`transition`: returns the updated job, or
+        None (nothing written) for an unknown job or another status.
+        """
+        unknown = set(fields) - _JOB_MUTABLE
+        if unknown:
+            raise ValueError(f"unknown or immutable job fields: {sorted(unknown)}")
+        if "status" in fields:
+            _job_statuses([fields["status"]])
+        values = {**_job_values(fields), "updated_at": at}
+        where, params = ["job_id = ?"], [job_id]
+        if expected is not None:
+            expected = _job_statuses(expected)
+            where.append(f"status IN ({_marks(len(expected))})")
+            params.extend(expected)
+        rows = await self._run(
+            self._select_txn,
+            "UPDATE jobs SET {} WHERE {} RETURNING {}".format(
+                ", ".join(f"{c} = ?" for c in values), " AND ".join(where), _JOB_COLUMNS_SQL
+            ),
+            [*values.values(), *params],
+        )
+        return _job_from_row(rows[0]) if rows else None
+
+    async def job_targets(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's targets in position order: ``{position, agent_id, command_id, status,
+        outcome, error}``.
+
+        ``status`` is the command's status, else the target's outcome, else
+        ``'pending'`` (not started yet).
+        """
+        rows = await self._run(
+            self._select_txn,
+            "SELECT t.position, t.agent_id, t.command_id, t.outcome, t.error,"
+            " COALESCE(c.status, t.outcome, 'pending') AS status"
+            " FROM job_targets t LEFT JOIN commands c ON c.command_id = t.command_id"
+            " WHERE t.job_id = ? ORDER BY t.position",
+            (job_id,),
+        )
+        for row in rows:
+            row["error"] = _decode_json(row["error"])
+        return rows
+
+    async def job_counts(self, job_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """``{job_id: {status: count}}`` over the jobs' targets (see :meth:`job_targets`)."""
+        job_ids = list(job_ids)
+        counts: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
+        for start in range(0, len(job_ids), _EVENT_BATCH):
+            batch = job_ids[start : start + _EVENT_BATCH]
+            rows = await self._run(
+                self._select_txn,
+                "SELECT t.job_id, COALESCE(c.status, t.outcome, 'pending') AS status,"
+                " COUNT(*) AS n"
+                " FROM job_targets t LEFT JOIN commands c ON c.command_id = t.command_id"
+                f" WHERE t.job_id IN ({_marks(len(batch))})"
+                " GROUP BY t.job_id, COALESCE(c.status, t.outcome, 'pending')",
+                batch,
+            )
+            for row in rows:
+                counts[row["job_id"]][row["status"]] = int(row["n"])
+        return counts
+
+    async def settle_job_target(
+        self,
+        job_id: str,
+        position: int,
+        *,
+        command_id: str | None = None,
+        outcome: str | None = None,
+        error: Any = None,
+    ) -> bool:
+        """Give a pending target its command, or an outcome without one (not both).
+
+        Compare-and-set: only a target with neither is changed; returns
+        whether this call changed it.
+        """
+        if (command_id is None) == (outcome is None):
+            raise ValueError("settle a job target with a command_id or an outcome")
+        if outcome is not None and outcome not in _TARGET_OUTCOMES:
+            raise ValueError(f"unknown job target outcome {outcome!r}")
+        changed = await self._run(
+            self._update_count_txn,
+            "UPDATE job_targets SET command_id = ?, outcome = ?, error = ?"
+            " WHERE job_id = ? AND position = ? AND command_id IS NULL AND outcome IS NULL",
+            (command_id, outcome, _encode_json(error), job_id, int(position)),
+        )
+        return changed > 0
+
     # -- tokens -------------------------------------------------------------
 
-    async def create_token(self, name: str, token_hash: str, now: float) -> dict[str, Any]:
-        """Store a token hash under ``name``; raise DuplicateToken if taken."""
+    async def create_token(
+        self,
+        name: str,
+        token_hash: str,
+        now: float,
+        *,
+        role: str = "operator",
+        verbs: Sequence[str] | None = None,
+        sites: Sequence[str] | None = None,
+        expires_at: float | None = None,
+    ) -> dict[str, Any]:
+        """Store a token hash under ``name``; raise DuplicateToken if taken.
+
+        ``role`` is viewer, operator (the default, as for tokens made before
+        roles) or admin; ``verbs``/``sites`` (None: any) limit what an
+        operator may run; ``expires_at`` (None: never) ends its validity.
+        """
+        if role not in TOKEN_ROLES:
+            raise ValueError(f"unknown role {role!r} (want one of {', '.join(TOKEN_ROLES)})")
         try:
             await self._run(
                 self._update_count_txn,
-                "INSERT INTO tokens (name, token_hash, created_at) VALUES (?, ?, ?)",
-                (name, token_hash, now),
+                "INSERT INTO tokens (name, token_hash, created_at, role, verbs, sites, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    token_hash,
+                    now,
+                    role,
+                    None if verbs is None else _encode_json(list(verbs)),
+                    None if sites is None else _encode_json(list(sites)),
+                    expires_at,
+                ),
             )
         except self._pool.dbapi.IntegrityError as e:
             raise DuplicateToken(f"token name {name!r} or its hash is already in use") from e
         return {"name": name, "created_at": now}
 
     async def token_name_for_hash(self, token_hash: str) -> str | None:
-        """Return the name of the token with this hash, or None."""
+        """Return the name of the token with this hash, or None (even if expired or revoked)."""
+        token = await self.token_for_hash(token_hash)
+        return token["name"] if token else None
+
+    async def token_for_hash(self, token_hash: str) -> dict[str, Any] | None:
+        """The token with this hash: ``{name, created_at, role, verbs, sites, expires_at,
+        revoked_at}`` (no hash), or None. Validity is the caller's to judge."""
         rows = await self._run(
-            self._select_txn, "SELECT name FROM tokens WHERE token_hash = ?", (token_hash,)
+            self._select_txn,
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?",
+            (token_hash,),
         )
-        return rows[0]["name"] if rows else None
+        return _token_from_row(rows[0]) if rows else None
 
     async def list_tokens(self) -> list[dict[str, Any]]:
-        """Return ``{name, created_at}`` for every token (hashes are not listed)."""
-        return await self._run(
-            self._select_txn, "SELECT name, created_at FROM tokens ORDER BY name", ()
+        """Every token by name, as ``token_for_hash`` gives it (hashes are never listed)."""
+        rows = await self._run(
+            self._select_txn, f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY name", ()
         )
+        return [_token_from_row(row) for row in rows]
+
+    async def revoke_token(self, name: str, now: float) -> bool:
+        """Revoke the token ``name`` (once: the first revocation time stays).
+
+        Returns False when no token has this name or it was already revoked.
+        """
+        return (
+            await self._run(
+                self._update_count_txn,
+                "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (now, name),
+            )
+            > 0
+        )
+
+    # -- certificate revocation ---------------------------------------------
+
+    async def revoke_certificate(
+        self, serial: str, agent_id: str, now: float, reason: str | None = None
+    ) -> bool:
+        """Record the certificate ``serial`` (hex) of ``agent_id`` as revoked.
+
+        Returns False (nothing written) when that serial was already revoked.
+        """
+        return (
+            await self._run(
+                self._update_count_txn,
+                "INSERT INTO revoked_certificates (serial, agent_id, revoked_at, reason)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",
+                (serial, agent_id, now, reason),
+            )
+            > 0
+        )
+
+    async def revocations_since(self, after_seq: int = 0) -> list[dict[str, Any]]:
+        """Revocations ``{seq, serial, agent_id, revoked_at, reason}`` after ``after_seq``.
+
+        In seq order; a poller passes the last seq it saw.
+        """
+        rows = await self._run(
+            self._select_txn,
+            "SELECT seq, serial, agent_id, revoked_at, reason FROM revoked_certificates"
+            " WHERE seq > ? ORDER BY seq",
+            (int(after_seq),),
+        )
+        for row in rows:
+            _floats(row, ("revoked_at",))
+        return rows
+
+    async def is_certificate_revoked(self, serial: str) -> bool:
+        rows = await self._run(
+            self._select_txn, "SELECT 1 FROM revoked_certificates WHERE serial = ?", (serial,)
+        )
+        return bool(rows)
+
+    # -- audit log ------------------------------------------------------------
+
+    async def append_audit(
+        self,
+        at: float,
+        actor: str,
+        action: str,
+        target: str | None,
+        outcome: str,
+        detail: Any = None,
+    ) -> dict[str, Any]:
+        """Append a record to the hash-chained audit log; return it as stored.
+
+        ``detail`` is redacted (``viworks.backend.audit.redact``) and stored as
+        canonical JSON. One transaction holding the chain's lock: it reads the
+        last record's seq and hash and inserts the next one, so concurrent
+        writers (threads or processes, either engine) never fork the chain.
+        """
+        record = {
+            "at": float(at),
+            "actor": str(actor),
+            "action": str(action),
+            "target": None if target is None else str(target),
+            "outcome": str(outcome),
+            "detail": audit.encode_detail(detail),
+        }
+        return await self._run(self._append_audit_txn, record)
+
+    def _append_audit_txn(self, txn: Transaction, record: dict[str, Any]) -> dict[str, Any]:
+        self._lock_audit(txn)
+        self._execute(txn, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        last = txn.fetchone()
+        seq, prev_hash = (last[0] + 1, last[1]) if last else (1, audit.GENESIS)
+        row = {
+            "seq": seq,
+            **record,
+            "prev_hash": prev_hash,
+            "hash": audit.record_hash(record, prev_hash),
+        }
+        self._execute(
+            txn,
+            f"INSERT INTO audit_log ({', '.join(row)}) VALUES ({_marks(len(row))})",
+            list(row.values()),
+        )
+        return row
+
+    async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Up to ``limit`` audit records with seq > ``after_seq``, in seq order.
+
+        ``detail`` is the stored JSON text (what the hash covers).
+        """
+        rows = await self._run(
+            self._select_txn,
+            "SELECT seq, at, actor, action, target, outcome, detail, prev_hash, hash"
+            " FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+            (int(after_seq), int(limit)),
+        )
+        for row in rows:
+            _floats(row, ("at",))
+        return rows
+
+    async def audit_seq_of_hash(self, record_hash: str) -> int | None:
+        """The seq of the audit record with this hash, or None."""
+        rows = await self._run(
+            self._select_txn,
+            "SELECT seq FROM audit_log WHERE hash = ? ORDER BY seq",
+            (record_hash,),
+        )
+        return rows[0]["seq"] if rows else None
 
     def _select_txn(
         self, txn: Transaction, sql: str, params: Iterable[Any]

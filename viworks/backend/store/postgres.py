@@ -13,6 +13,9 @@ from viworks.backend.store.base import SQLStore
 # backends starting at the same time.
 _MIGRATION_LOCK_KEY = 0x7669776F726B73  # "viworks"
 
+# Serialises appends to the audit log's hash chain (all backends and CLIs).
+_AUDIT_LOCK_KEY = 0x7669776F726B7361  # "viworksa"
+
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -54,6 +57,10 @@ class PostgresStore(SQLStore):
         txn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
         if self.schema is not None:
             txn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+
+    def _lock_audit(self, txn: Transaction) -> None:
+        # Transaction-scoped, taken before reading the last hash.
+        txn.execute(f"SELECT pg_advisory_xact_lock({_AUDIT_LOCK_KEY})")
 
 
 def _conninfo(url: str, schema: str | None) -> str:

@@ -171,6 +171,102 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX agent_telemetry_agent ON agent_telemetry (agent_id, seq)",
         "ALTER TABLE commands ADD COLUMN cancel_requested_at {real}",
     ),
+    # 4: token roles and scopes, agent certificate serials, certificate
+    # revocations, the hash-chained audit log.
+    (
+        # Tokens made before roles existed keep working as operators.
+        "ALTER TABLE tokens ADD COLUMN role TEXT NOT NULL DEFAULT 'operator'"
+        " CHECK (role IN ('viewer', 'operator', 'admin'))",
+        # JSON lists, NULL = no restriction.
+        "ALTER TABLE tokens ADD COLUMN verbs TEXT",
+        "ALTER TABLE tokens ADD COLUMN sites TEXT",
+        "ALTER TABLE tokens ADD COLUMN expires_at {real}",
+        "ALTER TABLE tokens ADD COLUMN revoked_at {real}",
+        # Hex serial of the certificate the agent last said HELLO with.
+        "ALTER TABLE agents ADD COLUMN cert_serial TEXT",
+        # seq orders revocations so that backends can poll "since the last one".
+        """
+        CREATE TABLE revoked_certificates (
+            seq {serial_pk},
+            serial TEXT NOT NULL UNIQUE,
+            agent_id TEXT NOT NULL,
+            revoked_at {real} NOT NULL,
+            reason TEXT
+        )
+        """,
+        # Append-only; seq is assigned by the writer (last + 1) under a lock,
+        # hash = SHA-256(canonical record + prev_hash) (viworks.backend.audit).
+        """
+        CREATE TABLE audit_log (
+            seq INTEGER PRIMARY KEY,
+            at {real} NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX audit_log_hash ON audit_log (hash)",
+    ),
+    # 5: jobs (one verb fanned out to the agents a selector matched) and their targets.
+    (
+        # concurrency/max_errors keep what the operator asked ("10%" or "3");
+        # *_limit is what it resolved to for this job's number of targets.
+        # args are redacted (secrets are never stored); has_secrets tells a
+        # restarted backend that it cannot start the remaining targets.
+        """
+        CREATE TABLE jobs (
+            job_id TEXT PRIMARY KEY,
+            status TEXT NOT NULL
+                CHECK (status IN ('running', 'paused', 'stopped', 'completed', 'cancelled')),
+            verb TEXT NOT NULL,
+            args TEXT NOT NULL DEFAULT '{{}}',
+            has_secrets INTEGER NOT NULL DEFAULT 0,
+            selector TEXT NOT NULL,
+            concurrency TEXT NOT NULL,
+            concurrency_limit INTEGER NOT NULL CHECK (concurrency_limit >= 1),
+            max_errors TEXT NOT NULL,
+            max_errors_limit INTEGER NOT NULL CHECK (max_errors_limit >= 1),
+            canary INTEGER,
+            canary_auto INTEGER NOT NULL DEFAULT 0,
+            canary_passed INTEGER NOT NULL DEFAULT 0,
+            timeout {real},
+            ttl {real} NOT NULL,
+            created_by TEXT,
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            finished_at {real},
+            error TEXT
+        )
+        """,
+        "CREATE INDEX jobs_status_created ON jobs (status, created_at)",
+        "CREATE INDEX jobs_created ON jobs (created_at)",
+        # One row per targeted agent, in the order they are started. A target
+        # without a command is pending, or has an outcome that never made a
+        # command: 'expired' (offline past the job's TTL) or 'rejected' (the
+        # ledger refused it, e.g. the agent no longer offers the verb).
+        """
+        CREATE TABLE job_targets (
+            job_id TEXT NOT NULL REFERENCES jobs (job_id),
+            position INTEGER NOT NULL,
+            agent_id TEXT NOT NULL,
+            command_id TEXT REFERENCES commands (command_id),
+            outcome TEXT CHECK (outcome IN ('expired', 'rejected')),
+            error TEXT,
+            PRIMARY KEY (job_id, position),
+            UNIQUE (job_id, agent_id)
+        )
+        """,
+        "CREATE INDEX job_targets_command ON job_targets (command_id)",
+    ),
+    # 6: whether each agent verifies command signatures (its HELLO's "signing").
+    (
+        "ALTER TABLE agents ADD COLUMN signing TEXT NOT NULL DEFAULT 'off'"
+        " CHECK (signing IN ('on', 'off'))",
+    ),
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -22,6 +22,10 @@ def _configure(conn: sqlite3.Connection) -> None:
     # readers in other processes (CLI tools) run during writes.
     conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
+    # In WAL mode NORMAL keeps every committed transaction across a crash of
+    # the process (kill -9); only a power loss can take back the last ones.
+    # FULL would fsync at every commit, the backend's main cost under load.
+    conn.execute("PRAGMA synchronous=NORMAL")
     # Switching a fresh file to WAL needs an exclusive lock and SQLite
     # returns "locked" without waiting when another connection is mid-write
     # (deadlock avoidance), so retry here (we are in a pool thread).
@@ -71,6 +75,11 @@ class SQLiteStore(SQLStore):
     def _lock_for_migration(self, txn: Transaction) -> None:
         # Take the write lock before reading schema_version, so two processes
         # opening a fresh file cannot both decide to run migration 1.
+        txn.execute("BEGIN IMMEDIATE")
+
+    def _lock_audit(self, txn: Transaction) -> None:
+        # The write lock, before reading the chain's last hash: another
+        # process (a CLI) appending at the same time waits (busy_timeout).
         txn.execute("BEGIN IMMEDIATE")
 
 

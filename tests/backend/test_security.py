@@ -1,0 +1,291 @@
+"""Roles, rate limits, flood control and the audit log (in memory, real SQLite store)."""
+
+from __future__ import annotations
+
+import json
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from tests.backend import test_sessions
+from tests.backend.helpers import FakeSession, add_agent, sqlite_store
+from tests.stack import eventually
+from viworks import protocol
+from viworks.backend import audit, authz
+from viworks.backend.api import BackendAPI, hash_token
+from viworks.backend.ledger import CommandLedger
+from viworks.backend.registry import SessionRegistry
+
+TOKENS = {
+    "viewer": "vw_viewer",
+    "operator": "vw_operator",
+    "admin": "vw_admin",
+    "pinger": "vw_pinger",  # operator limited to ping on site "test"
+    "elsewhere": "vw_elsewhere",  # operator limited to site "other"
+    "old": "vw_expired",
+    "gone": "vw_revoked",
+}
+
+
+class RolesAndLimitsTests(unittest.TestCase):
+    async def _setUp(self) -> None:
+        self.store = await sqlite_store(self)
+        create = self.store.create_token
+        await create("viewer", hash_token(TOKENS["viewer"]), 1.0, role="viewer")
+        await create("operator", hash_token(TOKENS["operator"]), 1.0)
+        await create("admin", hash_token(TOKENS["admin"]), 1.0, role="admin")
+        await create("pinger", hash_token(TOKENS["pinger"]), 1.0, verbs=["ping"], sites=["test"])
+        await create("elsewhere", hash_token(TOKENS["elsewhere"]), 1.0, sites=["other"])
+        await create("old", hash_token(TOKENS["old"]), 1.0, role="admin", expires_at=1500.0)
+        await create("gone", hash_token(TOKENS["gone"]), 1.0, role="admin")
+        await self.store.revoke_token("gone", 2.0)
+        await add_agent(self.store)  # gw-1, site "test", verbs ping + create_panel_user
+        self.clock = Clock()
+        self.clock.advance(2000)
+        self.registry = SessionRegistry()
+        self.ledger = CommandLedger(self.store, self.registry, self.clock)
+        self.api = BackendAPI(
+            self.store,
+            self.registry,
+            self.ledger,
+            self.clock,
+            rate_limit_per_token=2.0,
+            rate_limit_burst=3,
+        )
+        self.http = StubTreq(self.api.resource())
+        self.registry.register(FakeSession("gw-1"))
+
+    def setUp(self) -> Deferred:
+        return Deferred.fromCoroutine(self._setUp())
+
+    async def call(self, method, path, body=None, who="admin"):
+        headers = {b"authorization": [f"Bearer {TOKENS.get(who, who)}".encode()]}
+        data = json.dumps(body).encode() if body is not None else None
+        done = []
+        d = self.http.request(method, "http://api" + path, data=data, headers=headers)
+        d.addCallback(lambda r: r.content().addCallback(lambda c: (r, c)))
+        d.addBoth(done.append)
+        await eventually(lambda: self.http.flush() or done)
+        response, content = done[0]
+        return response, json.loads(content)
+
+    async def post_ping(self, who, verb="ping"):
+        args = {} if verb == "ping" else {"username": "alice", "password": "s3cret-pw"}
+        return await self.call(
+            "POST", "/api/v1/agents/gw-1/commands", {"verb": verb, "args": args}, who
+        )
+
+    async def audit_rows(self, count):
+        await self.api.audit.flush()
+        rows = await self.store.audit_records()
+        self.assertGreaterEqual(len(rows), count, rows)
+        return rows
+
+    def test_route_table(self):
+        """One table decides: GETs need viewer, commands/cancel operator, the rest admin."""
+        self.assertEqual(authz.required_role("GET", "/api/v1/agents"), "viewer")
+        self.assertEqual(authz.required_role("POST", "/api/v1/agents/x/commands"), "operator")
+        self.assertEqual(authz.required_role("POST", "/api/v1/commands/c/cancel"), "operator")
+        self.assertEqual(authz.required_role("DELETE", "/api/v1/anything"), "admin")
+        self.assertFalse(authz.role_allows("viewer", "POST", "/api/v1/agents/x/commands"))
+        self.assertTrue(authz.role_allows("admin", "PUT", "/api/v1/whatever"))
+
+    async def test_viewer_reads_but_cannot_run(self):
+        """A viewer lists agents (200) but POSTing a command is a JSON 403 FORBIDDEN."""
+        response, body = await self.call("GET", "/api/v1/agents", who="viewer")
+        self.assertEqual(response.code, 200)
+        response, body = await self.post_ping("viewer")
+        self.assertEqual(response.code, 403)
+        self.assertEqual(body["error"]["code"], "FORBIDDEN")
+        self.assertEqual(await self.store.list_commands(), [])
+
+    async def test_operator_and_admin_run(self):
+        """An unlimited operator and an admin both create commands (201)."""
+        for who in ("operator", "admin"):
+            response, body = await self.post_ping(who)
+            self.assertEqual(response.code, 201, body)
+
+    async def test_operator_limited_to_verbs_and_sites(self):
+        """A limited operator runs its verb on its site; another verb or site is 403,
+        and so is cancelling a command whose verb it may not run."""
+        response, _ = await self.post_ping("pinger")
+        self.assertEqual(response.code, 201)
+        response, body = await self.post_ping("pinger", verb="create_panel_user")
+        self.assertEqual((response.code, body["error"]["code"]), (403, "FORBIDDEN"))
+        self.assertIn("create_panel_user", body["error"]["message"])
+        response, body = await self.post_ping("elsewhere")
+        self.assertEqual((response.code, body["error"]["code"]), (403, "FORBIDDEN"))
+        self.assertIn("site", body["error"]["message"])
+        response, other = await self.post_ping("admin", verb="create_panel_user")
+        response, body = await self.call(
+            "POST", f"/api/v1/commands/{other['command_id']}/cancel", who="pinger"
+        )
+        self.assertEqual(response.code, 403)
+        self.assertEqual(len(await self.store.list_commands()), 2)
+
+    async def test_expired_and_revoked_tokens(self):
+        """An expired or a revoked token is 401, even with the admin role."""
+        for who, why in (("old", "expired"), ("gone", "revoked")):
+            response, body = await self.call("GET", "/api/v1/agents", who=who)
+            self.assertEqual(response.code, 401)
+            self.assertEqual(body["error"]["code"], "UNAUTHORIZED")
+            self.assertIn(why, body["error"]["message"])
+
+    async def test_rate_limit(self):
+        """Past its burst a token gets 429 RATE_LIMITED with Retry-After; others are not
+        affected, and after waiting (Clock) it is served again."""
+        for _ in range(3):
+            response, _ = await self.call("GET", "/api/v1/agents", who="operator")
+            self.assertEqual(response.code, 200)
+        response, body = await self.call("GET", "/api/v1/agents", who="operator")
+        self.assertEqual(response.code, 429)
+        self.assertEqual(body["error"]["code"], "RATE_LIMITED")
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+        response, _ = await self.call("GET", "/api/v1/agents", who="viewer")
+        self.assertEqual(response.code, 200)
+        self.clock.advance(0.5)
+        response, _ = await self.call("GET", "/api/v1/agents", who="operator")
+        self.assertEqual(response.code, 200)
+
+    async def test_changes_are_audited(self):
+        """Every POST is audited, refused ones too (who, route, status), without secrets;
+        so is a command's final outcome."""
+        response, created = await self.post_ping("pinger")
+        await self.post_ping("viewer")
+        await self.post_ping("admin", verb="create_panel_user")
+        await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"}, who="nobody")
+        await self.call("POST", f"/api/v1/commands/{created['command_id']}/cancel", who="operator")
+        rows = await self.audit_rows(5)
+        api = [r for r in rows if r["action"] == "api.post"]
+        self.assertEqual(
+            [(r["actor"], r["outcome"], json.loads(r["detail"])["status"]) for r in api],
+            [
+                ("pinger", "ok", 201),
+                ("viewer", "refused", 403),
+                ("admin", "ok", 201),
+                ("anonymous", "refused", 401),
+                ("operator", "ok", 202),
+            ],
+        )
+        self.assertEqual(api[0]["target"], "/api/v1/agents/gw-1/commands")
+        self.assertEqual(json.loads(api[0]["detail"])["command_id"], created["command_id"])
+        self.assertEqual(json.loads(api[1]["detail"])["error"], "FORBIDDEN")
+        for row in rows:
+            self.assertNotIn("s3cret-pw", row["detail"] or "")
+        self.assertEqual(audit.verify_chain(rows), len(rows))
+        # The command was dispatched, so the cancel was only requested: the ledger
+        # audits the final status when the agent reports it.
+        session = self.registry.get("gw-1")
+        await self.ledger.on_result(
+            session,
+            {
+                "command_id": created["command_id"],
+                "status": "cancelled",
+                "exit_code": None,
+                "result": None,
+                "stdout": "",
+                "stderr": "",
+                "stdout_truncated": False,
+                "stderr_truncated": False,
+                "error": {"code": "CANCELLED", "message": "stopped"},
+                "started_at": None,
+                "finished_at": None,
+            },
+        )
+        await self.ledger.audit.flush()
+        final = [r for r in await self.store.audit_records() if r["action"] == "command.finished"]
+        self.assertEqual([(r["actor"], r["outcome"]) for r in final], [("gw-1", "cancelled")])
+        self.assertEqual(final[0]["target"], f"command:{created['command_id']}")
+
+
+class FloodTests(unittest.TestCase):
+    """An agent sending beyond [backend] agent_frame_rate (in-memory sessions)."""
+
+    # The session fixtures of the AgentSession tests, without their tests.
+    _base_setUp = test_sessions.AgentSessionTests._setUp
+    connect = test_sessions.AgentSessionTests.connect
+    flush = test_sessions.AgentSessionTests.flush
+    until = test_sessions.AgentSessionTests.until
+    welcomed = test_sessions.AgentSessionTests.welcomed
+    assertClosed = test_sessions.AgentSessionTests.assertClosed
+    _close_all = test_sessions.AgentSessionTests._close_all
+
+    async def _setUp(self) -> None:
+        await self._base_setUp()
+        # 5 frames/s, bursts of 10; more than 10 drops within 10 s disconnects.
+        self.factory.frame_rate = 5.0
+        self.factory.frame_burst = 10.0
+        self.factory.flood_limit = 10
+
+    def setUp(self) -> Deferred:
+        return Deferred.fromCoroutine(self._setUp())
+
+    async def test_flood_throttled_then_disconnected(self):
+        """Frames beyond the rate are dropped with RATE_LIMITED errors; a steady sender is
+        fine; one that keeps flooding is closed with 4005 "flood; retry-after=N", and
+        the refusal is in the audit log."""
+        client = await self.welcomed()
+        # Within the rate: heartbeats every 0.5 s go through.
+        for _ in range(6):
+            self.clock.advance(0.5)
+            client.send("heartbeat", ts=1.0)
+            self.flush()
+        self.assertEqual(client.error_codes(), [])
+        # A burst: the bucket (about 10) empties, then each frame is dropped.
+        for _ in range(15):
+            client.send("heartbeat", ts=1.0)
+        self.flush()
+        dropped = client.error_codes().count(protocol.RATE_LIMITED)
+        self.assertGreater(dropped, 0)
+        self.assertTrue(client.live)
+        # Keep flooding: past 10 drops in 10 s the session is closed.
+        for _ in range(15):
+            client.send("heartbeat", ts=1.0)
+        self.flush()
+        self.assertClosed(client, protocol.CLOSE_FLOOD)
+        self.assertEqual(protocol.parse_retry_after(client.closed[1]), 60.0)
+        self.assertTrue(client.closed[1].startswith("flood; retry-after="))
+        await self.until(lambda: self.registry.get("gw-1") is None)
+        await self.ledger.audit.flush()
+        [row] = [r for r in await self.store.audit_records() if r["action"] == "connection.refused"]
+        self.assertEqual(
+            (row["actor"], row["target"], row["outcome"]), ("gw-1", "agent:gw-1", "refused")
+        )
+        self.assertEqual(json.loads(row["detail"])["reason"], "flood")
+
+    async def test_revoked_serial_refused_at_handshake(self):
+        """A certificate serial in the factory's revoked set is refused (403) at the
+        upgrade and audited; another serial of the same agent is accepted."""
+        self.factory.cert_serial = lambda transport, request: getattr(transport, "serial", None)
+        self.factory.revoked_serials.add("abc")
+
+        def connect_with(serial):
+            # The serial rides on the transport, set when the session asks who it is.
+            original = self.factory.identify
+
+            def identify(transport, request):
+                transport.serial = serial
+                return original(transport, request)
+
+            self.factory.identify = identify
+            try:
+                return self.connect("gw-1")
+            finally:
+                self.factory.identify = original
+
+        refused = connect_with("abc")
+        self.flush()
+        self.assertEqual(refused.http_status_line.split()[1], "403")
+        fresh = connect_with("def")
+        fresh.hello()
+        await self.until(lambda: fresh.of_type("welcome"))
+        self.assertEqual((await self.store.get_agent("gw-1"))["cert_serial"], "def")
+        await self.ledger.audit.flush()
+        reasons = [
+            json.loads(r["detail"])["reason"]
+            for r in await self.store.audit_records()
+            if r["action"] == "connection.refused"
+        ]
+        self.assertEqual(reasons, ["certificate revoked"])

@@ -1,0 +1,154 @@
+"""The security CLI against a real SQLite database: tokens, certificate revocation, audit.
+
+Each command runs as its own process (``viworks ...``), as an operator would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+from twisted.trial import unittest
+
+from tests.processes import viworks
+from tests.stack import write
+
+
+class SecurityCLITests(unittest.TestCase):
+    def setUp(self):
+        self.dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.dir)
+        self.db = os.path.join(self.dir, "backend.db")
+        # TLS files are not needed by these commands (they only open the store).
+        self.config = write(
+            os.path.join(self.dir, "backend.toml"),
+            f'[backend]\ndatabase = "{self.db}"\n'
+            '[tls]\ncert = "server.crt"\nkey = "server.key"\nclient_ca = "ca.crt"\n',
+        )
+
+    def cli(self, *args: str, code: int = 0):
+        done = viworks(*args)
+        self.assertEqual(done.returncode, code, done.stdout + done.stderr)
+        return done
+
+    def sql(self, statement: str, params: tuple = ()) -> list:
+        with sqlite3.connect(self.db) as conn:
+            rows = conn.execute(statement, params).fetchall()
+        return rows
+
+    def make_records(self) -> list[str]:
+        """Four audited changes: three token creations and a revocation."""
+        tokens = []
+        for name, extra in (
+            ("ci", ()),
+            ("eyes", ("--role", "viewer", "--expires-in", "3600")),
+            ("ops", ("--verbs", "ping,restart_service", "--sites", "paris")),
+        ):
+            out = self.cli("token", "create", "--config", self.config, "--name", name, *extra)
+            tokens.append(out.stdout.strip().splitlines()[-1])
+        self.cli("token", "revoke", "--config", self.config, "ci")
+        return tokens
+
+    def test_token_list_shows_no_secrets(self):
+        """token create prints the secret alone on the last line; token list (table and
+        JSON) shows names, roles, limits and state but never a secret or a hash."""
+        tokens = self.make_records()
+        for token in tokens:
+            self.assertTrue(token.startswith("vw_"))
+        table = self.cli("token", "list", "--config", self.config).stdout
+        listed = json.loads(self.cli("token", "list", "--config", self.config, "--json").stdout)
+        hashes = [row[0] for row in self.sql("SELECT token_hash FROM tokens")]
+        for text in (table, json.dumps(listed)):
+            for secret in tokens + hashes:
+                self.assertNotIn(secret, text)
+        by_name = {t["name"]: t for t in listed["tokens"]}
+        self.assertEqual(by_name["ci"]["state"], "revoked")
+        self.assertEqual((by_name["eyes"]["role"], by_name["eyes"]["state"]), ("viewer", "active"))
+        self.assertIsNotNone(by_name["eyes"]["expires_at"])
+        self.assertEqual(by_name["ops"]["verbs"], ["ping", "restart_service"])
+        self.assertEqual(by_name["ops"]["sites"], ["paris"])
+        self.assertIn("operator", table)
+        # Revoking twice, or an unknown name, is an error.
+        self.cli("token", "revoke", "--config", self.config, "ci", code=2)
+
+    def test_pki_revoke_records_current_serial(self):
+        """pki revoke stores the serial the agent last connected with; an agent never
+        seen is an error."""
+        self.make_records()
+        self.cli("pki", "revoke", "--config", self.config, "gw-1", code=2)
+        self.sql(
+            "INSERT INTO agents (agent_id, status, cert_serial) VALUES ('gw-1', 'offline', 'beef')"
+        )
+        out = self.cli("pki", "revoke", "--config", self.config, "--reason", "stolen", "gw-1")
+        self.assertIn("beef", out.stdout)
+        self.assertEqual(
+            self.sql("SELECT serial, agent_id, reason FROM revoked_certificates"),
+            [("beef", "gw-1", "stolen")],
+        )
+        actions = [r[0] for r in self.sql("SELECT action FROM audit_log ORDER BY seq")]
+        self.assertEqual(actions[-2:], ["certificate.revoke", "certificate.revoke"])
+
+    def test_audit_verify_and_export(self):
+        """An untouched chain verifies (exit 0); export writes one JSON object per line
+        with secrets redacted and the hashes to re-check it."""
+        tokens = self.make_records()
+        out = self.cli("audit", "verify", "--config", self.config)
+        self.assertIn("intact: 4 records", out.stdout)
+        path = os.path.join(self.dir, "audit.jsonl")
+        self.cli("audit", "export", "--config", self.config, "--output", path)
+        with open(path) as f:
+            records = [json.loads(line) for line in f]
+        self.assertEqual([r["seq"] for r in records], [1, 2, 3, 4])
+        self.assertEqual(
+            [r["action"] for r in records],
+            ["token.create", "token.create", "token.create", "token.revoke"],
+        )
+        self.assertEqual(records[2]["detail"]["sites"], ["paris"])
+        self.assertEqual(records[1]["prev_hash"], records[0]["hash"])
+        with open(path) as f:
+            text = f.read()
+        for token in tokens:
+            self.assertNotIn(token, text)
+
+    def assertBroken(self, seq: int, words: str):
+        out = self.cli("audit", "verify", "--config", self.config, code=1)
+        self.assertIn(f"BROKEN at record {seq}", out.stdout)
+        self.assertIn(words, out.stdout)
+
+    def test_edited_record_detected(self):
+        """Editing a record's content makes verify fail (exit 1) naming that record."""
+        self.make_records()
+        self.sql("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2")
+        self.assertBroken(2, "record 2 was edited")
+
+    def test_edited_record_with_recomputed_hash_detected(self):
+        """An edit whose own hash was recomputed still breaks the link to the next record."""
+        from viworks.backend import audit
+
+        self.make_records()
+        [row] = self.sql(
+            "SELECT at, actor, action, target, outcome, detail, prev_hash FROM audit_log"
+            " WHERE seq = 2"
+        )
+        record = dict(
+            zip(("at", "actor", "action", "target", "outcome", "detail"), row[:6], strict=True)
+        )
+        record["outcome"] = "refused"
+        forged = audit.record_hash(record, row[6])
+        self.sql("UPDATE audit_log SET outcome = 'refused', hash = ? WHERE seq = 2", (forged,))
+        self.assertBroken(2, "record 2 was edited or replaced")
+
+    def test_removed_record_detected(self):
+        """Deleting a record makes verify fail naming the missing record."""
+        self.make_records()
+        self.sql("DELETE FROM audit_log WHERE seq = 3")
+        self.assertBroken(3, "record 3 was removed")
+
+    def test_reordered_records_detected(self):
+        """Swapping two records' positions makes verify fail naming the first one moved."""
+        self.make_records()
+        self.sql("UPDATE audit_log SET seq = -2 WHERE seq = 2")
+        self.sql("UPDATE audit_log SET seq = 2 WHERE seq = 3")
+        self.sql("UPDATE audit_log SET seq = 3 WHERE seq = -2")
+        self.assertBroken(2, "record 2 is out of order")

@@ -1,0 +1,224 @@
+"""The tamper-evident audit log: who did what to what, when, and how it ended.
+
+Records live in the store's append-only ``audit_log`` table. Each record's
+``hash`` is SHA-256 over its canonical form (``at``, ``actor``, ``action``,
+``target``, ``outcome`` and the stored ``detail`` JSON) followed by the previous
+record's hash (``prev_hash``; 64 zeros for the first), so removing, reordering
+or editing a record breaks the chain at that record (``verify_chain``). The
+store appends under a lock (PostgreSQL advisory lock, SQLite ``BEGIN
+IMMEDIATE``) so concurrent writers, even in other processes, cannot fork it.
+
+The chain proves order and integrity against edits made without recomputing
+every later hash; it does not stop someone who can rewrite the whole table (or
+drop its newest records): export it regularly (``viworks audit export``) and
+keep the last hash somewhere else.
+
+Details never hold secrets: ``redact`` masks values under secret-looking keys,
+and callers put argument *names*, not values, into records they cannot redact
+by schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+
+from viworks.logs import Logger
+
+GENESIS = "0" * 64
+REDACTED = "[redacted]"
+_SECRET_KEY = re.compile(
+    r"pass|secret|token|authorization|cookie|credential|private|api_?key", re.IGNORECASE
+)
+
+# Outcomes.
+OK = "ok"
+REFUSED = "refused"
+FAILED = "failed"
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with the values of secret-looking keys replaced."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): REDACTED if _SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    return value
+
+
+def encode_detail(detail: Any) -> str | None:
+    """The stored (canonical) JSON of a redacted detail; None stays NULL."""
+    if detail is None:
+        return None
+    return json.dumps(redact(detail), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def canonical(record: Mapping[str, Any]) -> str:
+    """The hashed form of a record: its content fields (not seq, not hashes)."""
+    return json.dumps(
+        {
+            "at": float(record["at"]),
+            "actor": record["actor"],
+            "action": record["action"],
+            "target": record["target"],
+            "outcome": record["outcome"],
+            "detail": record["detail"],  # the stored JSON text
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def record_hash(record: Mapping[str, Any], prev_hash: str) -> str:
+    """SHA-256 (hex) of the canonical record followed by the previous record's hash."""
+    return hashlib.sha256((canonical(record) + prev_hash).encode("utf-8")).hexdigest()
+
+
+class ChainBroken(Exception):
+    """The audit chain is broken at ``seq`` (the first bad record)."""
+
+    def __init__(self, seq: int, message: str) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.message = message
+
+
+class ChainVerifier:
+    """Checks records fed in ``seq`` order; raises ``ChainBroken`` at the first bad one.
+
+    ``seq_of_hash(h)`` finds the record with hash ``h`` (any position), so that a
+    break can be told apart: an out-of-order record follows one that comes
+    after it, a record after a removal follows one further back (or one that is
+    gone), an edited record no longer matches its own hash.
+    """
+
+    def __init__(self, seq_of_hash: Callable[[str], int | None]) -> None:
+        self.seq_of_hash = seq_of_hash
+        self.prev_hash = GENESIS
+        self.prev_seq = 0
+        self.count = 0
+
+    def feed(self, row: Mapping[str, Any]) -> None:
+        seq = row["seq"]
+        if record_hash(row, row["prev_hash"]) != row["hash"]:
+            raise ChainBroken(seq, f"record {seq} was edited: its content does not match its hash")
+        if row["prev_hash"] != self.prev_hash:
+            follows = None if row["prev_hash"] == GENESIS else self.seq_of_hash(row["prev_hash"])
+            if follows is not None and follows > seq:
+                raise ChainBroken(
+                    seq,
+                    f"record {seq} is out of order: it was written after record {follows}",
+                )
+            if seq != self.prev_seq + 1:
+                missing = self._range(self.prev_seq + 1, seq - 1)
+                raise ChainBroken(
+                    self.prev_seq + 1,
+                    f"{missing} removed: record {seq} does not follow record {self.prev_seq}",
+                )
+            if follows is None and self.prev_seq:
+                # Its predecessor is in place but no longer has the hash it was
+                # chained with: rewritten (hash recomputed) or replaced.
+                raise ChainBroken(
+                    self.prev_seq,
+                    f"record {self.prev_seq} was edited or replaced: record {seq}"
+                    f" does not follow it",
+                )
+            raise ChainBroken(
+                seq,
+                f"record {seq} was reordered or records before it were removed: it follows"
+                f" record {follows if follows is not None else 'none'},"
+                f" not record {self.prev_seq}",
+            )
+        if seq != self.prev_seq + 1:
+            raise ChainBroken(
+                self.prev_seq + 1,
+                f"record {self.prev_seq + 1} is missing: the chain is intact but renumbered"
+                f" (record {seq} follows record {self.prev_seq})",
+            )
+        self.prev_hash = row["hash"]
+        self.prev_seq = seq
+        self.count += 1
+
+    @staticmethod
+    def _range(first: int, last: int) -> str:
+        return f"record {first} was" if first == last else f"records {first}-{last} were"
+
+
+def verify_chain(rows: Iterable[Mapping[str, Any]]) -> int:
+    """Verify records in seq order (all in memory); return how many; ``ChainBroken`` if not."""
+    rows = list(rows)
+    by_hash = {row["hash"]: row["seq"] for row in rows}
+    verifier = ChainVerifier(by_hash.get)
+    for row in rows:
+        verifier.feed(row)
+    return verifier.count
+
+
+class AuditLog:
+    """Appends records through the store; remembers writes in flight (``flush``).
+
+    ``record`` awaits the write; ``record_later`` is for synchronous callers
+    (a refused handshake, an HTTP response): the write happens in the
+    background and a failure is logged, never raised into the caller.
+    """
+
+    log = Logger()
+
+    def __init__(self, store: Any, clock: IReactorTime) -> None:
+        self.store = store
+        self.clock = clock
+        self._pending: set[Deferred] = set()
+
+    async def record(
+        self,
+        actor: str,
+        action: str,
+        target: str | None,
+        outcome: str,
+        detail: Any = None,
+    ) -> dict:
+        return await self.store.append_audit(
+            self.clock.seconds(), actor, action, target, outcome, detail
+        )
+
+    def record_later(
+        self,
+        actor: str,
+        action: str,
+        target: str | None,
+        outcome: str,
+        detail: Any = None,
+    ) -> Deferred:
+        d = Deferred.fromCoroutine(self.record(actor, action, target, outcome, detail))
+        self._pending.add(d)
+
+        def done(result: Any) -> None:
+            self._pending.discard(d)
+            return None
+
+        def failed(failure: Any) -> None:
+            # Not log.failure: the caller cannot act on it; the operator must see it.
+            self.log.error(
+                "audit: could not record {action} by {actor} on {target}: {error}",
+                action=action,
+                actor=actor,
+                target=target,
+                error=failure.getErrorMessage(),
+            )
+
+        d.addErrback(failed)
+        d.addBoth(done)
+        return d
+
+    async def flush(self) -> None:
+        """Wait for every background write started so far."""
+        while self._pending:
+            await DeferredList(list(self._pending))

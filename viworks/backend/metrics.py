@@ -1,0 +1,212 @@
+"""Prometheus metrics for the backend, in a private registry served at ``GET /metrics``.
+
+One ``Metrics`` object is shared by the sessions, the ledger and the API of one backend
+(tests build several backends in one process, so nothing goes to the global registry).
+Every name starts with ``viworks_``. The hot path (frames) only increments counters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.internet.defer import ensureDeferred
+
+from viworks import lifecycle
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Command latencies go from milliseconds (dispatch to an online agent) to hours (a queued
+# command waiting for its agent, a long verb).
+LATENCY_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    """The backend's metrics; ``render()`` is the Prometheus text exposition."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.agents_connected = Gauge(
+            "viworks_agents_connected", "Agents with a live session now.", registry=r
+        )
+        self.sessions_opened = Counter(
+            "viworks_sessions_opened", "Agent sessions accepted (HELLO accepted).", registry=r
+        )
+        self.sessions_refused = Counter(
+            "viworks_sessions_refused",
+            "Agent connections refused, by reason (busy, no_certificate, or the error code).",
+            ["reason"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "viworks_reconnects",
+            "Sessions opened by an agent that already had one since this process started.",
+            registry=r,
+        )
+        self.handshakes_refused = Counter(
+            "viworks_handshakes_refused",
+            "WebSocket handshakes shed by admission control (no token in the bucket).",
+            registry=r,
+        )
+        self.handshake_tokens = Gauge(
+            "viworks_handshake_tokens_available",
+            "Tokens in the admission bucket now (handshakes that would be admitted at once).",
+            registry=r,
+        )
+        self.frames_in = Counter(
+            "viworks_frames_received", "Frames received from agents, by type.", ["type"], registry=r
+        )
+        self.frames_out = Counter(
+            "viworks_frames_sent", "Frames sent to agents, by type.", ["type"], registry=r
+        )
+        self.commands = Counter(
+            "viworks_commands",
+            "Commands that reached a final status, by verb and status.",
+            ["verb", "status"],
+            registry=r,
+        )
+        self.dispatch_latency = Histogram(
+            "viworks_command_dispatch_seconds",
+            "Seconds from a command's creation to its first dispatch to the agent.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.execution_latency = Histogram(
+            "viworks_command_execution_seconds",
+            "Seconds from a command's start on the agent to its final status.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.output_truncations = Counter(
+            "viworks_output_truncations",
+            "Command results whose stdout or stderr was truncated, by stream.",
+            ["stream"],
+            registry=r,
+        )
+        self.store_latency = Histogram(
+            "viworks_store_seconds",
+            "Seconds spent in store calls made by the command ledger, by operation.",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=r,
+        )
+        self._seen_agents: set[str] = set()
+        self._in: dict[str, Any] = {}
+        self._out: dict[str, Any] = {}
+
+    # -- wiring -------------------------------------------------------------------------
+
+    def watch_sessions(self, registry: Any, admission: Callable[[], Any] | None = None) -> None:
+        """Read the connected agents and the admission bucket (``admission()``) when scraped."""
+        self.agents_connected.set_function(lambda: len(registry))
+        if admission is not None:
+
+            def tokens() -> float:
+                bucket = admission()
+                bucket._refill()
+                return bucket._tokens
+
+            self.handshake_tokens.set_function(tokens)
+
+    def timed_store(self, store: Any) -> Any:
+        """``store`` with every method call timed into ``viworks_store_seconds``."""
+        return _TimedStore(store, self.store_latency)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- events (cheap: counters and a dict lookup) -----------------------------------------
+
+    def frame_in(self, frame_type: str) -> None:
+        child = self._in.get(frame_type)
+        if child is None:
+            child = self._in[frame_type] = self.frames_in.labels(frame_type)
+        child.inc()
+
+    def frame_out(self, payload: bytes) -> None:
+        # protocol.encode writes {"type":"<type>",...} first: no JSON parse needed.
+        frame_type = _frame_type(payload)
+        child = self._out.get(frame_type)
+        if child is None:
+            child = self._out[frame_type] = self.frames_out.labels(frame_type)
+        child.inc()
+
+    def session_opened(self, agent_id: str) -> None:
+        self.sessions_opened.inc()
+        if agent_id in self._seen_agents:
+            self.reconnects.inc()
+        else:
+            self._seen_agents.add(agent_id)
+
+    def session_refused(self, reason: str) -> None:
+        self.sessions_refused.labels(reason).inc()
+
+    def command_dispatched(self, command: dict, now: float) -> None:
+        created = command.get("created_at")
+        if created is not None:
+            self.dispatch_latency.observe(max(0.0, now - created))
+
+    def command_final(self, command: dict) -> None:
+        if command.get("status") not in lifecycle.FINAL:
+            return
+        self.commands.labels(command.get("verb") or "", command["status"]).inc()
+        started, finished = command.get("started_at"), command.get("finished_at")
+        if started is not None and finished is not None:
+            self.execution_latency.observe(max(0.0, finished - started))
+        for stream in ("stdout", "stderr"):
+            if command.get(f"{stream}_truncated"):
+                self.output_truncations.labels(stream).inc()
+
+
+_TYPE_PREFIX = b'{"type":"'
+
+
+def _frame_type(payload: bytes) -> str:
+    if payload.startswith(_TYPE_PREFIX):
+        end = payload.find(b'"', len(_TYPE_PREFIX))
+        if 0 < end <= 40:
+            return payload[len(_TYPE_PREFIX) : end].decode("ascii", "replace")
+    return "other"
+
+
+class _TimedStore:
+    """A transparent proxy timing each call (its Deferred or coroutine) by method name."""
+
+    def __init__(self, store: Any, histogram: Histogram) -> None:
+        self._store = store
+        self._histogram = histogram
+        self._wrapped: dict[str, Callable[..., Any]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+        wrapped = self._wrapped.get(name)
+        if wrapped is None:
+            wrapped = self._wrapped[name] = self._wrap(name)
+        return wrapped
+
+    def _wrap(self, name: str) -> Callable[..., Any]:
+        child = self._histogram.labels(name)
+        store = self._store
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            result = getattr(store, name)(*args, **kwargs)
+            if not inspect.isawaitable(result):
+                child.observe(time.perf_counter() - start)
+                return result
+            d = ensureDeferred(result)
+
+            def done(outcome: Any) -> Any:
+                child.observe(time.perf_counter() - start)
+                return outcome
+
+            return d.addBoth(done)
+
+        return call
