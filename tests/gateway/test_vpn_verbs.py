@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -586,16 +587,35 @@ class RealSoftEtherTests(unittest.TestCase):
             if not os.path.exists(f"/proc/{self.server_pid}"):
                 return
             time.sleep(0.1)
+        # It did not stop (e.g. a test failed half-way): kill everything in its private
+        # mount namespace, the watchdog included, so that no server outlives the test.
+        namespace = os.readlink(f"/proc/{self.server_pid}/ns/mnt")
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.readlink(f"/proc/{pid}/ns/mnt") == namespace:
+                    os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
 
     def admin(self, port: int, *command: str, stdin: str = "\x04") -> str:
-        """Server admin mode (setup only): vpncmd localhost:PORT /SERVER /CMD ..."""
-        done = subprocess.run(
-            [VPNCMD, f"localhost:{port}", "/SERVER", "/CSV", "/CMD", *command],
-            input=stdin.encode(),
-            capture_output=True,
-            timeout=20,
-            check=False,
-        )
+        """Server admin mode (setup only): vpncmd localhost:PORT /SERVER /CMD ...
+
+        A listener just created, or a server just started, may not accept the admin
+        connection yet ("Connection to the server failed", exit 1): retry for a while.
+        """
+        deadline = time.monotonic() + 15
+        while True:
+            done = subprocess.run(
+                [VPNCMD, f"localhost:{port}", "/SERVER", "/CSV", "/CMD", *command],
+                input=stdin.encode(),
+                capture_output=True,
+                timeout=20,
+                check=False,
+            )
+            refused = done.returncode == 1 and b"Connection to the server failed" in done.stdout
+            if not refused or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         self.assertEqual(done.returncode, 0, done.stdout.decode(errors="replace"))
         return done.stdout.decode()
 

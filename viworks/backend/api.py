@@ -36,6 +36,8 @@ _READ_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 MAX_WAIT = 300.0
 MAX_IDEMPOTENCY_KEY = 255
 SSE_KEEPALIVE = 15.0
+TOKEN_CACHE_SECONDS = 2.0
+TOKEN_CACHE_SIZE = 10000
 
 
 class ApiError(Exception):
@@ -263,6 +265,7 @@ class BackendAPI:
         # One token bucket per token name ([api] rate_limit_per_token / _burst).
         self.rate_limit = (rate_limit_per_token, rate_limit_burst)
         self._buckets: dict[str, TokenBucket] = {}
+        self._token_cache: dict[str, tuple[float, dict | None]] = {}
         # Every request that changes something (or tries to) is audited.
         self.audit = audit_log or getattr(ledger, "audit", None) or audit.AuditLog(store, clock)
         # GET /metrics: shared with the ledger and sessions unless given; a bearer
@@ -305,6 +308,19 @@ class BackendAPI:
             detail,
         )
 
+    async def _token_row(self, token_hash: str) -> dict | None:
+        """The token's row, cached for ``TOKEN_CACHE_SECONDS`` (a store read per request
+        dominated the API's cost); a revocation or expiry takes effect within that time."""
+        now = self.clock.seconds()
+        cached = self._token_cache.get(token_hash)
+        if cached is not None and now - cached[0] < TOKEN_CACHE_SECONDS:
+            return cached[1]
+        row = await self.store.token_for_hash(token_hash)
+        if len(self._token_cache) >= TOKEN_CACHE_SIZE:
+            self._token_cache.clear()
+        self._token_cache[token_hash] = (now, row)
+        return row
+
     async def _authenticate(self, request: Any) -> Caller:
         """The caller, if its token is valid, within its rate and its role allows the route.
 
@@ -315,7 +331,7 @@ class BackendAPI:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <token>")
-        row = await self.store.token_for_hash(hash_token(token.strip()))
+        row = await self._token_row(hash_token(token.strip()))
         if row is None:
             raise ApiError(401, "UNAUTHORIZED", "the token is not valid")
         if row["revoked_at"] is not None:

@@ -217,7 +217,7 @@ class CommandLedger:
             return command, False
         command_id = command["command_id"]
         self._args[command_id] = args
-        self.log.info(
+        self.log.debug(
             "command {command_id} {verb} queued for {agent_id}",
             command_id=command_id,
             verb=verb,
@@ -306,7 +306,7 @@ class CommandLedger:
                 **extra,
             )
         )
-        self.log.info(
+        self.log.debug(
             "command {command_id} dispatched to {agent_id}",
             command_id=command_id,
             agent_id=session.agent_id,

@@ -26,6 +26,7 @@ from viworks.backend.metrics import Metrics
 from viworks.backend.registry import SessionRegistry
 from viworks.backend.revocation import peer_cert_serial
 from viworks.logs import Logger
+from viworks.net import no_delay
 from viworks.ratelimit import TokenBucket
 from viworks.schema import validate_schema
 
@@ -53,6 +54,10 @@ class AgentSession(WebSocketServerProtocol):
     _drops: list[float] | None = None
 
     # -- Autobahn callbacks -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+        super().connectionMade()
 
     def onConnect(self, request: Any) -> None:
         if request.path != self.factory.ws_path:

@@ -375,7 +375,7 @@ class BackendLink(MultiService):
             )
             return
         proto.send_frame(protocol.encode("ack", command_id=command_id))
-        self.log.info(
+        self.log.debug(
             "command {command_id}: {verb} started", command_id=command_id, verb=frame["verb"]
         )
         output = OutputBuffer(command_id, self._send_output, self.reactor)
