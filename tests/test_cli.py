@@ -366,6 +366,18 @@ class JobTests(CLITestCase):
             5.0,
         ]
 
+    def assertJobDefaults(self):
+        """Without --max-errors the API's default applies; --canary-auto is sent as a flag."""
+        self.api.sequence("GET", "/api/v1/jobs/j1", [job("completed", ["succeeded"])])
+        code, _out, err = self.viworks(
+            "job", "start", "echo", "n=1", "--selector", "site=prod", "--canary", "1",
+            "--canary-auto",
+        )  # fmt: skip
+        self.assertEqual(code, 0, err)
+        post = self.api.called("POST", "/api/v1/jobs")[-1]
+        self.assertNotIn("max_errors", post["body"])
+        self.assertTrue(post["body"]["canary_auto"])
+
     def test_start_progress_then_summary(self):
         """`job start` posts the job, shows per-status progress, then a summary table."""
         self.api.sequence(
@@ -390,6 +402,7 @@ class JobTests(CLITestCase):
         )  # fmt: skip
         [events] = self.api.called("GET", "/api/v1/events")
         self.assertEqual(events["query"], {"types": "job.progress"})
+        self.assertJobDefaults()
         progress = err.splitlines()
         self.assertIn("[........................] 0/3  queued 3", progress[0])
         self.assertIn("1/3  succeeded 1  running 1  queued 1", progress[1])

@@ -918,8 +918,10 @@ def _job_start(client: ApiClient, args: argparse.Namespace) -> int:
         "args": coerce_args(args.args, params),
         "selector": args.selector,
         "concurrency": _amount(args.concurrency, "concurrency"),
-        "max_errors": _amount(args.max_errors, "max-errors"),
+        "max_errors": None if args.max_errors is None else _amount(args.max_errors, "max-errors"),
     }
+    if args.canary_auto:
+        body["canary_auto"] = True
     for key in ("canary", "ttl", "timeout"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
@@ -1189,8 +1191,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("args", nargs="*", metavar="key=value")
     x.add_argument("--selector", required=True, help="the target agents, e.g. site=prod")
     x.add_argument("--concurrency", default="1", help="agents at a time: N or N%% (default 1)")
-    x.add_argument("--max-errors", default="0", help="stop after N (or N%%) failures (default 0)")
-    x.add_argument("--canary", type=int, help="run on N agents first, then pause if any failed")
+    x.add_argument(
+        "--max-errors", help="stop starting agents after N (or N%%) failures (default 1)"
+    )
+    x.add_argument("--canary", type=int, help="run on N agents first, then pause")
+    x.add_argument(
+        "--canary-auto",
+        action="store_true",
+        help="after the canary, continue by itself if every canary agent succeeded",
+    )
     x.add_argument("--ttl", type=float, help="seconds offline targets may wait (then expired)")
     x.add_argument("--timeout", type=float, help="each command's execution timeout in seconds")
     x.add_argument("--detach", action="store_true", help="print the job id and return")

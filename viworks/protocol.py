@@ -23,7 +23,6 @@ CLOSE_POLICY = 4000
 CLOSE_HELLO_REFUSED = 4001
 CLOSE_REPLACED = 4002
 CLOSE_SHUTDOWN = 4003
-CLOSE_BUSY = 4004
 # An agent that kept sending beyond [backend] agent_frame_rate ("flood; retry-after=N").
 CLOSE_FLOOD = 4005
 
