@@ -139,3 +139,12 @@ class LedgerTests(unittest.TestCase):
         self.assertEqual(
             [e["status"] for e in events], ["queued", "dispatched", "running", "succeeded"]
         )
+
+    async def test_wait_final_covers_an_early_finish(self):
+        """A command that finished before the wait began is returned at once, not after it."""
+        session = self.online()
+        command, _ = await self.ledger.submit("gw-1", "ping", {})
+        await self.ledger.on_result(session, result_fields(command["command_id"]))
+        finished = await self.ledger.wait_final(command["command_id"], 30)
+        self.assertEqual(finished["status"], "succeeded")
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -500,7 +500,7 @@ class BackendAPI:
         if wait is None:
             return self._json(request, command_json(command), 201 if created else 200)
         if command["status"] not in lifecycle.FINAL:
-            finished = await self.ledger.wait(command["command_id"], wait)
+            finished = await self.ledger.wait_final(command["command_id"], wait)
             if finished is None:
                 # Still running: report it as it stands now.
                 command = await self.store.get_command(command["command_id"]) or command

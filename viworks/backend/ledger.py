@@ -484,17 +484,29 @@ class CommandLedger:
         d: Deferred = Deferred()
         waiters = self._waiters.setdefault(command_id, [])
         waiters.append(d)
-
-        def give_up() -> None:
-            if d in waiters:
-                waiters.remove(d)
-                if not waiters:
-                    self._waiters.pop(command_id, None)
-                d.callback(None)
-
-        timer = self.clock.callLater(seconds, give_up)
+        timer = self.clock.callLater(seconds, self._release, command_id, d, None)
         d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         return d
+
+    async def wait_final(self, command_id: str, seconds: float) -> dict | None:
+        """The command once final, or None after ``seconds``.
+
+        Unlike ``wait`` this also covers a command that finished just before the
+        call (a fast agent can answer before the API starts waiting).
+        """
+        d = self.wait(command_id, seconds)
+        command = await self.store.get_command(command_id)
+        if command is not None and command["status"] in lifecycle.FINAL:
+            self._release(command_id, d, command)
+        return await d
+
+    def _release(self, command_id: str, d: Deferred, value: dict | None) -> None:
+        waiters = self._waiters.get(command_id, [])
+        if d in waiters:
+            waiters.remove(d)
+            if not waiters:
+                self._waiters.pop(command_id, None)
+            d.callback(value)
 
 
 def _seconds(field: str, value: Any, default: float, maximum: float) -> float:
