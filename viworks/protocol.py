@@ -148,6 +148,25 @@ def error_frame(code: str, message: str, command_id: str | None = None) -> bytes
     return encode("error", code=code, message=message, **extra)
 
 
+def websocket_options(max_message_size: int, heartbeat_interval: float) -> dict[str, Any]:
+    """The Autobahn protocol options both ends of the link use.
+
+    WebSocket pings every heartbeat interval, answered within another, find a dead
+    (even half-open) peer within about two intervals; oversized messages are
+    refused, and the close code (1009 too big, 1007 bad UTF-8, 1002) is sent before
+    dropping so that the peer learns why (Autobahn's default drops silently: 1006).
+    """
+    return {
+        "maxMessagePayloadSize": max_message_size,
+        "maxFramePayloadSize": max_message_size,
+        "autoPingInterval": heartbeat_interval,
+        "autoPingTimeout": heartbeat_interval,
+        "openHandshakeTimeout": 10,
+        "closeHandshakeTimeout": 2,
+        "failByDrop": False,
+    }
+
+
 def retry_after_reason(reason: str, seconds: float) -> str:
     """A close reason carrying a reconnect hint (the agent waits at least that long)."""
     return f"{reason}; retry-after={seconds:.1f}"

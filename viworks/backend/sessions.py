@@ -476,18 +476,7 @@ class AgentSessionFactory(WebSocketServerFactory):
         # Don't advertise our version; no status page on a plain GET.
         self.server = "viworks"
         self.setProtocolOptions(
-            maxMessagePayloadSize=max_message_size,
-            maxFramePayloadSize=max_message_size,
-            # WebSocket pings detect dead (even half-open) peers within two
-            # heartbeat intervals.
-            autoPingInterval=heartbeat_interval,
-            autoPingTimeout=heartbeat_interval,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=2,
-            webStatus=False,
-            # Send the close code (1009 too big, 1007 bad UTF-8, 1002) before
-            # dropping, so agents learn why; the default drops silently (1006).
-            failByDrop=False,
+            webStatus=False, **protocol.websocket_options(max_message_size, heartbeat_interval)
         )
 
     def retry_hint(self) -> float:

@@ -160,12 +160,7 @@ class BackendLink(MultiService):
         factory.protocol = AgentLinkProtocol
         factory.link = self
         factory.setProtocolOptions(
-            maxMessagePayloadSize=max_message_size,
-            maxFramePayloadSize=max_message_size,
-            autoPingInterval=heartbeat_interval,
-            autoPingTimeout=heartbeat_interval,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=2,
+            **protocol.websocket_options(max_message_size, heartbeat_interval)
         )
         endpoint = wrapClientTLS(tls_options, HostnameEndpoint(reactor, host, port, timeout=10))
         self.client_service = ClientService(
