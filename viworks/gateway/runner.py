@@ -474,32 +474,10 @@ class ProcessRunner:
         handle._spawned(transport, stdin)
         return handle
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float = 30,
-        output_cap: int = 65536,
-        kill_grace: float = 5.0,
-        cwd: str | None = None,
-        no_output_timeout: float | None = None,
-        on_output: OutputCallback | None = None,
-    ) -> Deferred[RunResult]:
-        """``start(...).result``; a spawn error becomes a failed Deferred."""
+    def run(self, argv: Sequence[str], **options: Any) -> Deferred[RunResult]:
+        """``start(argv, **options).result``; a spawn error becomes a failed Deferred."""
         try:
-            handle = self.start(
-                argv,
-                stdin=stdin,
-                env=env,
-                timeout=timeout,
-                output_cap=output_cap,
-                kill_grace=kill_grace,
-                cwd=cwd,
-                no_output_timeout=no_output_timeout,
-                on_output=on_output,
-            )
+            handle = self.start(argv, **options)
         except Exception:
             return fail()
         return handle.result

@@ -185,17 +185,23 @@ def _command_from_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _command_values(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate column names and convert Python values to stored ones."""
+def _stored(
+    fields: Mapping[str, Any], json_keys: frozenset | set, bool_keys: frozenset | set
+) -> dict[str, Any]:
+    """Python values -> stored ones: JSON as text, booleans as INTEGER in both engines
+    (psycopg would send a bool as boolean)."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
-        if key in COMMAND_JSON:
+        if key in json_keys:
             value = _encode_json(value)
-        elif key in COMMAND_BOOL:
-            # INTEGER in both engines; psycopg would send a bool as boolean.
+        elif key in bool_keys:
             value = int(bool(value))
         out[key] = value
     return out
+
+
+def _command_values(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return _stored(fields, COMMAND_JSON, COMMAND_BOOL)
 
 
 def _check_mutable(fields: Mapping[str, Any]) -> None:
@@ -219,14 +225,7 @@ def _new_command_values(command: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _job_values(fields: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in fields.items():
-        if key in _JOB_JSON:
-            value = _encode_json(value)
-        elif key in _JOB_BOOL:
-            value = int(bool(value))
-        out[key] = value
-    return out
+    return _stored(fields, _JOB_JSON, _JOB_BOOL)
 
 
 def _job_from_row(row: dict[str, Any]) -> dict[str, Any]:
