@@ -21,7 +21,6 @@ from viworks.config import (
     ensure_private_dir,
     load_agent_config,
     parse_bind,
-    parse_wss_url,
 )
 from viworks.gateway.catalog import catalog_from_config
 from viworks.gateway.journal import Journal
@@ -48,7 +47,7 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     runner = ProcessRunner(reactor, run_as=config.agent.run_as_user or None)
     catalog = catalog_from_config(runner, config, clock=reactor)
     outbound = config.outbound
-    host, _port, _path = parse_wss_url(outbound.backend_url)
+    host = outbound.backend_host
     link = BackendLink(
         reactor=reactor,
         backend_url=outbound.backend_url,
@@ -103,7 +102,7 @@ def _gateway_reloader(config: AgentConfig, link: BackendLink) -> Reloader:
     reloader.add("log level", lambda new: set_log_level(new.agent.log_level))
 
     # The start-up URL's host: the endpoint cannot change without a restart.
-    host = parse_wss_url(config.outbound.backend_url)[0]
+    host = config.outbound.backend_host
     reloader.add(
         "TLS certificate, key and CA",
         lambda new: link.tls_options.reload(lambda: _client_tls(new, host)),
