@@ -44,8 +44,9 @@ def bench_catalog(reactor: Any) -> VerbCatalog:
         timeout=5.0,
         call=lambda _args: {"pong": True},
     )
-    true = declared_verb("true", verb_config(argv=("/bin/true",), changes_state=False,
-                                             description="Run /bin/true."))
+    true = declared_verb(
+        "true", verb_config(argv=("/bin/true",), changes_state=False, description="Run /bin/true.")
+    )
     return VerbCatalog(ProcessRunner(reactor), {"ping": ping, "true": true})
 
 
@@ -83,7 +84,9 @@ class BenchLink(BackendLink):
 
     def _send_telemetry(self) -> Deferred:
         if self.metrics is not None:
-            self._send(protocol.encode("telemetry", ts=self.reactor.seconds(), metrics=self.metrics))
+            self._send(
+                protocol.encode("telemetry", ts=self.reactor.seconds(), metrics=self.metrics)
+            )
         return succeed(None)
 
 

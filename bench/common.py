@@ -274,9 +274,12 @@ def versions() -> dict[str, Any]:
     commit = None
     dirty = None
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
         dirty = bool(
             subprocess.run(
                 ["git", "status", "--porcelain", "--untracked-files=no", "viworks"],

@@ -142,9 +142,14 @@ class Backend:
         with open(self.config, "w") as f:
             f.write(
                 BACKEND_TOML.format(
-                    http_port=self.http_port, ws_port=self.ws_port,
-                    db=os.path.join(directory, "backend.db"), log_level=log_level,
-                    heartbeat=heartbeat, rate=rate, burst=burst, pki=pki_dir,
+                    http_port=self.http_port,
+                    ws_port=self.ws_port,
+                    db=os.path.join(directory, "backend.db"),
+                    log_level=log_level,
+                    heartbeat=heartbeat,
+                    rate=rate,
+                    burst=burst,
+                    pki=pki_dir,
                 )  # fmt: skip
                 + (API_TOML if _has_api_rate_limit() else "")
             )
@@ -189,7 +194,10 @@ class Gateway:
         with open(self.config, "w") as f:
             f.write(
                 AGENT_TOML.format(
-                    api_port=self.api_port, state=state, ws_port=ws_port, agent_id=agent_id,
+                    api_port=self.api_port,
+                    state=state,
+                    ws_port=ws_port,
+                    agent_id=agent_id,
                     pki=pki_dir,
                 )  # fmt: skip
             )

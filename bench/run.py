@@ -297,6 +297,7 @@ async def gateway_cost(
 ) -> dict:
     gw = Gateway(directory, pki_dir, backend.ws_port, "bench-gw")
     try:
+
         async def connected() -> bool:
             try:
                 api = await http_connect(reactor, gw.api_port)
@@ -404,8 +405,10 @@ def summarize_profile(folded: str, top: int = 25) -> dict:
                 incl[frame] += n
                 if "viworks/" in frame:
                     ours[frame] += n
+
     def share(c: collections.Counter) -> list:
         return [[name, round(100.0 * n / total, 2)] for name, n in c.most_common(top)]
+
     return {
         "samples": total,
         "self_percent": share(own),
@@ -420,7 +423,9 @@ def summarize_profile(folded: str, top: int = 25) -> dict:
 async def main(reactor: Any, argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
     parser.add_argument("--full", action="store_true", help="full sizes (issue 6)")
-    parser.add_argument("--profile", action="store_true", default=bool(os.environ.get("BENCH_PROFILE")))
+    parser.add_argument(
+        "--profile", action="store_true", default=bool(os.environ.get("BENCH_PROFILE"))
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, DB)")
     parser.add_argument(
         "--nodelay", action="store_true",
@@ -534,7 +539,11 @@ async def main(reactor: Any, argv: list[str]) -> None:
         for n in sizes:
             print(f"bench: connect storm, {n} agents (backlog {BACKLOG})", flush=True)
             backend = Backend(
-                os.path.join(tmp, f"backend-{n}"), pki_dir, cfg["heartbeat"], 1e6, 1000000,
+                os.path.join(tmp, f"backend-{n}"),
+                pki_dir,
+                cfg["heartbeat"],
+                1e6,
+                1000000,
                 backlog=BACKLOG,
             ).start()
             children.append(backend)
@@ -619,7 +628,9 @@ async def main(reactor: Any, argv: list[str]) -> None:
             None, None, _ratio(s6b["process_runner_per_s"], s6b["raw_spawnprocess_per_s"]),
             "raw reactor.spawnProcess",
         )  # fmt: skip
-        report.add("6 gateway", "/bin/true via raw spawnProcess", s6b["raw_spawnprocess_per_s"], "1/s")
+        report.add(
+            "6 gateway", "/bin/true via raw spawnProcess", s6b["raw_spawnprocess_per_s"], "1/s"
+        )
         out["baseline"]["raw_spawnprocess_per_s"] = s6b["raw_spawnprocess_per_s"]
         _ = base_rtt, base_rtt99
     finally:
@@ -654,17 +665,49 @@ async def work_scenarios(
         s3 = await latency(reactor, backend, fleet.ids[:spread], verb, cfg["latency_samples"])
         out["scenarios"][f"latency_{verb}_{spread}"] = s3
         if verb == "ping":
-            report.add("3 dispatch latency", f"p50, {label}", s3["p50"], "ms", "< 2 ms",
-                       s3["p50"] is not None and s3["p50"] < 2, _ratio(s3["p50"], base_rtt), ratio_to)
+            report.add(
+                "3 dispatch latency",
+                f"p50, {label}",
+                s3["p50"],
+                "ms",
+                "< 2 ms",
+                s3["p50"] is not None and s3["p50"] < 2,
+                _ratio(s3["p50"], base_rtt),
+                ratio_to,
+            )
             report.add("3 dispatch latency", f"p95, {label}", s3["p95"], "ms")
-            report.add("3 dispatch latency", f"p99, {label}", s3["p99"], "ms", "< 10 ms",
-                       s3["p99"] is not None and s3["p99"] < 10, _ratio(s3["p99"], base_rtt99), ratio_to)
+            report.add(
+                "3 dispatch latency",
+                f"p99, {label}",
+                s3["p99"],
+                "ms",
+                "< 10 ms",
+                s3["p99"] is not None and s3["p99"] < 10,
+                _ratio(s3["p99"], base_rtt99),
+                ratio_to,
+            )
         else:
-            report.add("3 dispatch latency", f"p50, {label}", s3["p50"], "ms", "< 3 ms",
-                       s3["p50"] is not None and s3["p50"] < 3, _ratio(s3["p50"], base_rtt), ratio_to)
+            report.add(
+                "3 dispatch latency",
+                f"p50, {label}",
+                s3["p50"],
+                "ms",
+                "< 3 ms",
+                s3["p50"] is not None and s3["p50"] < 3,
+                _ratio(s3["p50"], base_rtt),
+                ratio_to,
+            )
             report.add("3 dispatch latency", f"p95, {label}", s3["p95"], "ms")
-            report.add("3 dispatch latency", f"p99, {label}", s3["p99"], "ms", None, None,
-                       _ratio(s3["p99"], base_rtt99), ratio_to)
+            report.add(
+                "3 dispatch latency",
+                f"p99, {label}",
+                s3["p99"],
+                "ms",
+                None,
+                None,
+                _ratio(s3["p99"], base_rtt99),
+                ratio_to,
+            )
         print(f"bench:   {s3}", flush=True)
 
     print(f"bench: throughput, {cfg['throughput_conns']} HTTP clients, {n} agents", flush=True)
@@ -703,7 +746,9 @@ async def work_scenarios(
                 summary["commands_per_s_while_profiled"] = sp["commands_per_s"]
                 out["profile"] = summary
                 with open(os.path.join(RESULTS, "profile-throughput.txt"), "w") as f:
-                    f.write(f"py-spy, backend pid, throughput scenario, {summary['samples']} samples\n")
+                    f.write(
+                        f"py-spy, backend pid, throughput scenario, {summary['samples']} samples\n"
+                    )
                     f.write("\nself %:\n")
                     for name, pct in summary["self_percent"]:
                         f.write(f"{pct:6.2f}  {name}\n")
@@ -749,22 +794,34 @@ def print_table(out: dict) -> None:
     base = out.get("baseline") or {}
     m, v = out["machine"], out["versions"]
     print()
-    print(f"viworks benchmark ({out['mode']}), {out['started_at']}, {out.get('duration_s', 0):.0f} s")
-    print(f"machine: {m['cpu_model']}, {m['cores']} cores, {(m['memory_bytes'] or 0) / 2**30:.1f} GiB,"
-          f" kernel {m['kernel']}, nofile {m['nofile']}")
-    print(f"versions: python {v['python']}, twisted {v['twisted']}, autobahn {v['autobahn']},"
-          f" viworks {v['viworks']} @ {(v['viworks_commit'] or '?')[:10]}"
-          f"{' (dirty)' if v['viworks_dirty'] else ''}")
+    print(
+        f"viworks benchmark ({out['mode']}), {out['started_at']}, {out.get('duration_s', 0):.0f} s"
+    )
+    print(
+        f"machine: {m['cpu_model']}, {m['cores']} cores, {(m['memory_bytes'] or 0) / 2**30:.1f} GiB,"
+        f" kernel {m['kernel']}, nofile {m['nofile']}"
+    )
+    print(
+        f"versions: python {v['python']}, twisted {v['twisted']}, autobahn {v['autobahn']},"
+        f" viworks {v['viworks']} @ {(v['viworks_commit'] or '?')[:10]}"
+        f"{' (dirty)' if v['viworks_dirty'] else ''}"
+    )
     if base:
         hs = base["handshake"]
         print("baseline (same run):")
-        print(f"  bare mTLS WS echo RTT ({base['payload_bytes']} B): p50 {_fmt(base['ws_rtt_ms']['p50'])} ms,"
-              f" p99 {_fmt(base['ws_rtt_ms']['p99'])} ms; {_fmt(base['ws_messages_per_s'])} msg/s on one connection")
-        print(f"  bare twisted.web RTT: p50 {_fmt(base['http_rtt_ms']['p50'])} ms, p99 {_fmt(base['http_rtt_ms']['p99'])} ms;"
-              f" {_fmt(base['http_requests_per_s'])} req/s ({base['http_conns']} clients)")
-        print(f"  handshakes: {hs['opened']} at once in {_fmt(hs['seconds'])} s = {_fmt(hs['handshakes_per_s'])}/s"
-              f" (server CPU {_fmt(hs['server_cpu_s'])} s); RSS per idle connection {_fmt(hs['rss_per_connection'] / 1024)} KiB;"
-              f" idle process RSS {_fmt(base['echo_process_rss_idle'] / 2**20)} MiB")
+        print(
+            f"  bare mTLS WS echo RTT ({base['payload_bytes']} B): p50 {_fmt(base['ws_rtt_ms']['p50'])} ms,"
+            f" p99 {_fmt(base['ws_rtt_ms']['p99'])} ms; {_fmt(base['ws_messages_per_s'])} msg/s on one connection"
+        )
+        print(
+            f"  bare twisted.web RTT: p50 {_fmt(base['http_rtt_ms']['p50'])} ms, p99 {_fmt(base['http_rtt_ms']['p99'])} ms;"
+            f" {_fmt(base['http_requests_per_s'])} req/s ({base['http_conns']} clients)"
+        )
+        print(
+            f"  handshakes: {hs['opened']} at once in {_fmt(hs['seconds'])} s = {_fmt(hs['handshakes_per_s'])}/s"
+            f" (server CPU {_fmt(hs['server_cpu_s'])} s); RSS per idle connection {_fmt(hs['rss_per_connection'] / 1024)} KiB;"
+            f" idle process RSS {_fmt(base['echo_process_rss_idle'] / 2**20)} MiB"
+        )
         if "raw_spawnprocess_per_s" in base:
             print(f"  raw spawnProcess(/bin/true): {_fmt(base['raw_spawnprocess_per_s'])}/s")
     rows = out["results"]
