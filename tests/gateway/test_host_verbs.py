@@ -19,11 +19,10 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from tests.gateway.spawn import RecordingSpawner
 from viworks.config import (
     BUILTIN_VERBS,
     BootstrapSection,
@@ -89,41 +88,6 @@ def journal_entry(i: int, unit: str, message: Any, priority: str = "6") -> dict[
         "PRIORITY": priority,
         "MESSAGE": message,
     }
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.pid = 999999
-        self.stdin = b""
-
-    def write(self, data: bytes) -> None:
-        self.stdin += data
-
-    def closeStdin(self) -> None:
-        pass
-
-
-class RecordingSpawner:
-    """Records every spawn; the test then finishes the fake process with output."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, list[str], Transport]] = []
-
-    def __call__(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> Any:
-        transport = Transport()
-        protocol.makeConnection(transport)
-        self.calls.append((protocol, args, transport))
-        return transport
-
-    def finish(self, stdout: bytes = b"", stderr: bytes = b"", code: int = 0) -> None:
-        protocol = self.calls[-1][0]
-        if stdout:
-            protocol.childDataReceived(1, stdout)
-        if stderr:
-            protocol.childDataReceived(2, stderr)
-        reason = Failure(ProcessDone(0) if code == 0 else ProcessTerminated(code))
-        protocol.processExited(reason)
-        protocol.processEnded(reason)
 
 
 def install_fake(directory: str, name: str, config: dict[str, Any] | None = None) -> str:

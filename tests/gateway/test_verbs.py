@@ -11,11 +11,10 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.error import ProcessDone
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from tests.gateway.spawn import RecordingSpawner
 from viworks.config import BUILTIN_VERBS, AgentConfig, PanelSection, load_agent_config
 from viworks.gateway import host_verbs, panel_verbs
 from viworks.gateway import verbs as verbs_module
@@ -33,40 +32,6 @@ HTPASSWD = "/usr/bin/htpasswd"
 PY = sys.executable
 PASSWORD = "correct horse battery"
 ALICE = {"username": "alice", "password": PASSWORD}
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.pid = 999999
-        self.stdin = b""
-
-    def write(self, data: bytes) -> None:
-        self.stdin += data
-
-    def closeStdin(self) -> None:
-        pass
-
-
-class RecordingSpawner:
-    """Records every spawn; the test then finishes the fake process."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, list[str], Transport]] = []
-        self.kwargs: list[dict[str, Any]] = []
-
-    def __call__(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> Any:
-        transport = Transport()
-        protocol.makeConnection(transport)
-        self.calls.append((protocol, args, transport))
-        self.kwargs.append(kw)
-        return transport
-
-    def finish(self, index: int = -1, stderr: bytes = b"") -> None:
-        protocol = self.calls[index][0]
-        if stderr:
-            protocol.childDataReceived(2, stderr)
-        protocol.processExited(Failure(ProcessDone(0)))
-        protocol.processEnded(Failure(ProcessDone(0)))
 
 
 def panel_catalog(

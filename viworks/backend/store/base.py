@@ -538,16 +538,23 @@ class SQLStore:
         values = _new_command_values(command)
         return await self._run(self._create_idempotent_txn, values, token_name, key, request_hash)
 
-    def _create_command_txn(self, txn: Transaction, values: dict[str, Any]) -> dict[str, Any]:
+    def _insert_returning(
+        self, txn: Transaction, table: str, values: dict[str, Any], returning: str
+    ) -> dict[str, Any]:
+        """Insert one row of ``values`` and return the ``returning`` columns of it."""
         columns = list(values)
         self._execute(
             txn,
-            "INSERT INTO commands ({}) VALUES ({}) RETURNING {}".format(
-                ", ".join(columns), _marks(len(columns)), _COMMAND_COLUMNS_SQL
-            ),
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({_marks(len(columns))})"
+            f" RETURNING {returning}",
             [values[c] for c in columns],
         )
-        created = _command_from_row(_rows(txn)[0])
+        return _rows(txn)[0]
+
+    def _create_command_txn(self, txn: Transaction, values: dict[str, Any]) -> dict[str, Any]:
+        created = _command_from_row(
+            self._insert_returning(txn, "commands", values, _COMMAND_COLUMNS_SQL)
+        )
         self._insert_events_txn(
             txn, [(created["command_id"], lifecycle.QUEUED, created["created_at"], None)]
         )
@@ -1023,15 +1030,7 @@ class SQLStore:
     def _create_job_txn(
         self, txn: Transaction, values: dict[str, Any], agent_ids: list[str]
     ) -> dict[str, Any]:
-        columns = list(values)
-        self._execute(
-            txn,
-            "INSERT INTO jobs ({}) VALUES ({}) RETURNING {}".format(
-                ", ".join(columns), _marks(len(columns)), _JOB_COLUMNS_SQL
-            ),
-            [values[c] for c in columns],
-        )
-        created = _job_from_row(_rows(txn)[0])
+        created = _job_from_row(self._insert_returning(txn, "jobs", values, _JOB_COLUMNS_SQL))
         for start in range(0, len(agent_ids), _EVENT_BATCH):
             batch = agent_ids[start : start + _EVENT_BATCH]
             self._execute(
