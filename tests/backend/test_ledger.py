@@ -65,6 +65,7 @@ class LedgerTests(unittest.TestCase):
         self.ledger.stop()
         restarted = self.new_ledger()
         await restarted.start()
+        self.addCleanup(restarted.stop)
         self.clock.advance(30)
         await self.settle(command["command_id"], "expired")
 

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.backend import test_sessions
-from tests.backend.helpers import FakeSession, add_agent, sqlite_store
+from tests.backend.helpers import FakeSession, add_agent, result_fields, sqlite_store
 from tests.stack import eventually
 from viworks import protocol
 from viworks.backend import audit, authz
@@ -254,6 +254,29 @@ class FloodTests(unittest.TestCase):
             (row["actor"], row["target"], row["outcome"]), ("gw-1", "agent:gw-1", "refused")
         )
         self.assertEqual(json.loads(row["detail"])["reason"], "flood")
+
+    async def test_answers_to_commands_are_never_dropped(self):
+        """ack and result frames for commands in flight do not count against the rate:
+        a busy agent answering far more than its burst loses none of them (a dropped
+        result would leave its command hanging until a reconnect)."""
+        client = await self.welcomed()
+        ids = [(await self.ledger.submit("gw-1", "ping", {}))[0]["command_id"] for _ in range(15)]
+        for command_id in ids:
+            client.send("ack", command_id=command_id)
+            client.send("result", **result_fields(command_id))
+        self.flush()
+        await self.until(
+            lambda: set(ids) <= {f["command_id"] for f in client.of_type("result_ack")}
+        )
+        self.assertEqual(client.error_codes(), [])
+        self.assertTrue(client.live)
+        statuses = {(await self.store.get_command(c))["status"] for c in ids}
+        self.assertEqual(statuses, {"succeeded"})
+        # Other frames still spend the budget: a heartbeat burst is throttled.
+        for _ in range(15):
+            client.send("heartbeat", ts=1.0)
+        self.flush()
+        self.assertIn(protocol.RATE_LIMITED, client.error_codes())
 
     async def test_revoked_serial_refused_at_handshake(self):
         """A certificate serial in the factory's revoked set is refused (403) at the

@@ -7,7 +7,7 @@ import secrets
 import stat
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.python.monkey import MonkeyPatcher
 from twisted.trial import unittest
 
@@ -20,6 +20,7 @@ from viworks.backend.store import (
     open_store,
 )
 from viworks.backend.store import schema as store_schema
+from viworks.backend.store.batch import StoreClosed
 
 POSTGRES_URL = os.environ.get("VIWORKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -38,6 +39,11 @@ def _command(command_id: str, agent_id: str = "gw1", **fields: Any) -> dict[str,
     }
     base.update(fields)
     return base
+
+
+def started(coroutine: Any) -> defer.Deferred:
+    """Start a store call now (a coroutine only runs once awaited)."""
+    return defer.Deferred.fromCoroutine(coroutine)
 
 
 class StoreTestsMixin:
@@ -1271,6 +1277,57 @@ class StoreTestsMixin:
             await store.update_job("j1", 15.0, status="exploded")
         with self.assertRaises(ValueError):
             await store.update_job("j1", 15.0, verb="other")
+
+    # -- group commit (store/batch.py) -----------------------------------------
+
+    async def test_calls_that_queue_up_share_one_batch(self) -> None:
+        """Calls made while a batch is in the database run together next, in order."""
+        store = await self.open_store()
+        await self.online(store)
+        # Out of the callback that delivered online()'s result (calls made in
+        # there join the next batch at once).
+        await task.deferLater(reactor, 0, lambda: None)
+        before = store.batches.batches
+        calls = [started(store.create_command(_command(f"c{i}"))) for i in range(5)]
+        calls.append(started(store.list_commands(agent_id="gw1")))
+        *created, listed = await defer.gatherResults(calls)
+        # The first call ran alone; the five behind it shared the next transaction.
+        self.assertEqual(store.batches.batches - before, 2)
+        self.assertEqual([c["command_id"] for c in created], [f"c{i}" for i in range(5)])
+        self.assertEqual(len(listed), 5)
+
+    async def test_failing_call_in_a_batch_is_rolled_back_alone(self) -> None:
+        """One call's error reaches only that caller; the calls around it are stored."""
+        store = await self.open_store()
+        await self.online(store)
+        await store.create_token("ops", "h1", now=1.0)
+        first = started(store.create_command(_command("c1")))
+        before = started(store.create_command(_command("c2")))
+        duplicate = started(store.create_token("ops", "h2", now=2.0))
+        after = started(store.create_command(_command("c3")))
+        await first
+        await before
+        with self.assertRaises(DuplicateToken):
+            await duplicate
+        await after
+        self.assertEqual(
+            sorted(c["command_id"] for c in await store.list_commands(agent_id="gw1")),
+            ["c1", "c2", "c3"],
+        )
+        self.assertEqual([t["name"] for t in await store.list_tokens()], ["ops"])
+
+    async def test_close_runs_queued_calls_then_refuses(self) -> None:
+        """close() waits for what was queued; a call after it fails with StoreClosed."""
+        store = self.make_store()
+        await store.open()
+        await self.online(store)
+        writes = [started(store.create_command(_command(f"c{i}"))) for i in range(3)]
+        await store.close()
+        self.assertEqual(len(await defer.gatherResults(writes)), 3)
+        with self.assertRaises(StoreClosed):
+            await store.get_command("c1")
+        reopened = await self.open_store()
+        self.assertIsNotNone(await reopened.get_command("c2"))
 
 
 class SQLiteStoreTests(StoreTestsMixin, unittest.TestCase):

@@ -41,6 +41,19 @@ class LedgerError(Exception):
         self.field = field
 
 
+@dataclass
+class InFlight:
+    """What the ledger keeps in memory of a command it created, until it is final.
+
+    It spares the hot path a store read per frame (whose command is this? when
+    did it start?) and holds the unredacted args: secrets are never stored.
+    """
+
+    agent_id: str
+    args: dict
+    started_at: float | None = None
+
+
 @dataclass(frozen=True)
 class Idempotency:
     """An ``Idempotency-Key`` scoped to the token that sent it, with the request's digest."""
@@ -89,8 +102,10 @@ class CommandLedger:
         self.lost_grace = lost_grace
         self.hub = hub or EventHub()
         self._new_id = new_id
-        # Unredacted args of unfinished commands: secrets are never stored.
-        self._args: dict[str, dict] = {}
+        # Unfinished commands made by this process (after a restart: read from the store).
+        self._inflight: dict[str, InFlight] = {}
+        # agent id -> (session id, verbs announced in that session's HELLO).
+        self._verbs: dict[str, tuple[str, dict]] = {}
         self._waiters: dict[str, list[Deferred]] = {}
         self._timer: IDelayedCall | None = None
         self._running = False
@@ -126,7 +141,8 @@ class CommandLedger:
     def _fire(self) -> None:
         self._timer = None
         d = Deferred.fromCoroutine(self._sweep())
-        d.addErrback(lambda f: self.log.failure("deadline sweep failed", f))
+        # After stop() the store may close under a sweep in flight: nothing to report.
+        d.addErrback(lambda f: self._running and self.log.failure("deadline sweep failed", f))
 
     async def _sweep(self) -> None:
         now = self.clock.seconds()
@@ -170,14 +186,12 @@ class CommandLedger:
         Returns ``(command, created)``; ``created`` is False when an earlier
         request with the same idempotency key made the command.
         """
-        agent = await self.store.get_agent(agent_id)
-        if agent is None:
-            raise LedgerError(404, "AGENT_NOT_FOUND", f"no agent {agent_id!r} is known")
-        if not isinstance(verb, str) or verb not in agent["verbs"]:
+        verbs = await self._verbs_of(agent_id)
+        if not isinstance(verb, str) or verb not in verbs:
             raise LedgerError(
                 422, "UNKNOWN_VERB", f"agent {agent_id!r} does not offer verb {verb!r}", "verb"
             )
-        params = agent["verbs"][verb].get("params", {})
+        params = verbs[verb].get("params", {})
         if args is None:
             args = {}
         try:
@@ -216,7 +230,7 @@ class CommandLedger:
         if not created:
             return command, False
         command_id = command["command_id"]
-        self._args[command_id] = args
+        self._inflight[command_id] = InFlight(agent_id, args)
         self.log.debug(
             "command {command_id} {verb} queued for {agent_id}",
             command_id=command_id,
@@ -228,6 +242,21 @@ class CommandLedger:
         if session is not None:
             command = await self._dispatch(session, command) or command
         return command, True
+
+    async def _verbs_of(self, agent_id: str) -> dict:
+        """The verbs the agent offers: remembered per live session (they change only
+        with a new HELLO), read from the store otherwise."""
+        session = self.registry.get(agent_id)
+        remembered = self._verbs.get(agent_id)
+        if session is not None and remembered is not None:
+            if remembered[0] == session.session_id:
+                return remembered[1]
+        agent = await self.store.get_agent(agent_id)
+        if agent is None:
+            raise LedgerError(404, "AGENT_NOT_FOUND", f"no agent {agent_id!r} is known")
+        if session is not None and agent["session_id"] == session.session_id:
+            self._verbs[agent_id] = (session.session_id, agent["verbs"])
+        return agent["verbs"]
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -256,7 +285,8 @@ class CommandLedger:
         now = self.clock.seconds()
         if command["status"] == lifecycle.QUEUED and command["expires_at"] <= now:
             return None  # the deadline sweep expires it
-        args = self._args.get(command_id)
+        inflight = self._inflight.get(command_id)
+        args = None if inflight is None else inflight.args
         # After a backend restart the secret args of an unfinished command are gone.
         redacted = args is None and await self._has_secrets(command)
         if redacted and command["status"] == lifecycle.QUEUED:
@@ -331,7 +361,7 @@ class CommandLedger:
     async def on_output(self, session: LiveSession, fields: dict) -> None:
         """Store a chunk of live output (duplicates from a replay are ignored)."""
         command_id = fields["command_id"]
-        if await self._owned(session, command_id) is None:
+        if not (await self._ownership(session, command_id))[0]:
             return
         chunk = (fields["seq"], fields["stream"], fields["data"])
         if await self.store.append_output(command_id, [chunk], self.clock.seconds()):
@@ -378,20 +408,21 @@ class CommandLedger:
 
     async def on_ack(self, session: LiveSession, command_id: str) -> None:
         """The agent accepted a command and is running it."""
-        if await self._owned(session, command_id) is None:
+        if not (await self._ownership(session, command_id))[0]:
             return
+        now = self.clock.seconds()
+        inflight = self._inflight.get(command_id)
+        if inflight is not None:
+            inflight.started_at = now
         await self._transition(
-            command_id,
-            lifecycle.RUNNING,
-            expected=(lifecycle.DISPATCHED,),
-            started_at=self.clock.seconds(),
+            command_id, lifecycle.RUNNING, expected=(lifecycle.DISPATCHED,), started_at=now
         )
 
     async def on_result(self, session: LiveSession, fields: dict) -> None:
         """Record a final result (once) and acknowledge it so the agent stops replaying it."""
         command_id = fields["command_id"]
-        command = await self._owned(session, command_id)
-        if command is not None:
+        own, started_at = await self._ownership(session, command_id)
+        if own:
             finished = await self._transition(
                 command_id,
                 fields["status"],
@@ -402,10 +433,11 @@ class CommandLedger:
                 stdout_truncated=fields["stdout_truncated"],
                 stderr_truncated=fields["stderr_truncated"],
                 error=fields["error"],
-                started_at=command["started_at"] or fields["started_at"],
+                started_at=started_at or fields["started_at"],
                 finished_at=self.clock.seconds(),
             )
             if finished is None:
+                command = await self.store.get_command(command_id)
                 self.log.info(
                     "result {status} for {command_id} ignored: the command is already {current}",
                     status=fields["status"],
@@ -415,7 +447,19 @@ class CommandLedger:
         # Acknowledge even what we ignored: the agent must not replay it forever.
         session.send_frame(protocol.encode("result_ack", command_id=command_id))
 
-    async def _owned(self, session: LiveSession, command_id: str) -> dict | None:
+    def in_flight_to(self, command_id: str, agent_id: str) -> bool:
+        """True while a command this process made for ``agent_id`` is unfinished."""
+        inflight = self._inflight.get(command_id)
+        return inflight is not None and inflight.agent_id == agent_id
+
+    async def _ownership(self, session: LiveSession, command_id: str) -> tuple[bool, float | None]:
+        """Whether the command is the agent's own, and when it started.
+
+        From memory for a command this process made and has not finished yet;
+        from the store otherwise (which answers the agent if it is not its own).
+        """
+        if self.in_flight_to(command_id, session.agent_id):
+            return True, self._inflight[command_id].started_at
         command = await self.store.get_command(command_id)
         if command is None or command["agent_id"] != session.agent_id:
             self.log.warn(
@@ -426,8 +470,8 @@ class CommandLedger:
             session.send_frame(
                 protocol.error_frame(protocol.UNKNOWN_COMMAND, "no such command here", command_id)
             )
-            return None
-        return command
+            return False, None
+        return True, command["started_at"]
 
     async def _transition(self, command_id: str, status: str, **fields: Any) -> dict | None:
         command = await self.store.transition(command_id, status, self.clock.seconds(), **fields)
@@ -452,7 +496,7 @@ class CommandLedger:
 
     def _finished(self, command: dict) -> None:
         command_id = command["command_id"]
-        self._args.pop(command_id, None)
+        self._inflight.pop(command_id, None)
         self.log.info(
             "command {command_id} {status}",
             command_id=command_id,
@@ -495,9 +539,11 @@ class CommandLedger:
         call (a fast agent can answer before the API starts waiting).
         """
         d = self.wait(command_id, seconds)
-        command = await self.store.get_command(command_id)
-        if command is not None and command["status"] in lifecycle.FINAL:
-            self._release(command_id, d, command)
+        if command_id not in self._inflight:
+            # Finished already, or made before a restart: the store knows.
+            command = await self.store.get_command(command_id)
+            if command is not None and command["status"] in lifecycle.FINAL:
+                self._release(command_id, d, command)
         return await d
 
     def _release(self, command_id: str, d: Deferred, value: dict | None) -> None:

@@ -120,12 +120,11 @@ class AgentSession(WebSocketServerProtocol):
         if self._refused:
             # Closing after a refusal: nothing more this peer sends counts.
             return
-        if self._frames is not None and not self._frames.take():
-            self._throttle()
-            return
         try:
             frame = protocol.decode(payload, isBinary)
         except protocol.FrameError as e:
+            if not self._within_rate():
+                return
             self.log.warn(
                 "bad frame from {agent_id}: {code} {message}",
                 agent_id=self.agent_id or self._identity,
@@ -133,6 +132,11 @@ class AgentSession(WebSocketServerProtocol):
                 message=e.message,
             )
             self.send_frame(protocol.error_frame(e.code, e.message, e.command_id))
+            return
+        # Answers to commands the backend sent (ack, output, result) are never dropped:
+        # their number is bounded by what was dispatched, and dropping one would leave
+        # its command hanging until the agent reconnects.
+        if not self._answers_in_flight(frame) and not self._within_rate():
             return
         self.factory.metrics.frame_in(frame.type)
         if self.agent_id is None:
@@ -223,6 +227,20 @@ class AgentSession(WebSocketServerProtocol):
         self.sendClose(protocol.CLOSE_POLICY, "certificate revoked")
 
     # -- flood control --------------------------------------------------------
+
+    def _within_rate(self) -> bool:
+        """Take a frame from the agent's budget; False (frame dropped) when it is spent."""
+        if self._frames is None or self._frames.take():
+            return True
+        self._throttle()
+        return False
+
+    def _answers_in_flight(self, frame: protocol.Frame) -> bool:
+        return (
+            frame.type in ("ack", "output", "result")
+            and self.agent_id is not None
+            and self.factory.ledger.in_flight_to(frame["command_id"], self.agent_id)
+        )
 
     def _throttle(self) -> None:
         """A frame beyond the agent's rate: drop it; disconnect an agent that keeps on."""

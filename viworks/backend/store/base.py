@@ -22,6 +22,7 @@ from twisted.enterprise.adbapi import ConnectionPool, Transaction
 from viworks import lifecycle
 from viworks.backend import audit
 from viworks.backend.store import schema
+from viworks.backend.store.batch import BatchRunner
 from viworks.logs import Logger
 
 AGENT_JSON = frozenset({"verbs", "labels"})
@@ -300,6 +301,8 @@ class SQLStore:
     def __init__(self, reactor: Any = None) -> None:
         self._reactor = reactor
         self._pool: ConnectionPool = self._make_pool(reactor)
+        # Every call after open() goes through here: calls that queue up share a commit.
+        self.batches = BatchRunner(self._pool, self._begin_batch)
         self._closed = False
 
     # -- engine hooks -----------------------------------------------------
@@ -315,6 +318,9 @@ class SQLStore:
         """Start an audit append so concurrent writers (any process) serialise."""
         raise NotImplementedError
 
+    def _begin_batch(self, txn: Transaction) -> None:
+        """Start the transaction of a batch of calls (default: the driver's implicit one)."""
+
     # -- helpers ------------------------------------------------------------
 
     def _sql(self, sql: str) -> str:
@@ -328,22 +334,24 @@ class SQLStore:
         txn.execute(self._sql(sql), tuple(params))
 
     def _run(self, func: Any, *args: Any, **kw: Any) -> Any:
-        return self._pool.runInteraction(func, *args, **kw)
+        return self.batches.run(func, *args, **kw)
 
     # -- lifecycle ----------------------------------------------------------
 
     async def open(self) -> int:
         """Apply pending migrations; return the schema version now in use."""
-        return await self._run(self._migrate_txn, time.time())
+        # Alone in its transaction: the migration lock starts it.
+        return await self._pool.runInteraction(self._migrate_txn, time.time())
 
     async def close(self) -> None:
-        """Close the pool. Safe to call twice.
+        """Run every call queued so far, then close the pool. Safe to call twice.
 
-        ``async`` for callers' sake (``await store.close()``); adbapi's close
-        itself is synchronous and briefly joins the idle pool threads.
+        Later calls fail with ``StoreClosed``. adbapi's close itself is
+        synchronous and briefly joins the idle pool threads.
         """
         if not self._closed:
             self._closed = True
+            await self.batches.close()
             self._pool.close()
 
     def _migrate_txn(self, txn: Transaction, now: float) -> int:

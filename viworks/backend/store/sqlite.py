@@ -77,10 +77,16 @@ class SQLiteStore(SQLStore):
         # opening a fresh file cannot both decide to run migration 1.
         txn.execute("BEGIN IMMEDIATE")
 
-    def _lock_audit(self, txn: Transaction) -> None:
-        # The write lock, before reading the chain's last hash: another
-        # process (a CLI) appending at the same time waits (busy_timeout).
+    def _begin_batch(self, txn: Transaction) -> None:
+        # The write lock up front, for the whole batch: another process (a
+        # CLI) writing at the same time waits (busy_timeout) instead of
+        # failing to upgrade a read lock halfway through.
         txn.execute("BEGIN IMMEDIATE")
+
+    def _lock_audit(self, txn: Transaction) -> None:
+        # Nothing to do: the batch holds the write lock (_begin_batch), so
+        # nobody can append between our read of the last hash and our insert.
+        pass
 
 
 def _prepare_file(path: str) -> None:
