@@ -179,6 +179,21 @@ class JobRunnerTests(JobTestsBase):
         await self.until(job["job_id"], lambda j: j["status"] == "completed")
         self.assertEqual(self.fleet.max_running, 2)
 
+    async def test_whole_window_starts_together(self):
+        """With a window of every target, all start in one pump, their store writes
+        sharing transactions (not one commit per target after another)."""
+        self.all_online()
+        batches = self.store.batches.batches
+        job = await self.create(concurrency="100%", max_errors="100%")
+        await self.until_running(10)
+        # Sequentially that would be 10 targets x (command, dispatch, job record) = 30+.
+        self.assertLess(self.store.batches.batches - batches, 15)
+        for agent_id in sorted(self.fleet.running):
+            await self.finish(agent_id)
+        done = await self.until(job["job_id"], lambda j: j["status"] == "completed")
+        self.assertEqual(done["counts"], {"pending": 0, "succeeded": 10})
+        self.assertEqual(sorted(self.fleet.ran), sorted(f"gw-{i}" for i in range(10)))
+
     async def test_error_threshold_stops_the_job(self):
         """When failures reach max_errors the job stops; the remaining agents never run the verb."""
         self.all_online()

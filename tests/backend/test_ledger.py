@@ -141,6 +141,29 @@ class LedgerTests(unittest.TestCase):
             [e["status"] for e in events], ["queued", "dispatched", "running", "succeeded"]
         )
 
+    async def test_online_agent_gets_command_from_one_store_write(self):
+        """For an online agent the command is stored dispatched (with its queued and
+        dispatched events) and sent; if the session goes while the row is written, the
+        next HELLO's delivery sends it, and it is never lost track of."""
+        session = self.online()
+        writes = self.store.batches.interactions
+        command, _ = await self.ledger.submit("gw-1", "ping", {})
+        # The agent's verbs (one read), then one write.
+        self.assertEqual(self.store.batches.interactions - writes, 2)
+        self.assertEqual(command["status"], "dispatched")
+        self.assertEqual([f["command_id"] for f in session.commands()], [command["command_id"]])
+        events = await self.store.command_events(command["command_id"])
+        self.assertEqual([e["status"] for e in events], ["queued", "dispatched"])
+
+        submitting = Deferred.fromCoroutine(self.ledger.submit("gw-1", "ping", {}))
+        self.registry.unregister(session)
+        gone, _ = await submitting
+        self.assertEqual(gone["status"], "dispatched")
+        self.assertNotIn(gone["command_id"], [f["command_id"] for f in session.commands()])
+        back = self.online()
+        self.assertEqual(await self.ledger.deliver_pending(back), 2)
+        self.assertIn(gone["command_id"], [f["command_id"] for f in back.commands()])
+
     async def test_wait_final_covers_an_early_finish(self):
         """A command that finished before the wait began is returned at once, not after it."""
         session = self.online()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 import stat
+import threading
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -1345,6 +1347,29 @@ class SQLiteStoreTests(StoreTestsMixin, unittest.TestCase):
         await self.open_store()
         self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(self.path)).st_mode), 0o700)
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    async def test_batches_run_in_the_reactor_thread(self) -> None:
+        """Short calls run inline (reactor thread); calls marked long in the pool thread."""
+        store = await self.open_store()
+        where = lambda txn: threading.current_thread() is threading.main_thread()  # noqa: E731
+        self.assertTrue(await store._run(where))
+        self.assertFalse(await store._run_long(where))
+
+    async def test_locked_file_goes_to_the_pool_thread(self) -> None:
+        """A batch finding the file locked by another process does not block the reactor:
+        it runs in the pool thread, which waits for the lock (busy_timeout)."""
+        store = await self.open_store()
+        await self.online(store)
+        other = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        write = started(store.create_command(_command("c1")))
+        # The reactor keeps turning while the write waits for the lock.
+        await task.deferLater(reactor, 0.2, lambda: None)
+        self.assertFalse(write.called)
+        other.execute("COMMIT")
+        self.assertEqual((await write)["command_id"], "c1")
+        self.assertIsNotNone(await store.get_command("c1"))
 
     async def test_wal_enabled(self) -> None:
         """Connections use WAL journaling and enforce foreign keys."""

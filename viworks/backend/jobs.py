@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.defer import Deferred, DeferredLock, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from viworks import lifecycle
@@ -126,22 +126,50 @@ class _Job:
     kick_pending: bool = False
     timer: IDelayedCall | None = None
     last_progress: Any = None
+    # Kept up to date by update(): every status event of a 1,000-agent job would
+    # otherwise count all its targets again (quadratic).
+    tally: Counter = field(init=False)
+    running: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tally = Counter(t.status for t in self.targets)
+        self.running = sum(1 for t in self.targets if _in_flight(t))
 
     @property
     def job_id(self) -> str:
         return self.row["job_id"]
 
+    def update(self, target: _Target, status: str, command_id: str | None = None) -> None:
+        """Set a target's status (and command); every change goes through here."""
+        self.running -= _in_flight(target)
+        self.tally[target.status] -= 1
+        target.status = status
+        if command_id is not None:
+            target.command_id = command_id
+        self.tally[status] += 1
+        self.running += _in_flight(target)
+
     def counts(self) -> dict[str, int]:
-        return dict(Counter(t.status for t in self.targets))
+        return {status: n for status, n in self.tally.items() if n}
 
     def errors(self) -> int:
-        return sum(1 for t in self.targets if t.status in DONE and t.status != lifecycle.SUCCEEDED)
+        return sum(
+            n
+            for status, n in self.tally.items()
+            if status in DONE and status != lifecycle.SUCCEEDED
+        )
 
     def in_flight(self) -> int:
-        return sum(1 for t in self.targets if t.command_id is not None and t.status not in DONE)
+        return self.running
 
     def pending(self) -> list[_Target]:
+        if not self.tally[PENDING]:
+            return []
         return [t for t in self.targets if t.status == PENDING]
+
+
+def _in_flight(target: _Target) -> bool:
+    return target.command_id is not None and target.status not in DONE
 
 
 def job_json(row: dict, counts: dict[str, int], targets: list[dict] | None = None) -> dict:
@@ -451,7 +479,7 @@ class JobRunner:
             job, target = entry
             if target.status in DONE:
                 return
-            target.status = event.data["status"]
+            job.update(target, event.data["status"])
             if target.status in DONE:
                 self._by_command.pop(target.command_id or "", None)
             self._progress(job)
@@ -527,7 +555,7 @@ class JobRunner:
                         error={"code": "CANARY", "message": message},
                     )
                     return
-        pending = [t for t in eligible if t.status == PENDING]
+        pending = [t for t in eligible if t.status == PENDING] if job.tally[PENDING] else []
         if pending and job.args is None:
             await self._set_status(
                 job,
@@ -542,26 +570,39 @@ class JobRunner:
         now = self.clock.seconds()
         deadline = row["created_at"] + row["ttl"]
         waiting = False
-        for target in pending:
+        queue = deque(pending)
+        while queue:
             if job.row["status"] != RUNNING:
                 return
-            if job.errors() >= job.row["max_errors_limit"]:
+            # Start targets together, as many as the window and the error budget allow:
+            # even if every one of them fails, no more errors than max_errors are made,
+            # exactly as if they were started one by one (and their store writes share
+            # transactions).
+            budget = job.row["max_errors_limit"] - job.errors()
+            if budget <= 0:
                 await self._set_status(job, STOPPED, error=self._max_errors_error(job))
                 return
-            if job.in_flight() >= job.row["concurrency_limit"]:
+            room = min(budget, job.row["concurrency_limit"] - job.in_flight())
+            if room <= 0:
                 break
-            if self.registry.get(target.agent_id) is None:
-                if now >= deadline:
+            chunk: list[_Target] = []
+            while queue and len(chunk) < room:
+                target = queue.popleft()
+                if self.registry.get(target.agent_id) is not None:
+                    chunk.append(target)
+                elif now >= deadline:
                     await self._settle(
                         job,
                         target,
                         EXPIRED,
                         {"code": "EXPIRED", "message": "the agent was offline until the job's TTL"},
                     )
+                    room -= 1  # an expired target spends the error budget
                 else:
                     waiting = True
-                continue
-            await self._start(job, target)
+            await gatherResults(
+                [Deferred.fromCoroutine(self._start(job, t)) for t in chunk], consumeErrors=True
+            )
         if job.row["status"] == RUNNING and job.errors() >= job.row["max_errors_limit"]:
             await self._set_status(job, STOPPED, error=self._max_errors_error(job))
         elif waiting:
@@ -589,8 +630,7 @@ class JobRunner:
             )
             self._wake_at(job, self.clock.seconds() + RETRY_AFTER)
             return
-        target.command_id = command["command_id"]
-        target.status = command["status"]
+        job.update(target, command["status"], command["command_id"])
         if target.status not in DONE:
             self._by_command[target.command_id] = (job, target)
         await self.store.settle_job_target(
@@ -609,7 +649,7 @@ class JobRunner:
         await self.store.settle_job_target(
             job.job_id, target.position, outcome=outcome, error=error
         )
-        target.status = outcome
+        job.update(target, outcome)
         self.log.info(
             "job {job_id}: {agent_id} {outcome}: {message}",
             job_id=job.job_id,

@@ -211,8 +211,12 @@ class CommandLedger:
             "created_at": now,
             "expires_at": now + ttl,
         }
+        # Agent online: stored as dispatched and sent in one go (one transaction less
+        # on the way to the agent); otherwise queued until its next HELLO.
+        dispatched_at = now if self.registry.get(agent_id) is not None else None
         if idempotency is None:
-            command, created = await self.store.create_command(command), True
+            command = await self.store.create_command(command, dispatched_at=dispatched_at)
+            created = True
         else:
             try:
                 command, created = await self.store.create_command_idempotent(
@@ -220,6 +224,7 @@ class CommandLedger:
                     token_name=idempotency.token_name,
                     key=idempotency.key,
                     request_hash=idempotency.request_hash,
+                    dispatched_at=dispatched_at,
                 )
             except IdempotencyConflict:
                 raise LedgerError(
@@ -238,9 +243,15 @@ class CommandLedger:
             agent_id=agent_id,
         )
         self._wake_at(command["expires_at"])
-        session = self.registry.get(agent_id)
-        if session is not None:
-            command = await self._dispatch(session, command) or command
+        if command["status"] == lifecycle.DISPATCHED:
+            self.metrics.command_dispatched(command, command["dispatched_at"])
+            self._changed(command)
+            self._wake_at(command["dispatched_at"] + command["timeout"] + self.lost_grace)
+            # The session may have changed while the row was written: send to the
+            # current one. None: the next HELLO's delivery sends it (dispatched ones too).
+            session = self.registry.get(agent_id)
+            if session is not None:
+                self._send(session, command, args, command["dispatched_at"])
         return command, True
 
     async def _verbs_of(self, agent_id: str) -> dict:
@@ -309,6 +320,19 @@ class CommandLedger:
             return None
         if command["status"] == lifecycle.QUEUED:
             self.metrics.command_dispatched(command, now)
+        self._send(session, command, args, now, redacted=redacted)
+        return updated
+
+    def _send(
+        self,
+        session: LiveSession,
+        command: dict,
+        args: dict | None,
+        now: float,
+        redacted: bool = False,
+    ) -> None:
+        """Send the command frame (signed when signing is on) and watch for its loss."""
+        command_id = command["command_id"]
         sent_args = command["args"] if args is None else args
         extra: dict[str, Any] = {}
         if redacted:
@@ -342,7 +366,6 @@ class CommandLedger:
             agent_id=session.agent_id,
         )
         self._wake_at(now + command["timeout"] + self.lost_grace)
-        return updated
 
     def set_signing_key(self, key: Any) -> None:
         """Sign the next deliveries with ``key`` (SIGHUP); None sends them unsigned."""
@@ -497,7 +520,10 @@ class CommandLedger:
     def _finished(self, command: dict) -> None:
         command_id = command["command_id"]
         self._inflight.pop(command_id, None)
-        self.log.info(
+        # Successes are the bulk of a busy fleet's traffic (the audit log, the events and
+        # /metrics have every one): only outcomes that need a look are logged at info.
+        emit = self.log.debug if command["status"] == lifecycle.SUCCEEDED else self.log.info
+        emit(
             "command {command_id} {status}",
             command_id=command_id,
             status=command["status"],

@@ -180,15 +180,14 @@ class _TimedStore:
     def __init__(self, store: Any, histogram: Histogram) -> None:
         self._store = store
         self._histogram = histogram
-        self._wrapped: dict[str, Callable[..., Any]] = {}
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._store, name)
         if name.startswith("_") or not callable(attr):
             return attr
-        wrapped = self._wrapped.get(name)
-        if wrapped is None:
-            wrapped = self._wrapped[name] = self._wrap(name)
+        # Kept on the instance: later lookups no longer come through here.
+        wrapped = self._wrap(name)
+        setattr(self, name, wrapped)
         return wrapped
 
     def _wrap(self, name: str) -> Callable[..., Any]:

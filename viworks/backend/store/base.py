@@ -336,6 +336,10 @@ class SQLStore:
     def _run(self, func: Any, *args: Any, **kw: Any) -> Any:
         return self.batches.run(func, *args, **kw)
 
+    def _run_long(self, func: Any, *args: Any, **kw: Any) -> Any:
+        """``_run`` for a call that may touch many rows: never on the reactor thread."""
+        return self.batches.run(func, *args, in_thread=True, **kw)
+
     # -- lifecycle ----------------------------------------------------------
 
     async def open(self) -> int:
@@ -498,7 +502,7 @@ class SQLStore:
 
     async def list_agents(self) -> list[dict[str, Any]]:
         """Return all agents ordered by ``agent_id``."""
-        return await self._run(self._list_agents_txn)
+        return await self._run_long(self._list_agents_txn)
 
     def _get_agent_txn(self, txn: Transaction, agent_id: str) -> dict[str, Any] | None:
         self._execute(txn, "SELECT * FROM agents WHERE agent_id = ?", (agent_id,))
@@ -515,8 +519,14 @@ class SQLStore:
 
     # -- commands -----------------------------------------------------------
 
-    async def create_command(self, command: Mapping[str, Any]) -> dict[str, Any]:
+    async def create_command(
+        self, command: Mapping[str, Any], *, dispatched_at: float | None = None
+    ) -> dict[str, Any]:
         """Insert a queued command and its first event; return it as stored.
+
+        With ``dispatched_at`` (its agent is online: it is sent at once) the
+        command is stored ``dispatched`` with both events, ``queued`` and
+        ``dispatched``, in the same transaction.
 
         Requires ``command_id``, ``agent_id``, ``verb`` and ``created_at``;
         ``args`` defaults to ``{}``, ``expires_at`` (the delivery deadline)
@@ -524,7 +534,9 @@ class SQLStore:
         status goes through :meth:`transition`. The ``queued`` event is
         recorded at ``created_at`` in the same transaction.
         """
-        return await self._run(self._create_command_txn, _new_command_values(command))
+        return await self._run(
+            self._create_command_txn, _new_command_values(command), dispatched_at
+        )
 
     async def create_command_idempotent(
         self,
@@ -533,8 +545,9 @@ class SQLStore:
         token_name: str,
         key: str,
         request_hash: str,
+        dispatched_at: float | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Create ``command`` once per ``(token_name, key)``.
+        """Create ``command`` once per ``(token_name, key)`` (``dispatched_at``: as above).
 
         Returns ``(command, True)`` when this call created it, or
         ``(earlier command, False)`` when the key was already used for a
@@ -544,7 +557,9 @@ class SQLStore:
         the first one and ends as a lookup (never as an integrity error).
         """
         values = _new_command_values(command)
-        return await self._run(self._create_idempotent_txn, values, token_name, key, request_hash)
+        return await self._run(
+            self._create_idempotent_txn, values, token_name, key, request_hash, dispatched_at
+        )
 
     def _insert_returning(
         self, txn: Transaction, table: str, values: dict[str, Any], returning: str
@@ -559,13 +574,17 @@ class SQLStore:
         )
         return _rows(txn)[0]
 
-    def _create_command_txn(self, txn: Transaction, values: dict[str, Any]) -> dict[str, Any]:
+    def _create_command_txn(
+        self, txn: Transaction, values: dict[str, Any], dispatched_at: float | None = None
+    ) -> dict[str, Any]:
+        events = [(values["command_id"], lifecycle.QUEUED, values["created_at"], None)]
+        if dispatched_at is not None:
+            values = {**values, "status": lifecycle.DISPATCHED, "dispatched_at": dispatched_at}
+            events.append((values["command_id"], lifecycle.DISPATCHED, dispatched_at, None))
         created = _command_from_row(
             self._insert_returning(txn, "commands", values, _COMMAND_COLUMNS_SQL)
         )
-        self._insert_events_txn(
-            txn, [(created["command_id"], lifecycle.QUEUED, created["created_at"], None)]
-        )
+        self._insert_events_txn(txn, events)
         return created
 
     def _create_idempotent_txn(
@@ -575,6 +594,7 @@ class SQLStore:
         token_name: str,
         key: str,
         request_hash: str,
+        dispatched_at: float | None,
     ) -> tuple[dict[str, Any], bool]:
         # Claim the key first: a concurrent claim of the same key blocks here
         # until the other transaction ends (PostgreSQL row lock, SQLite write
@@ -587,7 +607,7 @@ class SQLStore:
             (token_name, key, request_hash, values["command_id"], values["created_at"]),
         )
         if txn.rowcount == 1:
-            return self._create_command_txn(txn, values), True
+            return self._create_command_txn(txn, values, dispatched_at), True
         self._execute(
             txn,
             "SELECT request_hash, command_id FROM idempotency_keys"
@@ -622,7 +642,7 @@ class SQLStore:
         if status is not None:
             where.append("status = ?")
             params.append(status)
-        return await self._run(
+        return await self._run_long(
             self._commands_txn, where, params, newest_first=True, limit=int(limit)
         )
 
@@ -745,7 +765,7 @@ class SQLStore:
         Sets ``finished_at`` and an ``EXPIRED`` error, records the events
         (detail: the error); returns those commands, oldest first.
         """
-        return await self._run(
+        return await self._run_long(
             self._sweep_txn,
             (lifecycle.QUEUED,),
             lifecycle.EXPIRED,
@@ -772,7 +792,7 @@ class SQLStore:
         commands, oldest first.
         """
         grace = float(grace)
-        return await self._run(
+        return await self._run_long(
             self._sweep_txn,
             _IN_FLIGHT,
             lifecycle.LOST,
@@ -934,7 +954,7 @@ class SQLStore:
         self, command_id: str, after_seq: int = -1, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Up to ``limit`` chunks ``{seq, stream, data, at}`` with seq > ``after_seq``, by seq."""
-        rows = await self._run(
+        rows = await self._run_long(
             self._select_txn,
             "SELECT seq, stream, data, at FROM command_output"
             " WHERE command_id = ? AND seq > ? ORDER BY seq LIMIT ?",
@@ -950,7 +970,7 @@ class SQLStore:
         Missing chunks (gaps in seq) are simply absent; ``("", "")`` for a
         command without output or an unknown one.
         """
-        rows = await self._run(
+        rows = await self._run_long(
             self._select_txn,
             "SELECT stream, data FROM command_output WHERE command_id = ? ORDER BY seq",
             (command_id,),
@@ -1014,7 +1034,7 @@ class SQLStore:
             params.append(float(since))
         sql += " ORDER BY seq DESC LIMIT ?"
         params.append(int(limit))
-        rows = await self._run(self._select_txn, sql, params)
+        rows = await self._run_long(self._select_txn, sql, params)
         for row in rows:
             _floats(row, ("at",))
             row["data"] = _decode_json(row["data"])
@@ -1074,7 +1094,7 @@ class SQLStore:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        return [_job_from_row(row) for row in await self._run(self._select_txn, sql, params)]
+        return [_job_from_row(row) for row in await self._run_long(self._select_txn, sql, params)]
 
     async def update_job(
         self, job_id: str, at: float, *, expected: Sequence[str] | None = None, **fields: Any
@@ -1111,7 +1131,7 @@ class SQLStore:
         ``status`` is the command's status, else the target's outcome, else
         ``'pending'`` (not started yet).
         """
-        rows = await self._run(
+        rows = await self._run_long(
             self._select_txn,
             "SELECT t.position, t.agent_id, t.command_id, t.outcome, t.error,"
             " COALESCE(c.status, t.outcome, 'pending') AS status"
@@ -1225,7 +1245,7 @@ class SQLStore:
 
     async def list_tokens(self) -> list[dict[str, Any]]:
         """Every token by name, as ``token_for_hash`` gives it (hashes are never listed)."""
-        rows = await self._run(
+        rows = await self._run_long(
             self._select_txn, f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY name", ()
         )
         return [_token_from_row(row) for row in rows]
@@ -1268,7 +1288,7 @@ class SQLStore:
 
         In seq order; a poller passes the last seq it saw.
         """
-        rows = await self._run(
+        rows = await self._run_long(
             self._select_txn,
             "SELECT seq, serial, agent_id, revoked_at, reason FROM revoked_certificates"
             " WHERE seq > ? ORDER BY seq",
@@ -1335,7 +1355,7 @@ class SQLStore:
 
         ``detail`` is the stored JSON text (what the hash covers).
         """
-        rows = await self._run(
+        rows = await self._run_long(
             self._select_txn,
             "SELECT seq, at, actor, action, target, outcome, detail, prev_hash, hash"
             " FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",

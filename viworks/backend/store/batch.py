@@ -9,6 +9,15 @@ alone and gets its own failure, the others commit. Callers see exactly what
 they saw before (a Deferred per call, fired after the commit that made it
 durable, in submission order); an idle store adds no delay (a lone call runs
 at once, without a savepoint).
+
+Inline mode (SQLite): a commit in WAL mode with ``synchronous=NORMAL`` is a
+write to the page cache, cheaper than the two thread hops around it, so
+batches run on a connection of the reactor thread itself, one reactor turn
+after the first call queued. That connection never waits: it has no busy
+timeout (a batch that finds the file locked by another process goes to the
+pool thread, which waits) and does not checkpoint (the pool thread does, every
+``CHECKPOINT_EVERY`` batches). Calls that may read many rows are queued with
+``in_thread=True``; a batch holding one runs in the pool thread.
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ from twisted.enterprise.adbapi import ConnectionPool, Transaction
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-Interaction = tuple[Callable[..., Any], tuple, dict, Deferred]
+Interaction = tuple[Callable[..., Any], tuple, dict, Deferred, bool]
 
 # Upper bound on interactions per transaction: keeps one batch's lock time short.
 MAX_BATCH = 256
+# Inline batches between two checkpoints (in the pool thread) of the WAL.
+CHECKPOINT_EVERY = 200
 
 
 class StoreClosed(Exception):
@@ -44,6 +55,9 @@ class BatchRunner:
         begin: Callable[[Transaction], None],
         max_batch: int = MAX_BATCH,
     ) -> None:
+        self._inline: Any = None
+        self._clock: Any = None
+        self._since_checkpoint = 0
         self._pool = pool
         self._begin = begin
         self._max_batch = max_batch
@@ -55,13 +69,23 @@ class BatchRunner:
         self.batches = 0
         self.interactions = 0
 
-    def run(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred:
-        """Queue ``func(txn, *args, **kw)``; a Deferred firing with its result after commit."""
+    def go_inline(self, connection: Any, clock: Any) -> None:
+        """Run batches on ``connection`` in the reactor thread from now on (see above)."""
+        self._inline = connection
+        self._clock = clock
+
+    def run(
+        self, func: Callable[..., Any], *args: Any, in_thread: bool = False, **kw: Any
+    ) -> Deferred:
+        """Queue ``func(txn, *args, **kw)``; a Deferred firing with its result after commit.
+
+        ``in_thread``: the call may take long (many rows); never run it inline.
+        """
         d: Deferred = Deferred()
         if self._closed:
             d.errback(Failure(StoreClosed("the store is closed")))
             return d
-        self._queue.append((func, args, kw, d))
+        self._queue.append((func, args, kw, d, in_thread))
         if not self._busy:
             self._next()
         return d
@@ -86,16 +110,49 @@ class BatchRunner:
         batch = [self._queue.popleft() for _ in range(take)]
         self.batches += 1
         self.interactions += take
+        if self._inline is not None and not any(call[4] for call in batch):
+            self._clock.callLater(0, self._run_inline, batch)
+        else:
+            self._in_thread(batch)
+
+    def _in_thread(self, batch: list[Interaction]) -> None:
         self._pool.runInteraction(self._batch_txn, batch).addBoth(self._done, batch)
+
+    def _run_inline(self, batch: list[Interaction]) -> None:
+        connection = self._inline
+        txn = Transaction(self._pool, connection)
+        try:
+            self._begin(txn)
+        except Exception:
+            # Locked by another process (or worse): the pool thread waits and reports.
+            txn.close()
+            self._in_thread(batch)
+            return
+        try:
+            outcomes: Any = self._calls(txn, batch)
+            txn.close()
+            connection.commit()
+        except Exception:
+            outcomes = Failure()
+            connection.rollback()
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            d = self._pool.runInteraction(_checkpoint_txn)
+            d.addErrback(lambda f: None)  # the next one retries; the WAL only grows meanwhile
+        self._done(outcomes, batch)
 
     def _batch_txn(self, txn: Transaction, batch: list[Interaction]) -> list[Any]:
         self._begin(txn)
+        return self._calls(txn, batch)
+
+    def _calls(self, txn: Transaction, batch: list[Interaction]) -> list[Any]:
         if len(batch) == 1:
-            func, args, kw, _ = batch[0]
+            func, args, kw, _, _ = batch[0]
             # A failure here rolls the whole (one-call) transaction back.
             return [func(txn, *args, **kw)]
         outcomes: list[Any] = []
-        for func, args, kw, _ in batch:
+        for func, args, kw, _, _ in batch:
             txn.execute("SAVEPOINT viworks_call")
             try:
                 result = func(txn, *args, **kw)
@@ -111,10 +168,15 @@ class BatchRunner:
         if isinstance(outcomes, Failure):
             # Begin or commit failed: nothing of this batch is stored.
             outcomes = [outcomes] * len(batch)
-        for (_, _, _, d), outcome in zip(batch, outcomes, strict=True):
+        for (_, _, _, d, _), outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Failure):
                 d.errback(outcome)
             else:
                 d.callback(outcome)
         # Calls made by the callbacks above have queued up behind: the next batch.
         self._next()
+
+
+def _checkpoint_txn(txn: Transaction) -> None:
+    # PASSIVE: copies what it can without waiting for (or blocking) the writer.
+    txn.execute("PRAGMA wal_checkpoint(PASSIVE)")

@@ -40,6 +40,14 @@ def _configure(conn: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
+def _configure_inline(conn: sqlite3.Connection) -> None:
+    _configure(conn)
+    # The reactor thread never waits for a lock (such a batch goes to the pool
+    # thread) and never checkpoints (the pool thread does).
+    conn.execute("PRAGMA busy_timeout=0")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+
+
 class SQLiteStore(SQLStore):
     """Store in a SQLite file (or ``:memory:``)."""
 
@@ -57,6 +65,7 @@ class SQLiteStore(SQLStore):
                 f" viworks needs {'.'.join(map(str, _MIN_SQLITE))} or newer"
             )
         self.path = path
+        self._inline: sqlite3.Connection | None = None
         if path != ":memory:":
             _prepare_file(path)
         super().__init__(reactor)
@@ -76,6 +85,25 @@ class SQLiteStore(SQLStore):
         # Take the write lock before reading schema_version, so two processes
         # opening a fresh file cannot both decide to run migration 1.
         txn.execute("BEGIN IMMEDIATE")
+
+    async def open(self) -> int:
+        version = await super().open()
+        if self.path != ":memory:" and self._inline is None:
+            # The batches' own connection in the reactor thread (store/batch.py).
+            self._inline = sqlite3.connect(self.path, check_same_thread=False)
+            _configure_inline(self._inline)
+            if self._reactor is None:
+                from twisted.internet import reactor as clock
+            else:
+                clock = self._reactor
+            self.batches.go_inline(self._inline, clock)
+        return version
+
+    async def close(self) -> None:
+        await super().close()
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
 
     def _begin_batch(self, txn: Transaction) -> None:
         # The write lock up front, for the whole batch: another process (a
