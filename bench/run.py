@@ -48,8 +48,8 @@ MiB = 1 << 20
 QUICK = {
     "storm_sizes": [500],
     "work_size": 500,
-    "heartbeat": 5.0,
-    "idle_seconds": 8.0,
+    "heartbeat": 15.0,  # the production default (PROD_HEARTBEAT)
+    "idle_seconds": 15.0,  # one heartbeat interval
     "echo_idle_seconds": 5.0,
     "rtt_samples": 1000,
     "msg_seconds": 2.0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from viworks import logs
@@ -34,3 +34,19 @@ class LevelTests(unittest.TestCase):
     def test_namespace_is_the_calling_module(self) -> None:
         self.log.info("hello")
         self.assertEqual(self.seen(), ["hello"])
+
+
+class AutobahnDebugTests(unittest.TestCase):
+    def test_autobahn_debug_formatting_is_lazy(self) -> None:
+        """Autobahn's per-connection pformat is deferred to when a line is written,
+        and writes the same text then."""
+        from pprint import pformat
+
+        from autobahn.websocket import protocol as websocket_protocol
+
+        logs.set_log_level("info")
+        value = [("autoPingInterval", 15.0, "AgentSessionFactory")] * 3
+        lazy = websocket_protocol.pformat(value)
+        self.assertIsInstance(lazy, logs.LazyPformat)
+        written = formatEvent({"log_format": "\n{attrs}", "attrs": lazy})
+        self.assertEqual(written, "\n" + pformat(value))

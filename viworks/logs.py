@@ -11,6 +11,7 @@ format fields, so ``agent_id``, ``command_id`` and ``job_id`` are keys to filter
 
 from __future__ import annotations
 
+import pprint
 import sys
 
 import txaio
@@ -52,8 +53,37 @@ def json_observer() -> ILogObserver:
     return jsonFileLogObserver(sys.stdout, recordSeparator="")
 
 
+class LazyPformat:
+    """``pprint.pformat(obj)``, computed only when a log line using it is written."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __format__(self, spec: str) -> str:
+        return format(pprint.pformat(self.obj), spec)
+
+    def __str__(self) -> str:
+        return pprint.pformat(self.obj)
+
+    __repr__ = __str__
+
+
+def _lazy_autobahn_debug() -> None:
+    # Autobahn pretty-prints its whole configuration for a debug line on every new
+    # connection, whatever the log level: ~10% of the backend's CPU in a connect
+    # storm. Its module-level pformat becomes lazy (the text is the same when
+    # debug is on).
+    from autobahn.websocket import protocol as websocket_protocol
+
+    websocket_protocol.pformat = LazyPformat
+
+
 def set_log_level(name: str) -> None:
     """Apply a config ``log_level`` (debug, info, warn, error, critical)."""
+    txaio.use_twisted()  # idempotent; autobahn.twisted selects it too
+    _lazy_autobahn_debug()
     level = LogLevel.levelWithName(name)
     _levels.setLogLevelForNamespace("", level)
     _below.clear()
