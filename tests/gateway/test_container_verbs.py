@@ -13,7 +13,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from typing import Any
 
@@ -21,13 +20,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.trial import unittest
 
+from tests.gateway.fake_engine import FakeEngine
 from viworks.config import ContainersSection, load_agent_config
 from viworks.gateway import container_verbs, containers
 from viworks.gateway.catalog import catalog_from_config
 from viworks.gateway.runner import ProcessRunner
 from viworks.gateway.verbs import VerbCatalog, VerbError, VerbOutcome
 
-FAKE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fakes", "docker")
 IMAGE = "registry.example/viworks/workspace:1.4"
 OTHER_IMAGE = "registry.example/viworks/desktop:2"
 PS = ["ps", "-a", "--no-trunc", "--filter", "label=viw.managed=true", "--format", "{{json .}}"]
@@ -79,26 +78,15 @@ class Base(unittest.TestCase):
 
     def setUp(self) -> None:
         self.tmp = tempfile.mkdtemp()
-        self.exe = os.path.join(self.tmp, self.engine)
-        with open(FAKE) as f:
-            body = f.read().split("\n", 1)[1]
-        with open(self.exe, "w") as f:
-            f.write(f"#!{sys.executable}\n{body}")
-        os.chmod(self.exe, 0o755)
-        self.record = os.path.join(self.tmp, "record.jsonl")
-        self.fake_config: dict[str, Any] = {
-            "record": self.record,
-            "state": os.path.join(self.tmp, "state.json"),
-            "networks": ["viworks-net", container_verbs.STRICT_NETWORK],
-        }
-        self.write_fake_config()
+        self.fake = FakeEngine(
+            self.tmp, self.engine, networks=["viworks-net", container_verbs.STRICT_NETWORK]
+        )
+        self.exe = self.fake.exe
         self.runner = ProcessRunner(reactor)
         self.catalog = self.make_catalog()
 
     def write_fake_config(self, **changes: Any) -> None:
-        self.fake_config.update(changes)
-        with open(self.exe + ".json", "w") as f:
-            json.dump(self.fake_config, f)
+        self.fake.configure(**changes)
 
     def section(self, **kw: Any) -> ContainersSection:
         values: dict[str, Any] = {
@@ -119,21 +107,13 @@ class Base(unittest.TestCase):
 
     def recorded(self) -> list[list[str]]:
         """The argv (without the program) of every engine call so far."""
-        if not os.path.exists(self.record):
-            return []
-        with open(self.record) as f:
-            calls = [json.loads(line) for line in f]
+        calls = self.fake.calls()
         for call in calls:
             self.assertEqual(call["prog"], self.engine)
         return [call["argv"] for call in calls]
 
     def engine_cli(self, *argv: str) -> str:
-        """Run the fake directly (to set up or inspect state) without recording it."""
-        env = {"PATH": "/usr/bin:/bin", "FAKE_ENGINE_RECORD": os.path.join(self.tmp, "setup")}
-        done = subprocess.run(
-            [self.exe, *argv], capture_output=True, text=True, env=env, check=False
-        )
-        return done.stdout
+        return self.fake.cli(*argv)
 
     def seed(self, name: str, port: int, *, managed: bool = True, running: bool = True) -> str:
         """Create a container (a viworks one unless ``managed`` is false); return its id."""
@@ -141,20 +121,10 @@ class Base(unittest.TestCase):
         if managed:
             user, _, session = name.removeprefix("viworks-").partition("-")
             labels += ["--label", f"viw.user={user}", "--label", f"viw.session={session}"]
-        cid = self.engine_cli(
-            "run", "-d", "--name", name, *labels, "-p", f"{port}:8080", "nginx:1.27"
-        ).strip()
-        if not running:
-            self.engine_cli("stop", cid)
-        return cid
+        return self.fake.run_container(name, port, labels, running=running)
 
     def state(self) -> dict[str, dict[str, Any]]:
-        """The fake engine's containers by name."""
-        path = self.fake_config["state"]
-        if not os.path.exists(path):
-            return {}
-        with open(path) as f:
-            return {c["name"]: c for c in json.load(f)["containers"]}
+        return self.fake.state()
 
     def assertError(self, outcome: VerbOutcome, status: str, code: str) -> None:
         self.assertEqual(outcome.status, status, outcome)

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
@@ -28,6 +27,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from tests.gateway import test_vpn_verbs
+from tests.gateway.fake_engine import FakeEngine
 from viworks.config import (
     BUILTIN_VERBS,
     BootstrapSection,
@@ -108,19 +108,8 @@ class Base(unittest.TestCase):
     def setUp(self) -> None:
         self.tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.tmp, True)
-        # docker: a "#!" line naming this interpreter (children get only PATH and LANG).
-        self.exe = os.path.join(self.tmp, "docker")
-        with open(os.path.join(FAKES, "docker")) as f:
-            body = f.read().split("\n", 1)[1]
-        with open(self.exe, "w") as f:
-            f.write(f"#!{sys.executable}\n{body}")
-        os.chmod(self.exe, 0o755)
-        self.record = os.path.join(self.tmp, "record.jsonl")
-        self.engine_config: dict[str, Any] = {
-            "record": self.record,
-            "state": os.path.join(self.tmp, "state.json"),
-        }
-        self.configure_engine()
+        self.engine = FakeEngine(self.tmp)
+        self.exe = self.engine.exe
         # vpncmd
         self.vpncmd = os.path.join(self.tmp, "vpncmd")
         shutil.copy(os.path.join(FAKES, "vpncmd"), self.vpncmd)
@@ -148,9 +137,7 @@ class Base(unittest.TestCase):
     # -- fakes
 
     def configure_engine(self, **changes: Any) -> None:
-        self.engine_config.update(changes)
-        with open(self.exe + ".json", "w") as f:
-            json.dump(self.engine_config, f)
+        self.engine.configure(**changes)
 
     def configure_hub(self, **changes: Any) -> None:
         state = self.hub_state()
@@ -180,47 +167,21 @@ class Base(unittest.TestCase):
         return [self.vpncmd, "localhost:5555", "/SERVER", "/HUB:VPN", "/CSV", "/CMD", *command]
 
     def engine_calls(self) -> list[list[str]]:
-        if not os.path.exists(self.record):
-            return []
-        with open(self.record) as f:
-            return [json.loads(line)["argv"] for line in f]
+        return [call["argv"] for call in self.engine.calls()]
 
     def engine_cli(self, *argv: str) -> str:
-        """Run the fake engine directly (setup), without recording it."""
-        env = {"PATH": "/usr/bin:/bin", "FAKE_ENGINE_RECORD": os.path.join(self.tmp, "setup")}
-        return subprocess.run(
-            [self.exe, *argv], capture_output=True, text=True, env=env, check=False
-        ).stdout
+        return self.engine.cli(*argv)
 
     def seed(self, user: str, session: str, port: int, *, running: bool = True) -> str:
         """A viworks container viworks-<user>-<session>; return its id."""
-        cid = self.engine_cli(
-            "run",
-            "-d",
-            "--name",
-            f"viworks-{user}-{session}",
-            "--label",
-            f"viw.session={session}",
-            "--label",
-            f"viw.user={user}",
-            "--label",
-            "viw.managed=true",
-            "--label",
-            f"viw.port={port}",
-            "-p",
-            f"{port}:8080",
-            "nginx:1.27",
-        ).strip()
-        if not running:
-            self.engine_cli("stop", cid)
-        return cid
+        labels = [
+            *("--label", f"viw.session={session}", "--label", f"viw.user={user}"),
+            *("--label", "viw.managed=true", "--label", f"viw.port={port}"),
+        ]
+        return self.engine.run_container(f"viworks-{user}-{session}", port, labels, running=running)
 
     def engine_state(self) -> dict[str, dict[str, Any]]:
-        path = self.engine_config["state"]
-        if not os.path.exists(path):
-            return {}
-        with open(path) as f:
-            return {c["name"]: c for c in json.load(f)["containers"]}
+        return self.engine.state()
 
     # -- assertions
 
@@ -745,12 +706,7 @@ class RealSoftEtherSessionTests(unittest.TestCase):
             hub_password_file=password_file,
         )
         # No engine here: an engine that lists nothing (empty ps) stands in for docker.
-        engine = os.path.join(self.tmp, "docker")
-        with open(os.path.join(FAKES, "docker")) as f:
-            body = f.read().split("\n", 1)[1]
-        with open(engine, "w") as f:
-            f.write(f"#!{sys.executable}\n{body}")
-        os.chmod(engine, 0o755)
+        engine = FakeEngine(self.tmp).exe
         state_dir = os.path.join(self.tmp, "agent")
         runner = ProcessRunner(reactor)
         verbs = session_verbs.verbs(
