@@ -39,11 +39,19 @@ class IllegalTransition(ValueError):
         self.target = target
 
 
+# Computed once: every status change in the store asks (the hot path).
+_SOURCES = {
+    target: tuple(sorted(s for s, nexts in TRANSITIONS.items() if target in nexts))
+    for target in TRANSITIONS
+}
+
+
 def sources(target: str) -> tuple[str, ...]:
     """The statuses from which a command may move to ``target`` (sorted, for SQL)."""
-    if target not in ALL:
-        raise ValueError(f"unknown status {target!r}")
-    return tuple(sorted(s for s, nexts in TRANSITIONS.items() if target in nexts))
+    try:
+        return _SOURCES[target]
+    except KeyError:
+        raise ValueError(f"unknown status {target!r}") from None
 
 
 def check(current: str, target: str) -> None:

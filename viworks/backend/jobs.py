@@ -636,7 +636,9 @@ class JobRunner:
         await self.store.settle_job_target(
             job.job_id, target.position, command_id=target.command_id
         )
-        self.log.info(
+        # One line per target would flood the log of a large job (its progress is in
+        # GET /api/v1/jobs/ID and the events); debug shows it.
+        self.log.debug(
             "job {job_id}: started {verb} on {agent_id} as command {command_id}",
             job_id=job.job_id,
             verb=row["verb"],
