@@ -72,12 +72,9 @@ users_file = "{state}/panel.htpasswd"
 """
 
 
-def twistd_argv(plugin: str, config: str, backlog: int | None = None) -> list[str]:
-    """twistd in the foreground; with ``backlog``, through ``bench.twistd_backlog``."""
-    if backlog is None:
-        start = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-    else:
-        start = [sys.executable, "-m", "bench.twistd_backlog", str(backlog)]
+def twistd_argv(plugin: str, config: str) -> list[str]:
+    """twistd in the foreground."""
+    start = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
     return [*start, "-n", "--pidfile=", "--logfile=-", plugin, "--config", config]
 
 
@@ -131,11 +128,10 @@ class Backend:
 
     def __init__(
         self, directory: str, pki_dir: str, heartbeat: float, rate: float, burst: int,
-        log_level: str = "info", backlog: int | None = None,
+        log_level: str = "info",
     ) -> None:  # fmt: skip
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
-        self.backlog = backlog
         self.http_port = free_port()
         self.ws_port = free_port()
         self.config = os.path.join(directory, "backend.toml")
@@ -165,7 +161,7 @@ class Backend:
 
     def start(self) -> Backend:
         self.child = Child(
-            twistd_argv("viworks-backend", self.config, self.backlog),
+            twistd_argv("viworks-backend", self.config),
             os.path.join(self.directory, "backend.log"),
         )
         wait_for_port(self.http_port, 30.0, self.child)

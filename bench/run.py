@@ -41,6 +41,7 @@ from bench.common import (
     versions,
 )
 from bench.processes import Backend, EchoServer, Gateway, stop_all
+from viworks.net import LISTEN_BACKLOG
 
 RESULTS = os.path.join(ROOT, "bench", "results")
 MiB = 1 << 20
@@ -62,7 +63,6 @@ QUICK = {
     "spawns": 300,
     "storm_timeout": 60.0,
     "profile_seconds": 8.0,
-    "shipped_timeout": 20.0,
 }
 FULL = {
     **QUICK,
@@ -80,12 +80,10 @@ FULL = {
     "spawns": 2000,
     "storm_timeout": 120.0,
     "profile_seconds": 15.0,
-    "shipped_timeout": 60.0,
 }
 PROD_HEARTBEAT = 15.0
-# Listen backlog of the baseline echo and of the patched backend (bench.twistd_backlog);
-# the backend as shipped uses Twisted's default, 50.
-BACKLOG = 4096
+# The baseline echo listens with the product's own backlog.
+BACKLOG = LISTEN_BACKLOG
 
 
 class Report:
@@ -413,10 +411,6 @@ async def main(reactor: Any, argv: list[str]) -> None:
         "--profile", action="store_true", default=bool(os.environ.get("BENCH_PROFILE"))
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, DB)")
-    parser.add_argument(
-        "--nodelay", action="store_true",
-        help="experiment: TCP_NODELAY on the backend's accepted sockets (bench.twistd_backlog)",
-    )  # fmt: skip
     parser.add_argument("--sizes", help="comma-separated connect-storm sizes (override)")
     args = parser.parse_args(argv)
     cfg = dict(FULL if args.full else QUICK)
@@ -424,9 +418,6 @@ async def main(reactor: Any, argv: list[str]) -> None:
         cfg["storm_sizes"] = [int(s) for s in args.sizes.split(",")]
         cfg["work_size"] = min(cfg["work_size"], max(cfg["storm_sizes"]))
     mode = "full" if args.full else "quick"
-    if args.nodelay:
-        os.environ["BENCH_NODELAY"] = "1"
-        mode += "+nodelay"
     began = time.time()
     t_begin = time.perf_counter()
     soft, hard = raise_nofile()
@@ -503,48 +494,14 @@ async def main(reactor: Any, argv: list[str]) -> None:
             "6 gateway", "/bin/true via raw spawnProcess", s6b["raw_spawnprocess_per_s"], "1/s"
         )
         out["baseline"]["raw_spawnprocess_per_s"] = s6b["raw_spawnprocess_per_s"]
-        # The backend as shipped (listen backlog 50), bounded in time.
-        n = cfg["work_size"]
-        print(f"bench: connect storm, {n} agents, backend as shipped (backlog 50)", flush=True)
-        backend = Backend(
-            os.path.join(tmp, "backend-shipped"), pki_dir, cfg["heartbeat"], 1e6, 1000000
-        ).start()
-        children.append(backend)
-        await sleep(reactor, 1.0)
-        fleet = Fleet(reactor, pki_dir, backend.ws_port, ids[:n], cfg["heartbeat"])
-        await fleet.prepare()
-        s0 = await storm(reactor, backend, fleet, cfg["shipped_timeout"])
-        out["scenarios"][f"storm_shipped_{n}"] = s0
-        target_s = 10.0 * n / 5000
-        report.add(
-            "1 connect storm", f"as shipped (backlog 50): {n} online", s0["seconds"], "s",
-            f"< {target_s:g} s" + ("" if n == 5000 else " (5,000 in 10 s, scaled)"),
-            s0["all_online"] and s0["seconds"] < target_s,
-            _ratio(s0["handshakes_per_s"], b_hs["handshakes_per_s"]),
-            f"handshakes/s vs bare echo, {b_hs['connections']} at once", agents=n,
-            online=s0["online"],
-        )  # fmt: skip
-        if not s0["all_online"]:
-            report.notes.append(
-                f"as shipped, only {s0['online']} of {n} agents were online after "
-                f"{cfg['shipped_timeout']:g} s: the listen backlog (50) overflows"
-            )
-        print(f"bench:   {s0}", flush=True)
-        stopping = fleet.stop()
-        stopping.addTimeout(60, reactor)
-        await stopping
-        backend.stop()
-        children.remove(backend)
-
         for n in sizes:
-            print(f"bench: connect storm, {n} agents (backlog {BACKLOG})", flush=True)
+            print(f"bench: connect storm, {n} agents", flush=True)
             backend = Backend(
                 os.path.join(tmp, f"backend-{n}"),
                 pki_dir,
                 cfg["heartbeat"],
                 1e6,
                 1000000,
-                backlog=BACKLOG,
             ).start()
             children.append(backend)
             await sleep(reactor, 1.0)
@@ -555,7 +512,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
             out["scenarios"][f"storm_{n}"] = s1
             target_s = 10.0 * n / 5000
             report.add(
-                "1 connect storm", f"backlog {BACKLOG} (bench patch): {n} online",
+                "1 connect storm", f"{n} online",
                 s1["seconds"], "s",
                 f"< {target_s:g} s" + ("" if n == 5000 else " (5,000 in 10 s, scaled)"),
                 s1["all_online"] and s1["seconds"] < target_s, agents=n,
