@@ -186,6 +186,19 @@ class MetricsTests(_Base):
         ):
             self.assertIn(line + "\n", text)
         self.assertIn('viworks_store_seconds_count{operation="transition"}', text)
+        figures = dict(
+            line.split(" ")
+            for line in text.splitlines()
+            if line.startswith(("viworks_store_transactions_total", "viworks_store_calls_total"))
+        )
+        self.assertEqual(
+            float(figures["viworks_store_calls_total"]), self.store.batches.interactions
+        )
+        self.assertGreaterEqual(
+            float(figures["viworks_store_calls_total"]),
+            float(figures["viworks_store_transactions_total"]),
+        )
+        self.assertGreater(float(figures["viworks_store_transactions_total"]), 0)
         for name in (
             "viworks_sessions_opened_total",
             "viworks_sessions_refused_total",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet.defer import ensureDeferred
 
@@ -96,6 +97,7 @@ class Metrics:
             registry=r,
         )
         self._seen_agents: set[str] = set()
+        self._batches_watched = False
         self._in: dict[str, Any] = {}
         self._out: dict[str, Any] = {}
 
@@ -114,7 +116,12 @@ class Metrics:
             self.handshake_tokens.set_function(tokens)
 
     def timed_store(self, store: Any) -> Any:
-        """``store`` with every method call timed into ``viworks_store_seconds``."""
+        """``store`` with every method call timed into ``viworks_store_seconds``; its
+        group-commit figures (``viworks_store_transactions/calls_total``) read when scraped."""
+        batches = getattr(store, "batches", None)
+        if batches is not None and not self._batches_watched:
+            self._batches_watched = True
+            self.registry.register(_BatchFigures(batches))
         return _TimedStore(store, self.store_latency)
 
     def render(self) -> bytes:
@@ -172,6 +179,23 @@ def _frame_type(payload: bytes) -> str:
         if 0 < end <= 40:
             return payload[len(_TYPE_PREFIX) : end].decode("ascii", "replace")
     return "other"
+
+
+class _BatchFigures:
+    """The store's group commit, as counters: calls per transaction = calls / transactions."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches = batches
+
+    def collect(self) -> Any:
+        yield CounterMetricFamily(
+            "viworks_store_transactions",
+            "Store transactions run (each holds one or more calls).",
+            value=self.batches.batches,
+        )
+        yield CounterMetricFamily(
+            "viworks_store_calls", "Store calls run.", value=self.batches.interactions
+        )
 
 
 class _TimedStore:

@@ -65,7 +65,7 @@ class BatchRunner:
         self._busy = False
         self._closed = False
         self._drained: list[Deferred] = []
-        # Figures for viworks_store_batch_size: batches run, interactions in them.
+        # Batches run and the calls in them (viworks_store_transactions/calls_total).
         self.batches = 0
         self.interactions = 0
 
