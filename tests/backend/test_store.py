@@ -1318,6 +1318,41 @@ class StoreTestsMixin:
         )
         self.assertEqual([t["name"] for t in await store.list_tokens()], ["ops"])
 
+    async def test_transient_failure_splits_the_batch(self) -> None:
+        """A call failing with a transient error (a deadlock between two backends) rolls
+        its whole batch back; every call of it runs again alone and takes effect once."""
+        store = await self.open_store()
+        await self.online(store)
+        attempts: list[int] = []
+
+        class Flaky(Exception):
+            pass
+
+        def flaky(txn: Any) -> str:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise Flaky()
+            return "ok"
+
+        store.batches._transient = lambda error: isinstance(error, Flaky)
+        await task.deferLater(reactor, 0, lambda: None)
+        first = started(store.create_command(_command("c0")))  # runs alone
+        batch = [
+            started(store.create_command(_command("c1"))),
+            store.batches.run(flaky),
+            started(store.create_command(_command("c2"))),
+        ]
+        await first
+        created, outcome, _ = await defer.gatherResults(batch)
+        self.assertEqual((outcome, len(attempts)), ("ok", 2))
+        self.assertEqual(created["command_id"], "c1")
+        self.assertEqual(
+            sorted(c["command_id"] for c in await store.list_commands(agent_id="gw1")),
+            ["c0", "c1", "c2"],
+        )
+        # c1 ran twice, its first run rolled back: one row, one event.
+        self.assertEqual([e["status"] for e in await store.command_events("c1")], ["queued"])
+
     async def test_close_runs_queued_calls_then_refuses(self) -> None:
         """close() waits for what was queued; a call after it fails with StoreClosed."""
         store = self.make_store()

@@ -302,7 +302,7 @@ class SQLStore:
         self._reactor = reactor
         self._pool: ConnectionPool = self._make_pool(reactor)
         # Every call after open() goes through here: calls that queue up share a commit.
-        self.batches = BatchRunner(self._pool, self._begin_batch)
+        self.batches = BatchRunner(self._pool, self._begin_batch, transient=self._transient)
         self._closed = False
 
     # -- engine hooks -----------------------------------------------------
@@ -320,6 +320,10 @@ class SQLStore:
 
     def _begin_batch(self, txn: Transaction) -> None:
         """Start the transaction of a batch of calls (default: the driver's implicit one)."""
+
+    def _transient(self, error: BaseException) -> bool:
+        """True for an error that running the call alone, again, may not meet."""
+        return False
 
     # -- helpers ------------------------------------------------------------
 

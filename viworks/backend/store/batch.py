@@ -18,19 +18,38 @@ timeout (a batch that finds the file locked by another process goes to the
 pool thread, which waits) and does not checkpoint (the pool thread does, every
 ``CHECKPOINT_EVERY`` batches). Calls that may read many rows are queued with
 ``in_thread=True``; a batch holding one runs in the pool thread.
+
+Sharing a transaction makes lock waits between backends (PostgreSQL) possible
+where single calls had none: a call that fails with an error the engine calls
+transient (a deadlock, a serialization failure) rolls its whole batch back, and
+the batch's calls run again, each in a transaction of its own.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.enterprise.adbapi import ConnectionPool, Transaction
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-Interaction = tuple[Callable[..., Any], tuple, dict, Deferred, bool]
+
+@dataclass
+class _Call:
+    func: Callable[..., Any]
+    args: tuple
+    kw: dict
+    done: Deferred
+    in_thread: bool  # may read many rows: never inline
+    alone: bool = False  # in a transaction of its own (after a transient failure)
+
+
+class _Transient(Exception):
+    """A call of a batch failed with a transient error: roll the batch back, split it."""
+
 
 # Upper bound on interactions per transaction: keeps one batch's lock time short.
 MAX_BATCH = 256
@@ -54,14 +73,16 @@ class BatchRunner:
         pool: ConnectionPool,
         begin: Callable[[Transaction], None],
         max_batch: int = MAX_BATCH,
+        transient: Callable[[BaseException], bool] = lambda error: False,
     ) -> None:
+        self._transient = transient
         self._inline: Any = None
         self._clock: Any = None
         self._since_checkpoint = 0
         self._pool = pool
         self._begin = begin
         self._max_batch = max_batch
-        self._queue: deque[Interaction] = deque()
+        self._queue: deque[_Call] = deque()
         self._busy = False
         self._closed = False
         self._drained: list[Deferred] = []
@@ -85,7 +106,7 @@ class BatchRunner:
         if self._closed:
             d.errback(Failure(StoreClosed("the store is closed")))
             return d
-        self._queue.append((func, args, kw, d, in_thread))
+        self._queue.append(_Call(func, args, kw, d, in_thread))
         if not self._busy:
             self._next()
         return d
@@ -106,19 +127,19 @@ class BatchRunner:
                 d.callback(None)
             return
         self._busy = True
-        take = min(len(self._queue), self._max_batch)
+        take = 1 if self._queue[0].alone else min(len(self._queue), self._max_batch)
         batch = [self._queue.popleft() for _ in range(take)]
         self.batches += 1
         self.interactions += take
-        if self._inline is not None and not any(call[4] for call in batch):
+        if self._inline is not None and not any(call.in_thread for call in batch):
             self._clock.callLater(0, self._run_inline, batch)
         else:
             self._in_thread(batch)
 
-    def _in_thread(self, batch: list[Interaction]) -> None:
+    def _in_thread(self, batch: list[_Call]) -> None:
         self._pool.runInteraction(self._batch_txn, batch).addBoth(self._done, batch)
 
-    def _run_inline(self, batch: list[Interaction]) -> None:
+    def _run_inline(self, batch: list[_Call]) -> None:
         connection = self._inline
         txn = Transaction(self._pool, connection)
         try:
@@ -142,21 +163,23 @@ class BatchRunner:
             d.addErrback(lambda f: None)  # the next one retries; the WAL only grows meanwhile
         self._done(outcomes, batch)
 
-    def _batch_txn(self, txn: Transaction, batch: list[Interaction]) -> list[Any]:
+    def _batch_txn(self, txn: Transaction, batch: list[_Call]) -> list[Any]:
         self._begin(txn)
         return self._calls(txn, batch)
 
-    def _calls(self, txn: Transaction, batch: list[Interaction]) -> list[Any]:
+    def _calls(self, txn: Transaction, batch: list[_Call]) -> list[Any]:
         if len(batch) == 1:
-            func, args, kw, _, _ = batch[0]
+            call = batch[0]
             # A failure here rolls the whole (one-call) transaction back.
-            return [func(txn, *args, **kw)]
+            return [call.func(txn, *call.args, **call.kw)]
         outcomes: list[Any] = []
-        for func, args, kw, _, _ in batch:
+        for call in batch:
             txn.execute("SAVEPOINT viworks_call")
             try:
-                result = func(txn, *args, **kw)
-            except Exception:
+                result = call.func(txn, *call.args, **call.kw)
+            except Exception as e:
+                if self._transient(e):
+                    raise _Transient() from e
                 outcomes.append(Failure())
                 txn.execute("ROLLBACK TO SAVEPOINT viworks_call")
             else:
@@ -164,15 +187,22 @@ class BatchRunner:
             txn.execute("RELEASE SAVEPOINT viworks_call")
         return outcomes
 
-    def _done(self, outcomes: Any, batch: list[Interaction]) -> None:
+    def _done(self, outcomes: Any, batch: list[_Call]) -> None:
+        if isinstance(outcomes, Failure) and outcomes.check(_Transient):
+            # Rolled back: every call again, first in line, each in its own transaction.
+            for call in reversed(batch):
+                call.alone = True
+                self._queue.appendleft(call)
+            self._next()
+            return
         if isinstance(outcomes, Failure):
             # Begin or commit failed: nothing of this batch is stored.
             outcomes = [outcomes] * len(batch)
-        for (_, _, _, d, _), outcome in zip(batch, outcomes, strict=True):
+        for call, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, Failure):
-                d.errback(outcome)
+                call.done.errback(outcome)
             else:
-                d.callback(outcome)
+                call.done.callback(outcome)
         # Calls made by the callbacks above have queued up behind: the next batch.
         self._next()
 

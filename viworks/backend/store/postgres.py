@@ -16,6 +16,8 @@ _MIGRATION_LOCK_KEY = 0x7669776F726B73  # "viworks"
 # Serialises appends to the audit log's hash chain (all backends and CLIs).
 _AUDIT_LOCK_KEY = 0x7669776F726B7361  # "viworksa"
 
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -57,6 +59,11 @@ class PostgresStore(SQLStore):
         txn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
         if self.schema is not None:
             txn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+
+    def _transient(self, error: BaseException) -> bool:
+        # deadlock_detected, serialization_failure: a batch holding row locks met
+        # another backend's; alone, the call takes its locks one statement at a time.
+        return getattr(error, "sqlstate", None) in _TRANSIENT_SQLSTATES
 
     def _lock_audit(self, txn: Transaction) -> None:
         # Transaction-scoped, taken before reading the last hash.
