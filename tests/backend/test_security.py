@@ -272,11 +272,29 @@ class FloodTests(unittest.TestCase):
         self.assertTrue(client.live)
         statuses = {(await self.store.get_command(c))["status"] for c in ids}
         self.assertEqual(statuses, {"succeeded"})
-        # Other frames still spend the budget: a heartbeat burst is throttled.
+        # Other frames still spend the budget: a heartbeat burst is throttled, and so are
+        # answers the agent no longer owes (a repeated ack or result).
         for _ in range(15):
             client.send("heartbeat", ts=1.0)
         self.flush()
         self.assertIn(protocol.RATE_LIMITED, client.error_codes())
+
+    async def test_owed_answers_are_exempt_once(self):
+        """Only the first ack and the first result of a command skip the budget: a flood
+        of repeated answers for one command is throttled like any other frames."""
+        client = await self.welcomed()
+        command_id = (await self.ledger.submit("gw-1", "ping", {}))[0]["command_id"]
+        for _ in range(8):
+            client.send("ack", command_id=command_id)
+        for _ in range(8):
+            client.send("result", **result_fields(command_id))
+        self.flush()
+        # The bucket had 9 tokens left after the HELLO; 16 frames, 2 of them exempt:
+        # 14 counted, 5 dropped (the clock does not move: no refill).
+        await self.until(lambda: client.of_type("result_ack"))
+        self.assertEqual(client.error_codes().count(protocol.RATE_LIMITED), 5)
+        self.assertTrue(client.live)
+        self.assertEqual((await self.store.get_command(command_id))["status"], "succeeded")
 
     async def test_revoked_serial_refused_at_handshake(self):
         """A certificate serial in the factory's revoked set is refused (403) at the

@@ -51,7 +51,8 @@ class InFlight:
 
     agent_id: str
     args: dict
-    started_at: float | None = None
+    started_at: float | None = None  # set by the agent's ack
+    reported: bool = False  # its result has arrived (it is being recorded)
 
 
 @dataclass(frozen=True)
@@ -445,6 +446,9 @@ class CommandLedger:
         """Record a final result (once) and acknowledge it so the agent stops replaying it."""
         command_id = fields["command_id"]
         own, started_at = await self._ownership(session, command_id)
+        inflight = self._inflight.get(command_id)
+        if inflight is not None:
+            inflight.reported = True
         if own:
             finished = await self._transition(
                 command_id,
@@ -474,6 +478,17 @@ class CommandLedger:
         """True while a command this process made for ``agent_id`` is unfinished."""
         inflight = self._inflight.get(command_id)
         return inflight is not None and inflight.agent_id == agent_id
+
+    def expects(self, frame_type: str, command_id: str, agent_id: str) -> bool:
+        """True for the answers this agent still owes on the command: its ``ack`` (until
+        one arrives) and its ``result`` (until the command is final). At most one each
+        per command, so a flood cannot hide behind them."""
+        if not self.in_flight_to(command_id, agent_id):
+            return False
+        inflight = self._inflight[command_id]
+        if frame_type == "ack":
+            return inflight.started_at is None
+        return frame_type == "result" and not inflight.reported
 
     async def _ownership(self, session: LiveSession, command_id: str) -> tuple[bool, float | None]:
         """Whether the command is the agent's own, and when it started.

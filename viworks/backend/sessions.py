@@ -133,10 +133,10 @@ class AgentSession(WebSocketServerProtocol):
             )
             self.send_frame(protocol.error_frame(e.code, e.message, e.command_id))
             return
-        # Answers to commands the backend sent (ack, output, result) are never dropped:
-        # their number is bounded by what was dispatched, and dropping one would leave
-        # its command hanging until the agent reconnects.
-        if not self._answers_in_flight(frame) and not self._within_rate():
+        # The answers an agent owes on a command the backend sent (its ack, its result)
+        # are never dropped: at most one of each per command dispatched, and dropping
+        # one would leave its command hanging until the agent reconnects.
+        if not self._owed_answer(frame) and not self._within_rate():
             return
         self.factory.metrics.frame_in(frame.type)
         if self.agent_id is None:
@@ -235,11 +235,11 @@ class AgentSession(WebSocketServerProtocol):
         self._throttle()
         return False
 
-    def _answers_in_flight(self, frame: protocol.Frame) -> bool:
+    def _owed_answer(self, frame: protocol.Frame) -> bool:
         return (
-            frame.type in ("ack", "output", "result")
+            frame.type in ("ack", "result")
             and self.agent_id is not None
-            and self.factory.ledger.in_flight_to(frame["command_id"], self.agent_id)
+            and self.factory.ledger.expects(frame.type, frame["command_id"], self.agent_id)
         )
 
     def _throttle(self) -> None:
