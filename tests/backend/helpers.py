@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
+from tests.stack import eventually
 from viworks import protocol
 from viworks.backend.store import open_store
 
@@ -85,3 +89,25 @@ def result_fields(command_id: str, **overrides: Any) -> dict[str, Any]:
         "finished_at": None,
         **overrides,
     }
+
+
+async def settled(http: Any, d: Deferred) -> Any:
+    """What ``d`` fires with, flushing the in-memory HTTP exchange (``StubTreq``) until
+    it does: the store answers on a later reactor turn or from a thread."""
+    done: list = []
+    d.addBoth(done.append)
+    await eventually(lambda: http.flush() or done)
+    if isinstance(done[0], Failure):
+        done[0].raiseException()
+    return done[0]
+
+
+async def json_call(
+    http: Any, method: str, path: str, body: Any = None, headers: Any = None, raw: Any = None
+) -> tuple[Any, Any]:
+    """``(response, decoded JSON body)`` of one API request through ``StubTreq``."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    d = http.request(method, "http://api" + path, data=data, headers=headers or {})
+    d.addCallback(lambda r: r.content().addCallback(lambda c: (r, c)))
+    response, content = await settled(http, d)
+    return response, json.loads(content)

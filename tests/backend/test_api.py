@@ -9,7 +9,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.backend.helpers import FakeSession, add_agent, result_fields, sqlite_store
+from tests.backend.helpers import (
+    FakeSession,
+    add_agent,
+    json_call,
+    result_fields,
+    settled,
+    sqlite_store,
+)
 from tests.stack import eventually
 from viworks.backend.api import BackendAPI, hash_token
 from viworks.backend.ledger import CommandLedger
@@ -37,17 +44,9 @@ class APITests(unittest.TestCase):
         headers = dict(headers or {})
         if token:
             headers[b"authorization"] = [f"Bearer {token}".encode()]
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        # The store answers from a thread, so the in-memory HTTP exchange needs
-        # flushing until the response is complete.
-        done = []
-        d = self.http.request(method, "http://api" + path, data=data, headers=headers)
-        d.addCallback(lambda r: r.content().addCallback(lambda c: (r, c)))
-        d.addBoth(done.append)
-        await eventually(lambda: self.http.flush() or done)
-        response, content = done[0]
+        response, decoded = await json_call(self.http, method, path, body, headers, raw)
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
-        return response.code, json.loads(content)
+        return response.code, decoded
 
     def go_online(self, agent_id="gw-1") -> FakeSession:
         session = FakeSession(agent_id)
@@ -374,11 +373,7 @@ class APITests(unittest.TestCase):
         self.assertNotIn("line 1", text)
 
     async def finish_stream(self, pending) -> str:
-        done = []
-        pending.addCallback(lambda r: r.text())
-        pending.addBoth(done.append)
-        await eventually(lambda: self.http.flush() or done)
-        return done[0]
+        return await settled(self.http, pending.addCallback(lambda r: r.text()))
 
     async def test_telemetry(self):
         """The latest telemetry and a bounded history are served per agent."""

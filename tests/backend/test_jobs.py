@@ -6,14 +6,12 @@ checked where it matters: on the agents' side.
 
 from __future__ import annotations
 
-import json
-
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.backend.helpers import VERBS, result_fields, sqlite_store
+from tests.backend.helpers import VERBS, json_call, result_fields, sqlite_store
 from tests.stack import eventually, poll, stays
 from viworks import protocol
 from viworks.backend.api import BackendAPI, hash_token
@@ -454,14 +452,8 @@ class JobAPITests(JobTestsBase):
 
     async def call(self, method, path, body=None):
         headers = {b"authorization": [f"Bearer {TOKEN}".encode()]}
-        data = json.dumps(body).encode() if body is not None else None
-        done = []
-        d = self.http.request(method, "http://api" + path, data=data, headers=headers)
-        d.addCallback(lambda r: r.content().addCallback(lambda c: (r, c)))
-        d.addBoth(done.append)
-        await eventually(lambda: self.http.flush() or done)
-        response, content = done[0]
-        return response.code, json.loads(content)
+        response, decoded = await json_call(self.http, method, path, body, headers)
+        return response.code, decoded
 
     async def test_selector_dry_run(self):
         """GET /api/v1/agents?selector= lists exactly the agents a job would target."""

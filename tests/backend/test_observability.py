@@ -9,7 +9,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.backend.helpers import FakeSession, add_agent, result_fields, sqlite_store
+from tests.backend.helpers import (
+    FakeSession,
+    add_agent,
+    result_fields,
+    settled,
+    sqlite_store,
+)
 from tests.stack import eventually
 from viworks.backend.api import BackendAPI, hash_token
 from viworks.backend.events import EventHub
@@ -60,12 +66,7 @@ class _Base(unittest.TestCase):
         return Deferred.fromCoroutine(self._setUp())
 
     async def settle(self, d: Deferred):
-        done: list = []
-        d.addBoth(done.append)
-        await eventually(lambda: self.http.flush() or done)
-        if hasattr(done[0], "raiseException"):
-            done[0].raiseException()
-        return done[0]
+        return await settled(self.http, d)
 
     async def get(self, path: str, headers=None) -> tuple[int, dict, str]:
         d = self.http.get("http://api" + path, headers=headers)

@@ -10,8 +10,13 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.backend import test_sessions
-from tests.backend.helpers import FakeSession, add_agent, result_fields, sqlite_store
-from tests.stack import eventually
+from tests.backend.helpers import (
+    FakeSession,
+    add_agent,
+    json_call,
+    result_fields,
+    sqlite_store,
+)
 from viworks import protocol
 from viworks.backend import audit, authz
 from viworks.backend.api import BackendAPI, hash_token
@@ -62,14 +67,7 @@ class RolesAndLimitsTests(unittest.TestCase):
 
     async def call(self, method, path, body=None, who="admin"):
         headers = {b"authorization": [f"Bearer {TOKENS.get(who, who)}".encode()]}
-        data = json.dumps(body).encode() if body is not None else None
-        done = []
-        d = self.http.request(method, "http://api" + path, data=data, headers=headers)
-        d.addCallback(lambda r: r.content().addCallback(lambda c: (r, c)))
-        d.addBoth(done.append)
-        await eventually(lambda: self.http.flush() or done)
-        response, content = done[0]
-        return response, json.loads(content)
+        return await json_call(self.http, method, path, body, headers)
 
     async def post_ping(self, who, verb="ping"):
         args = {} if verb == "ping" else {"username": "alice", "password": "s3cret-pw"}
@@ -180,19 +178,14 @@ class RolesAndLimitsTests(unittest.TestCase):
         session = self.registry.get("gw-1")
         await self.ledger.on_result(
             session,
-            {
-                "command_id": created["command_id"],
-                "status": "cancelled",
-                "exit_code": None,
-                "result": None,
-                "stdout": "",
-                "stderr": "",
-                "stdout_truncated": False,
-                "stderr_truncated": False,
-                "error": {"code": "CANCELLED", "message": "stopped"},
-                "started_at": None,
-                "finished_at": None,
-            },
+            result_fields(
+                created["command_id"],
+                status="cancelled",
+                exit_code=None,
+                result=None,
+                stdout="",
+                error={"code": "CANCELLED", "message": "stopped"},
+            ),
         )
         await self.ledger.audit.flush()
         final = [r for r in await self.store.audit_records() if r["action"] == "command.finished"]

@@ -447,11 +447,12 @@ class BackendAPI:
             agents = [a for a in agents if selector.matches(a)]
         return self._json(
             request,
-            {"agents": [agent_json(a, a["agent_id"] in self._online()) for a in agents]},
+            {
+                "agents": [
+                    agent_json(a, self.registry.get(a["agent_id"]) is not None) for a in agents
+                ]
+            },
         )
-
-    def _online(self) -> set[str]:
-        return {s.agent_id for s in self.registry}
 
     async def _agent(self, agent_id: str) -> dict:
         agent = await self.store.get_agent(agent_id)

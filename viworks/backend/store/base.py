@@ -163,27 +163,31 @@ def _floats(row: dict[str, Any], keys: Iterable[str]) -> None:
             row[key] = float(row[key])
 
 
-def _token_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    for key in ("verbs", "sites"):
+def _loaded(
+    row: dict[str, Any],
+    json_keys: Iterable[str],
+    real_keys: Iterable[str],
+    bool_keys: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Stored values -> Python ones, in place (the reverse of :func:`_stored`)."""
+    for key in json_keys:
         row[key] = _decode_json(row[key])
-    _floats(row, ("created_at", "expires_at", "revoked_at"))
+    for key in bool_keys:
+        row[key] = bool(row[key])
+    _floats(row, real_keys)
     return row
+
+
+def _token_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    return _loaded(row, ("verbs", "sites"), ("created_at", "expires_at", "revoked_at"))
 
 
 def _agent_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    for key in AGENT_JSON:
-        row[key] = _decode_json(row[key])
-    _floats(row, AGENT_REAL)
-    return row
+    return _loaded(row, AGENT_JSON, AGENT_REAL)
 
 
 def _command_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    for key in COMMAND_JSON:
-        row[key] = _decode_json(row[key])
-    for key in COMMAND_BOOL:
-        row[key] = bool(row[key])
-    _floats(row, COMMAND_REAL)
-    return row
+    return _loaded(row, COMMAND_JSON, COMMAND_REAL, COMMAND_BOOL)
 
 
 def _stored(
@@ -230,12 +234,7 @@ def _job_values(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _job_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    for key in _JOB_JSON:
-        row[key] = _decode_json(row[key])
-    for key in _JOB_BOOL:
-        row[key] = bool(row[key])
-    _floats(row, _JOB_REAL)
-    return row
+    return _loaded(row, _JOB_JSON, _JOB_REAL, _JOB_BOOL)
 
 
 def _job_statuses(statuses: Sequence[str]) -> tuple[str, ...]:
