@@ -42,6 +42,7 @@ from bench.common import (
 )
 from bench.processes import Backend, EchoServer, Gateway, stop_all
 from viworks.net import LISTEN_BACKLOG
+from viworks.runtime import tune_gc
 
 RESULTS = os.path.join(ROOT, "bench", "results")
 MiB = 1 << 20
@@ -82,6 +83,8 @@ FULL = {
     "profile_seconds": 15.0,
 }
 PROD_HEARTBEAT = 15.0
+# Fan-out jobs run one after the other (the median is reported).
+FANOUT_JOBS = 3
 # The baseline echo listens with the product's own backlog.
 BACKLOG = LISTEN_BACKLOG
 
@@ -421,6 +424,9 @@ async def main(reactor: Any, argv: list[str]) -> None:
     began = time.time()
     t_begin = time.perf_counter()
     soft, hard = raise_nofile()
+    # The load generator holds every simulated agent's objects: with the collector's
+    # default thresholds it spent its time walking them (as the backend did).
+    tune_gc()
     tmp = tempfile.mkdtemp(prefix="viworks-bench-")
     report = Report()
     children: list[Any] = []
@@ -675,12 +681,24 @@ async def work_scenarios(
                 report.notes.append(f"py-spy failed: {err.strip()[-500:]}")
 
     m = min(cfg["fanout"], n)
-    print(f"bench: fan-out, one job to {m} agents", flush=True)
-    s5 = await fanout_job(reactor, backend, fleet, m)
+    print(f"bench: fan-out, {FANOUT_JOBS} jobs one after the other, each to {m} agents", flush=True)
+    runs = []
+    for _ in range(FANOUT_JOBS):
+        runs.append(await fanout_job(reactor, backend, fleet, m))
+        await sleep(reactor, 0.5)
+    # The median job is the headline; every job is in the JSON (a cost that grows
+    # with the ledger's history shows as a rising series).
+    ordered = sorted(runs, key=lambda r: float("inf") if r["seconds"] is None else r["seconds"])
+    s5 = {
+        **ordered[len(ordered) // 2],
+        "all_stored": all(r["all_stored"] for r in runs),
+        "runs_seconds": [r["seconds"] for r in runs],
+    }
     out["scenarios"]["fanout"] = s5
     target = 1.0 * m / 1000
     report.add(
-        "5 fan-out", f"one job to {m} agents, all stored", s5["seconds"], "s",
+        "5 fan-out", f"one job to {m} agents, all stored (median of {FANOUT_JOBS})",
+        s5["seconds"], "s",
         f"< {target:g} s" + ("" if m == 1000 else " (1,000 in 1 s, scaled)"),
         s5["all_stored"] and s5["seconds"] is not None and s5["seconds"] < target,
         _ratio(m / s5["seconds"] if s5["seconds"] else None, base["http_requests_per_s"]),

@@ -120,6 +120,7 @@ def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
 
     from viworks.backend.tap import build_backend
     from viworks.gateway.tap import build_gateway
+    from viworks.runtime import tune_gc
 
     directory = os.path.abspath(directory)
     backend_path, agent_path = prepare(directory, http_port, ws_port, api_port)
@@ -137,6 +138,7 @@ def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
     backend = build_backend(backend_config, reactor)
     backend.setServiceParent(top)
     gateway = build_gateway(agent_config, reactor)
+    tune_gc()
 
     async def announce(_: Any) -> None:
         token = await dev_token(backend.store, directory, reactor)

@@ -1293,8 +1293,10 @@ class StoreTestsMixin:
         calls = [started(store.create_command(_command(f"c{i}"))) for i in range(5)]
         calls.append(started(store.list_commands(agent_id="gw1")))
         *created, listed = await defer.gatherResults(calls)
-        # The first call ran alone; the five behind it shared the next transaction.
-        self.assertEqual(store.batches.batches - before, 2)
+        # Inline (SQLite): the batch is taken one turn after the first call, so all
+        # six share it (in the pool thread: list_commands may read many rows). In a
+        # thread (PostgreSQL): the first ran alone, the five behind it shared the next.
+        self.assertEqual(store.batches.batches - before, 1 if store.batches.inline else 2)
         self.assertEqual([c["command_id"] for c in created], [f"c{i}" for i in range(5)])
         self.assertEqual(len(listed), 5)
 
@@ -1389,6 +1391,33 @@ class SQLiteStoreTests(StoreTestsMixin, unittest.TestCase):
         where = lambda txn: threading.current_thread() is threading.main_thread()  # noqa: E731
         self.assertTrue(await store._run(where))
         self.assertFalse(await store._run_long(where))
+
+    async def test_calls_of_one_turn_share_one_inline_commit(self) -> None:
+        """Calls made in the same reactor turn as the first one join its transaction
+        (a state change and the audit record after it: one commit, not two)."""
+        store = await self.open_store()
+        await self.online(store)
+        await task.deferLater(reactor, 0, lambda: None)
+        before = store.batches.batches
+        first = started(store.create_command(_command("c1")))
+        second = started(store.create_command(_command("c2")))
+        self.assertFalse(first.called)  # nothing runs before the turn ends
+        await defer.gatherResults([first, second])
+        self.assertEqual(store.batches.batches - before, 1)
+        self.assertIsNotNone(await store.get_command("c2"))
+
+    async def test_idempotency_keys_found_by_command(self) -> None:
+        """Inserting a command checks the deferred foreign key of its key row, i.e. looks
+        the keys up by command_id: an index, not a scan of every key ever written
+        (6 ms per command at 100,000 keys without it, 18 us with it)."""
+        store = await self.open_store()
+        rows = await store._run(
+            store._select_txn,
+            "EXPLAIN QUERY PLAN SELECT 1 FROM idempotency_keys WHERE command_id = ?",
+            ("c1",),
+        )
+        plan = " ".join(str(row["detail"]) for row in rows)
+        self.assertIn("idempotency_keys_command", plan)
 
     async def test_locked_file_goes_to_the_pool_thread(self) -> None:
         """A batch finding the file locked by another process does not block the reactor:

@@ -28,6 +28,7 @@ from viworks.config import BackendConfig, load_backend_config, parse_bind
 from viworks.logs import Logger, set_log_level
 from viworks.net import DrainingSite, listen_service
 from viworks.reload import Reloader, install_sighup
+from viworks.runtime import tune_gc
 from viworks.service import build_or_exit
 from viworks.tls import ReloadableTLS, server_context_factory
 
@@ -247,4 +248,5 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor
     service = build_or_exit(load_backend_config, build_backend, options, reactor)
     install_sighup(reactor, service.reloader)
+    tune_gc()
     return service

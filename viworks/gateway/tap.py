@@ -30,6 +30,7 @@ from viworks.gateway.runner import ProcessRunner
 from viworks.logs import set_log_level
 from viworks.net import ConnectionLimit, listen_service
 from viworks.reload import Reloader, install_sighup
+from viworks.runtime import tune_gc
 from viworks.service import build_or_exit
 from viworks.tls import ReloadableTLS, client_tls_options
 
@@ -116,4 +117,5 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
         from twisted.internet import reactor
     service = build_or_exit(load_agent_config, build_gateway, options, reactor)
     install_sighup(reactor, service.reloader)
+    tune_gc()
     return service

@@ -12,12 +12,14 @@ at once, without a savepoint).
 
 Inline mode (SQLite): a commit in WAL mode with ``synchronous=NORMAL`` is a
 write to the page cache, cheaper than the two thread hops around it, so
-batches run on a connection of the reactor thread itself, one reactor turn
-after the first call queued. That connection never waits: it has no busy
-timeout (a batch that finds the file locked by another process goes to the
-pool thread, which waits) and does not checkpoint (the pool thread does, every
-``CHECKPOINT_EVERY`` batches). Calls that may read many rows are queued with
-``in_thread=True``; a batch holding one runs in the pool thread.
+batches run on a connection of the reactor thread itself: one reactor turn
+after the first call queued, with every call queued by then (a state change
+and the audit record written after it in the same turn share one commit). That
+connection never waits: it has no busy timeout (a batch that finds the file
+locked by another process goes to the pool thread, which waits) and does not
+checkpoint (the pool thread does, every ``CHECKPOINT_EVERY`` batches). Calls
+that may read many rows are queued with ``in_thread=True``; a batch holding
+one runs in the pool thread.
 
 Sharing a transaction makes lock waits between backends (PostgreSQL) possible
 where single calls had none: a call that fails with an error the engine calls
@@ -95,6 +97,11 @@ class BatchRunner:
         self._inline = connection
         self._clock = clock
 
+    @property
+    def inline(self) -> bool:
+        """True once batches run on the reactor thread (``go_inline``)."""
+        return self._inline is not None
+
     def run(
         self, func: Callable[..., Any], *args: Any, in_thread: bool = False, **kw: Any
     ) -> Deferred:
@@ -127,14 +134,26 @@ class BatchRunner:
                 d.callback(None)
             return
         self._busy = True
+        if self._inline is not None and not self._queue[0].in_thread:
+            # Taken one reactor turn later: the calls the rest of this turn makes
+            # (an audit record after a state change, say) join the same commit.
+            self._clock.callLater(0, self._next_inline)
+        else:
+            self._in_thread(self._take())
+
+    def _take(self) -> list[_Call]:
         take = 1 if self._queue[0].alone else min(len(self._queue), self._max_batch)
         batch = [self._queue.popleft() for _ in range(take)]
         self.batches += 1
         self.interactions += take
-        if self._inline is not None and not any(call.in_thread for call in batch):
-            self._clock.callLater(0, self._run_inline, batch)
-        else:
+        return batch
+
+    def _next_inline(self) -> None:
+        batch = self._take()
+        if any(call.in_thread for call in batch):
             self._in_thread(batch)
+        else:
+            self._run_inline(batch)
 
     def _in_thread(self, batch: list[_Call]) -> None:
         self._pool.runInteraction(self._batch_txn, batch).addBoth(self._done, batch)

@@ -267,6 +267,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "ALTER TABLE agents ADD COLUMN signing TEXT NOT NULL DEFAULT 'off'"
         " CHECK (signing IN ('on', 'off'))",
     ),
+    # 7: the key's command reference indexed. Inserting a command checks the
+    # (deferred) foreign key of the key row written just before it: without this
+    # index SQLite scanned every idempotency key (one per job target) per command.
+    ("CREATE INDEX idempotency_keys_command ON idempotency_keys (command_id)",),
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
