@@ -64,16 +64,24 @@ def verb_config(**values: Any) -> VerbConfig:
 
 
 class MemoryJournal(Journal):
-    """The product's journal on ``:memory:``; notes when each result_ack arrived."""
+    """The product's journal on ``:memory:``; notes when each result_ack arrived.
+
+    ``prepare()`` creates it (what a gateway does once, when its process starts) so
+    that a storm times connecting, not building thousands of journals; ``open()``
+    (at the link's start) then only recovers, as the product's does.
+    """
 
     def __init__(self, clock: Any, acks: dict[str, float]) -> None:
         super().__init__(":memory:", clock=clock)
         self._acks = acks
 
+    def prepare(self) -> None:
+        if self._db is None:
+            self._db = sqlite3.connect(":memory:", isolation_level=None)
+            self._migrate()
+
     def open(self) -> list:
-        db = sqlite3.connect(":memory:", isolation_level=None)
-        self._db = db
-        self._migrate()
+        self.prepare()
         return self._recover()
 
     def ack(self, command_id: str) -> None:
@@ -92,6 +100,16 @@ class BenchLink(BackendLink):
                 protocol.encode("telemetry", ts=self.reactor.seconds(), metrics=self.metrics)
             )
         return succeed(None)
+
+
+def _prepare_tls(options: Any) -> None:
+    """Build (and let Twisted cache) the TLS context behind ``optionsForClientTLS``'s
+    options: at the first connection otherwise. Leaves them alone if Twisted's
+    internals differ (the context is then built at the first connection)."""
+    certificate_options = getattr(getattr(options, "_createConnection", None), "__self__", None)
+    get_context = getattr(certificate_options, "getContext", None)
+    if get_context is not None:
+        get_context()
 
 
 class Fleet:
@@ -123,7 +141,13 @@ class Fleet:
             self.links.append(link)
 
     async def prepare(self) -> None:
+        """What each gateway does once when its process starts, before any storm: its
+        journal, its TLS context (certificate, key and trust store loaded), and the
+        telemetry report (collected once for the whole fleet)."""
         BenchLink.metrics = await telemetry.collect(self.catalog)
+        for link in self.links:
+            link.journal.prepare()
+            _prepare_tls(link.tls_options)
 
     def start(self, in_flight: int = IN_FLIGHT) -> None:
         """Start every agent, at most ``in_flight`` of them connecting at a time.

@@ -26,7 +26,7 @@ from viworks.backend.metrics import Metrics
 from viworks.backend.registry import SessionRegistry
 from viworks.backend.revocation import peer_cert_serial
 from viworks.logs import Logger
-from viworks.net import no_delay
+from viworks.net import SkipPeerCertificateDetails, no_delay
 from viworks.ratelimit import TokenBucket
 from viworks.schema import validate_schema
 
@@ -37,7 +37,7 @@ FLOOD_WINDOW = 10.0
 FLOOD_RETRY_AFTER = 60.0
 
 
-class AgentSession(WebSocketServerProtocol):
+class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
     """One agent's live connection."""
 
     log = Logger()

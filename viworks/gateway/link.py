@@ -32,7 +32,7 @@ from viworks.gateway import telemetry
 from viworks.gateway.journal import Journal
 from viworks.gateway.output import OutputBuffer
 from viworks.logs import Logger
-from viworks.net import no_delay
+from viworks.net import SkipPeerCertificateDetails, no_delay
 from viworks.tls import enforce_pins
 
 STOP_GRACE = 10.0
@@ -73,7 +73,7 @@ class ReconnectPolicy:
 
 
 @implementer(IHandshakeListener)
-class AgentLinkProtocol(WebSocketClientProtocol):
+class AgentLinkProtocol(SkipPeerCertificateDetails, WebSocketClientProtocol):
     """The agent's end of one connection; all state lives in the ``BackendLink``."""
 
     log = Logger()
