@@ -3,8 +3,9 @@
 A backend holding a thousand agent links keeps about a million long-lived objects
 (connections, TLS and WebSocket state, sessions). With CPython's default thresholds
 (700, 10, 10) every 700 allocations start a young collection and every 7,000 a
-middle one, and full collections walk every object: in a 1,000-agent fan-out the
-collector took 1.2-1.8 s of the backend's 5-6 CPU seconds (docs/benchmarks.md).
+middle one, and full collections walk every object: over a 1,000-agent storm and
+five fan-outs the collector took 1.4-1.8 s of the backend's 6-7 CPU seconds
+(docs/benchmarks.md, round 3).
 Nearly all of a command's allocations die young without cycles (reference counting
 frees them), so collecting rarely loses nothing.
 """

@@ -164,6 +164,20 @@ class LedgerTests(unittest.TestCase):
         self.assertEqual(await self.ledger.deliver_pending(back), 2)
         self.assertIn(gone["command_id"], [f["command_id"] for f in back.commands()])
 
+    async def test_another_agents_answers_do_not_use_up_the_owed_ones(self):
+        """An ack or result naming another agent's command is refused and changes
+        nothing: the owner's own ack and result are still expected (flood-exempt)."""
+        self.online()
+        command, _ = await self.ledger.submit("gw-1", "ping", {})
+        command_id = command["command_id"]
+        stranger = FakeSession("gw-2")
+        await self.ledger.on_ack(stranger, command_id)
+        await self.ledger.on_result(stranger, result_fields(command_id))
+        self.assertTrue(self.ledger.expects("ack", command_id, "gw-1"))
+        self.assertTrue(self.ledger.expects("result", command_id, "gw-1"))
+        self.assertFalse(self.ledger.expects("result", command_id, "gw-2"))
+        self.assertEqual((await self.store.get_command(command_id))["status"], "dispatched")
+
     async def test_wait_final_covers_an_early_finish(self):
         """A command that finished before the wait began is returned at once, not after it."""
         session = self.online()

@@ -435,7 +435,7 @@ class CommandLedger:
         if not (await self._ownership(session, command_id))[0]:
             return
         now = self.clock.seconds()
-        inflight = self._inflight.get(command_id)
+        inflight = self._in_flight(command_id, session.agent_id)
         if inflight is not None:
             inflight.started_at = now
         await self._transition(
@@ -446,7 +446,7 @@ class CommandLedger:
         """Record a final result (once) and acknowledge it so the agent stops replaying it."""
         command_id = fields["command_id"]
         own, started_at = await self._ownership(session, command_id)
-        inflight = self._inflight.get(command_id)
+        inflight = self._in_flight(command_id, session.agent_id)
         if inflight is not None:
             inflight.reported = True
         if own:
@@ -474,18 +474,18 @@ class CommandLedger:
         # Acknowledge even what we ignored: the agent must not replay it forever.
         session.send_frame(protocol.encode("result_ack", command_id=command_id))
 
-    def in_flight_to(self, command_id: str, agent_id: str) -> bool:
-        """True while a command this process made for ``agent_id`` is unfinished."""
+    def _in_flight(self, command_id: str, agent_id: str) -> InFlight | None:
+        """The unfinished command this process made for ``agent_id``, or None."""
         inflight = self._inflight.get(command_id)
-        return inflight is not None and inflight.agent_id == agent_id
+        return inflight if inflight is not None and inflight.agent_id == agent_id else None
 
     def expects(self, frame_type: str, command_id: str, agent_id: str) -> bool:
         """True for the answers this agent still owes on the command: its ``ack`` (until
         one arrives) and its ``result`` (until the command is final). At most one each
         per command, so a flood cannot hide behind them."""
-        if not self.in_flight_to(command_id, agent_id):
+        inflight = self._in_flight(command_id, agent_id)
+        if inflight is None:
             return False
-        inflight = self._inflight[command_id]
         if frame_type == "ack":
             return inflight.started_at is None
         return frame_type == "result" and not inflight.reported
@@ -496,8 +496,9 @@ class CommandLedger:
         From memory for a command this process made and has not finished yet;
         from the store otherwise (which answers the agent if it is not its own).
         """
-        if self.in_flight_to(command_id, session.agent_id):
-            return True, self._inflight[command_id].started_at
+        inflight = self._in_flight(command_id, session.agent_id)
+        if inflight is not None:
+            return True, inflight.started_at
         command = await self.store.get_command(command_id)
         if command is None or command["agent_id"] != session.agent_id:
             self.log.warn(
