@@ -6,15 +6,16 @@ PY := $(VENV)/bin/python
 # Directories to lint; those that do not exist (yet) are skipped.
 LINT_DIRS := $(wildcard viworks tests twisted bench)
 
-.PHONY: all test lint tools run clean bench bench-full
+.PHONY: all test lint tools run clean bench bench-full constraints
 
 all: test
 
 # Compat editable mode: a PEP 660 editable install hides twisted/plugins from twistd.
-$(VENV)/.installed: setup.py
+# constraints.txt pins the runtime dependencies: the tests run on the set deployments get.
+$(VENV)/.installed: setup.py constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q --upgrade pip -c constraints.txt
+	$(PY) -m pip install -q -e '.[test]' -c constraints.txt --config-settings editable_mode=compat
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
 
@@ -49,6 +50,11 @@ bench: $(VENV)/.installed
 
 bench-full: $(VENV)/.installed
 	$(PY) -m bench.run --full $(BENCH_ARGS)
+
+# Regenerate constraints.txt from the venv (after changing install_requires, or after
+# upgrading the venv's packages and running the tests on them).
+constraints: $(VENV)/.installed
+	$(PY) etc/constraints.py > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 run: $(VENV)/.installed tools
 	$(VENV)/bin/viworks dev --dir .dev

@@ -149,6 +149,39 @@ class ShippedFilesTests(_ConfigTestCase):
                 keys = {f.name for f in mod.dataclasses.fields(cls)}
                 self.assertEqual(set(data[section]), keys, f"{name} [{section}]")
 
+    def test_default_units_are_the_packages_units(self):
+        """[services] and [logs] default to the unit names the packages `make tools`
+        installs ship (softether-vpnserver, fwknop-server), and etc/agent.toml agrees."""
+        import subprocess
+
+        package_of = {
+            "nginx": "nginx-common",
+            "softether-vpnserver": "softether-vpnserver",
+            "fwknop-server": "fwknop-server",
+            "docker": "docker.io",
+        }
+        default = self.agent()
+        defaults = set(default.services.units) | set(default.logs.units)
+        self.assertEqual(defaults - set(package_of), {"viworks-gateway-agent"})
+        self.assertTrue(
+            os.path.exists(os.path.join(ETC, "systemd", "viworks-gateway-agent.service"))
+        )
+        checked = 0
+        for unit in sorted(defaults - {"viworks-gateway-agent"}):
+            listing = subprocess.run(
+                ["dpkg", "-L", package_of[unit]], capture_output=True, text=True
+            )
+            if listing.returncode != 0:
+                continue  # not installed here (docker)
+            shipped = [p for p in listing.stdout.split() if p.endswith(f"/system/{unit}.service")]
+            self.assertTrue(shipped, f"{package_of[unit]} ships no {unit}.service")
+            checked += 1
+        if not checked:
+            raise unittest.SkipTest("none of the packages is installed (`make tools`)")
+        config = load_agent_config(os.path.join(ETC, "agent.toml"), check_files=False)
+        self.assertEqual(config.services.units, default.services.units)
+        self.assertEqual(config.logs.units, default.logs.units)
+
     def test_example_with_existing_files(self):
         """A copy of etc/agent.toml whose TLS files exist loads with file checks enabled."""
         with open(os.path.join(ETC, "agent.toml")) as f:

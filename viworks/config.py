@@ -655,8 +655,11 @@ class ContainersSection:
 
 @dataclass(frozen=True)
 class ServicesSection:
+    # The unit names Debian's packages ship (softether-vpnserver, fwknop-server).
     units: tuple[str, ...] = _spec(
-        "string array", ("docker", "nginx", "vpnserver", "fwknopd"), _unit_names
+        "string array",
+        ("docker", "nginx", "softether-vpnserver", "fwknop-server"),
+        _unit_names,
     )
     systemctl: str = _spec("string", "/usr/bin/systemctl", _path)
 
@@ -665,7 +668,9 @@ class ServicesSection:
 class LogsSection:
     # Units whose journal tail_logs may read (an allowlist).
     units: tuple[str, ...] = _spec(
-        "string array", ("viworks-gateway-agent", "nginx", "vpnserver", "fwknopd"), _unit_names
+        "string array",
+        ("viworks-gateway-agent", "nginx", "softether-vpnserver", "fwknop-server"),
+        _unit_names,
     )
     journalctl: str = _spec("string", "/usr/bin/journalctl", _path)
 

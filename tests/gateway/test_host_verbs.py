@@ -42,8 +42,8 @@ FAKES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HTPASSWD = "/usr/bin/htpasswd"
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 REAL_JOURNALCTL = "/usr/bin/journalctl"
-UNITS = ("docker", "nginx", "vpnserver", "fwknopd")
-LOG_UNITS = ("viworks-gateway-agent", "nginx", "vpnserver", "fwknopd")
+UNITS = ("docker", "nginx", "softether-vpnserver", "fwknop-server")
+LOG_UNITS = ("viworks-gateway-agent", "nginx", "softether-vpnserver", "fwknop-server")
 
 # Recorded from the real journalctl 252 (`-u nginx -n 2 --no-pager -o json --show-cursor`
 # on a journal file): the second entry's MESSAGE held "bin\x01ary\nline", which journalctl
@@ -156,8 +156,8 @@ class ServiceStatusTests(Base):
                 "units": {
                     "docker": "active",
                     "nginx": "active",
-                    "vpnserver": "failed",
-                    "fwknopd": "inactive",
+                    "softether-vpnserver": "failed",
+                    "fwknop-server": "inactive",
                 }
             },
         )
@@ -168,7 +168,7 @@ class ServiceStatusTests(Base):
         self.spawner.finish(stdout=b"inactive\ninactive\nactivating\ninactive\n", code=3)
         outcome = self.successResultOf(execution.outcome)
         self.assertEqual(outcome.status, "succeeded", outcome)
-        self.assertEqual(outcome.result["units"]["vpnserver"], "activating")
+        self.assertEqual(outcome.result["units"]["softether-vpnserver"], "activating")
 
     def test_output_without_one_line_per_unit_fails(self) -> None:
         """Output that does not give one state per unit fails with SYSTEMCTL_FAILED
@@ -217,8 +217,8 @@ class ServiceStatusTests(Base):
             {
                 "docker": "inactive",
                 "nginx": "active",
-                "vpnserver": "inactive",
-                "fwknopd": "inactive",
+                "softether-vpnserver": "inactive",
+                "fwknop-server": "inactive",
             },
         )
         self.assertEqual(recorded_calls(fake), [[fake, "is-active", *UNITS]])
@@ -263,18 +263,18 @@ class TailLogsTests(Base):
         )
 
         second = self.recording.start(
-            "tail_logs", {"unit": "fwknopd", "lines": 7, "since_cursor": C1}
+            "tail_logs", {"unit": "fwknop-server", "lines": 7, "since_cursor": C1}
         )
         self.assertEqual(
             self.spawner.calls[-1][1],
-            [SETSID, "/usr/bin/journalctl", "-u", "fwknopd", "-n", "7"]
+            [SETSID, "/usr/bin/journalctl", "-u", "fwknop-server", "-n", "7"]
             + ["--no-pager", "-o", "json", "--show-cursor", f"--after-cursor={C1}"],
         )
         self.spawner.finish(stdout=f"-- cursor: {C1}\n".encode())
         outcome = self.successResultOf(second.outcome)
         self.assertEqual(
             outcome.result,
-            {"unit": "fwknopd", "entries": [], "next_cursor": C1, "truncated": False},
+            {"unit": "fwknop-server", "entries": [], "next_cursor": C1, "truncated": False},
         )
 
     def test_allowlist_and_limits(self) -> None:
@@ -369,7 +369,7 @@ class TailLogsTests(Base):
         paging with next_cursor returns just the newer entries."""
         entries = [
             journal_entry(1, "nginx", "first"),
-            journal_entry(2, "vpnserver", "not nginx"),
+            journal_entry(2, "softether-vpnserver", "not nginx"),
             journal_entry(3, "nginx", [98, 105, 110, 1, 10]),
             journal_entry(4, "nginx", "third", priority="3"),
         ]
@@ -393,7 +393,7 @@ class TailLogsTests(Base):
         self.assertEqual(outcome.result["entries"], [])
         self.assertEqual(outcome.result["next_cursor"], cursor(5))
 
-        outcome = await catalog.execute("tail_logs", {"unit": "fwknopd"})
+        outcome = await catalog.execute("tail_logs", {"unit": "fwknop-server"})
         self.assertEqual(outcome.result["entries"], [])
         outcome = await catalog.execute("tail_logs", {"unit": "nginx", "since_cursor": "s=zz"})
         self.assertError(outcome, "failed", "INVALID_CURSOR")
@@ -411,7 +411,7 @@ class TailLogsTests(Base):
         os.mkdir(journal_dir)
         export = b""
         for i, (unit, message) in enumerate(
-            [("nginx", b"started"), ("vpnserver", b"other"), ("nginx", b"bin\x01ary\nline")]
+            [("nginx", b"started"), ("softether-vpnserver", b"other"), ("nginx", b"bin\x01ary\nline")]
         ):
             fields = [
                 ("__REALTIME_TIMESTAMP", str(1700000000000000 + i * 1000000).encode()),
@@ -453,7 +453,7 @@ class TailLogsTests(Base):
         self.assertEqual(outcome.status, "succeeded", outcome)
         self.assertEqual(outcome.result["entries"], [])
         self.assertEqual(outcome.result["next_cursor"], last)
-        outcome = await catalog.execute("tail_logs", {"unit": "fwknopd"})
+        outcome = await catalog.execute("tail_logs", {"unit": "fwknop-server"})
         self.assertEqual((outcome.status, outcome.result["entries"]), ("succeeded", []))
         outcome = await catalog.execute("tail_logs", {"unit": "nginx", "since_cursor": "s=bogus"})
         self.assertError(outcome, "failed", "INVALID_CURSOR")
