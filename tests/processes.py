@@ -128,9 +128,10 @@ class Twistd:
 class Api:
     """The backend's HTTP API at ``base`` with a bearer token (blocking calls)."""
 
-    def __init__(self, base: str, token: str | None = None) -> None:
+    def __init__(self, base: str, token: str | None = None, context: Any = None) -> None:
         self.base = base
         self.token = token
+        self.context = context  # an ssl.SSLContext for https:// (None: the default)
 
     def get(self, path: str) -> tuple[int | None, Any]:
         return self.request("GET", path)
@@ -149,7 +150,7 @@ class Api:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(self.base + path, data, headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
