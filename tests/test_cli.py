@@ -298,6 +298,34 @@ class RunTests(CLITestCase):
         self.assertIn("error: NOT_FOUND: nope", out)
         self.assertIn("--- stderr\nno such user", out)
 
+    def test_verbs_own_failure_shows_no_exit_code(self):
+        """A failure the verb judged itself (NOT_FOUND after its program exited 0) says what
+        happened without the program's exit code; an EXIT_NONZERO failure shows it."""
+        final = command(
+            "failed", exit_code=0, error={"code": "NOT_FOUND", "message": "panel user not found"}
+        )
+        self.api.routes[("GET", self.follow)] = lambda r: [sse("command.status", final)]
+        code, out, _ = self.viworks("run", "gw-1", "echo")
+        self.assertEqual(code, 1)
+        self.assertIn("status: failed\nerror: NOT_FOUND: panel user not found\n", out)
+        self.assertNotIn("exit code", out)
+        final = command(
+            "failed", exit_code=2, error={"code": "EXIT_NONZERO", "message": "exited with code 2"}
+        )
+        code, out, _ = self.viworks("run", "gw-1", "echo")
+        self.assertIn("status: failed (exit code 2)\n", out)
+
+    def test_help_describes_the_arguments(self):
+        """`run --help` explains AGENT, VERB and key=value, and points at `viworks verbs`."""
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        with self.assertRaises(SystemExit):
+            cli.main(["run", "--help"])
+        text = " ".join(out.getvalue().split())
+        self.assertIn("the verb's arguments, typed by its schema", text)
+        self.assertIn("the verb to run (viworks verbs AGENT)", text)
+        self.assertIn("the agent's id", text)
+
     def test_json(self):
         """--json prints only the final command's JSON (no live chunks on stdout)."""
         final = command("succeeded", exit_code=0, stdout="x\n")
@@ -473,6 +501,38 @@ class JobTests(CLITestCase):
             self.assertEqual((code, json.loads(out)), (0, body))
             self.assertEqual(len(self.api.called("POST", f"/api/v1/jobs/j1/{action}")), 1)
 
+    def test_show_says_why_a_job_is_paused(self):
+        """`job show` of a job paused after its canary gives the reason and the next step;
+        one stopped by its error budget gives that reason."""
+        body = job("paused", ["succeeded", "queued"])
+        body["error"] = {"code": "CANARY", "message": "the first 1 agents ran; resume to continue"}
+        self.api.json("GET", "/api/v1/jobs/j1", body)
+        code, out, _ = self.viworks("job", "show", "j1")
+        self.assertEqual(code, 0)
+        self.assertIn(
+            "job j1: paused\nreason: CANARY: the first 1 agents ran; resume to continue\n"
+            "next: viworks job resume j1",
+            out,
+        )
+        body = job("stopped", ["failed", "queued"])
+        body["error"] = {"code": "MAX_ERRORS", "message": "1 of 2 agents failed"}
+        self.api.json("GET", "/api/v1/jobs/j1", body)
+        code, out, _ = self.viworks("job", "show", "j1")
+        self.assertIn("reason: MAX_ERRORS: 1 of 2 agents failed\n", out)
+        self.assertNotIn("next:", out)
+
+    def test_detach_exits_4(self):
+        """--detach returns at once with exit 4 (unfinished: the job goes on), as the exit
+        code table says; it never claims success (0) for a job that has not run."""
+        code, out, _ = self.viworks("job", "start", "echo", "--selector", "site=prod", "--detach")
+        self.assertEqual(code, 4)
+        self.assertIn("job j1 started (running); viworks job show j1", out)
+        code, out, _ = self.viworks(
+            "job", "start", "echo", "--selector", "site=prod", "--detach", "--json"
+        )
+        self.assertEqual((code, json.loads(out)["job_id"]), (4, "j1"))
+        self.assertEqual(self.api.called("GET", "/api/v1/jobs/j1"), [], "no watching")
+
     def test_bad_concurrency(self):
         """--concurrency must be N or N%: anything else is a usage error before any POST."""
         code, _, err = self.viworks(
@@ -481,6 +541,78 @@ class JobTests(CLITestCase):
         self.assertEqual(code, 2)
         self.assertIn("--concurrency", err)
         self.assertEqual(self.api.called("POST", "/api/v1/jobs"), [])
+
+
+AGENT_VERBS = {
+    "agent_id": "gw-1",
+    "verbs": {
+        "create_panel_user": {
+            "changes_state": True,
+            "description": "Create or update a panel user.",
+            "params": {
+                "username": {
+                    "type": "string",
+                    "min_length": 3,
+                    "max_length": 64,
+                    "pattern": "[a-z]+",
+                    "description": "panel user name",
+                },
+                "password": {"type": "secret", "min_length": 8},
+                "role": {"type": "enum", "values": ["admin", "user"], "default": "user"},
+            },
+        },
+        "ping": {"changes_state": False, "description": "Check the agent.", "params": {}},
+        "tail": {
+            "changes_state": False,
+            "params": {
+                "lines": {"type": "integer", "min": 1, "max": 1000, "default": 100},
+                "source": {"type": "ip", "required": False},
+            },
+        },
+    },
+}
+
+
+class VerbsTests(CLITestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.api.json("GET", "/api/v1/agents/gw-1/verbs", AGENT_VERBS)
+
+    def test_table(self):
+        """`verbs AGENT` lists every verb with its effect and each parameter's type,
+        whether it is required, its default and its limits; secrets are marked."""
+        code, out, _ = self.viworks("verbs", "gw-1")
+        self.assertEqual(code, 0)
+        self.assertIn("agent gw-1: 3 verbs\n", out)
+        self.assertIn("create_panel_user (changes state): Create or update a panel user.", out)
+        self.assertRegex(
+            out, r"username\s+string\s+yes\s+-\s+length 3\.\.64; pattern \[a-z\]\+\s+panel user"
+        )
+        self.assertRegex(out, r"password\s+secret\s+yes\s+-\s+length >= 8; SECRET: never stored")
+        self.assertRegex(out, r'role\s+enum\s+no\s+"user"\s+one of "admin", "user"')
+        self.assertIn("ping (read-only): Check the agent.\n  (no parameters)", out)
+        self.assertRegex(out, r"lines\s+integer\s+no\s+100\s+1\.\.1000")
+        self.assertRegex(out, r"source\s+ip\s+no\s+-\s+an IPv4 or IPv6 address")
+
+    def test_one_verb_and_json(self):
+        """`verbs AGENT VERB` shows one verb; --json prints the API's JSON (for it)."""
+        code, out, _ = self.viworks("verbs", "gw-1", "ping")
+        self.assertEqual(code, 0)
+        self.assertIn("agent gw-1: 1 verb\nping (read-only)", out)
+        self.assertNotIn("create_panel_user", out)
+        code, out, _ = self.viworks("verbs", "gw-1", "--json")
+        self.assertEqual((code, json.loads(out)), (0, AGENT_VERBS))
+        code, out, _ = self.viworks("verbs", "gw-1", "ping", "--json")
+        self.assertEqual(json.loads(out)["verbs"], {"ping": AGENT_VERBS["verbs"]["ping"]})
+
+    def test_unknown_verb_and_agent(self):
+        """A verb the agent does not offer is a usage error naming what it offers (2);
+        an unknown agent is the API's 404 (3)."""
+        code, _, err = self.viworks("verbs", "gw-1", "reboot")
+        self.assertEqual(code, 2)
+        self.assertIn("does not offer verb 'reboot' (create_panel_user, ping, tail)", err)
+        code, _, err = self.viworks("verbs", "gw-9")
+        self.assertEqual(code, 3)
 
 
 class OtherCommandsTests(CLITestCase):
@@ -494,7 +626,18 @@ class OtherCommandsTests(CLITestCase):
         self.assertEqual(
             self.api.requests[0]["query"], {"agent_id": "gw-1", "status": "failed", "limit": "5"}
         )
-        self.assertRegex(out.splitlines()[1], r"^c1\s+gw-1\s+echo\s+failed\s+2\s+2025-")
+        self.assertRegex(out.splitlines()[1], r"^c1\s+gw-1\s+echo\s+failed\s+2\s+2025-\S+\s+-$")
+
+    def test_commands_verdict_failure(self):
+        """In the commands table a verb's own failure shows its error code, not the exit
+        code of a program that exited 0."""
+        failed = command("failed", exit_code=0, error={"code": "NOT_FOUND", "message": "x"})
+        self.api.json("GET", "/api/v1/commands", {"commands": [failed]})
+        code, out, _ = self.viworks("commands")
+        self.assertEqual(code, 0)
+        self.assertRegex(
+            out.splitlines()[1], r"^c1\s+gw-1\s+echo\s+failed\s+-\s+2025-\S+\s+NOT_FOUND$"
+        )
 
     def test_telemetry(self):
         """`telemetry` flattens the agent's latest metrics into a table; --json as is."""

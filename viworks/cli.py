@@ -1,7 +1,8 @@
 """The ``viworks`` command: PKI, tokens, the local dev stack and an API client.
 
-API commands: ``agents [--selector S] [--watch]``, ``run AGENT VERB k=v ...`` (output
-streamed live), ``job start|show|pause|resume|cancel``, ``commands``, ``telemetry AGENT``;
+API commands: ``agents [--selector S] [--watch]``, ``verbs AGENT [VERB]``, ``run AGENT
+VERB k=v ...`` (output streamed live), ``job start|show|pause|resume|cancel``,
+``commands``, ``telemetry AGENT``;
 human tables by default, ``--json`` prints the API's JSON. ``completion bash|zsh`` prints
 a shell completion script generated from the argument parser.
 
@@ -13,7 +14,7 @@ Exit codes (scripts rely on them):
   2  usage or configuration error
   3  the API could not be reached or refused the request
   4  still unfinished: ``run`` when --wait ran out (or on Ctrl-C), ``job start`` when
-     detached from a job that goes on
+     detached from a job that goes on (``--detach``, or Ctrl-C and detach)
 """
 
 from __future__ import annotations
@@ -663,12 +664,13 @@ def cmd_commands(args: argparse.Namespace) -> int:
             c["agent_id"],
             c["verb"],
             c["status"],
-            "-" if c.get("exit_code") is None else str(c["exit_code"]),
+            "-" if process_exit(c) is None else str(process_exit(c)),
             c.get("created_at") or "-",
+            (c.get("error") or {}).get("code") or "-",
         ]
         for c in body["commands"]
     ]
-    print(_table(rows, ["COMMAND", "AGENT", "VERB", "STATUS", "EXIT", "CREATED"]))
+    print(_table(rows, ["COMMAND", "AGENT", "VERB", "STATUS", "EXIT", "CREATED", "ERROR"]))
     return EXIT_OK
 
 
@@ -697,6 +699,72 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
         for key, v in _flatten(body.get("metrics"))
     ]
     print(_table(rows, ["METRIC", "VALUE"]))
+    return EXIT_OK
+
+
+# -- verbs: what an agent offers, with each parameter's schema ----------------------------
+
+
+def _bounds(low: Any, high: Any) -> str:
+    if low is not None and high is not None:
+        return f"{low}..{high}"
+    return f">= {low}" if low is not None else f"<= {high}"
+
+
+def param_constraints(spec: dict) -> str:
+    """A parameter's limits in words: lengths, pattern, range, values; secrets marked."""
+    parts = []
+    if "min_length" in spec or "max_length" in spec:
+        parts.append("length " + _bounds(spec.get("min_length"), spec.get("max_length")))
+    if "pattern" in spec:
+        parts.append(f"pattern {spec['pattern']}")
+    if "min" in spec or "max" in spec:
+        parts.append(_bounds(spec.get("min"), spec.get("max")))
+    if spec.get("type") == "enum":
+        parts.append("one of " + ", ".join(json.dumps(v) for v in spec.get("values") or []))
+    if spec.get("type") == "ip":
+        parts.append("an IPv4 or IPv6 address")
+    if spec.get("type") == "secret":
+        parts.append("SECRET: never stored, logged or shown")
+    return "; ".join(parts) or "-"
+
+
+def _verb_text(name: str, verb: dict) -> str:
+    effect = "changes state" if verb.get("changes_state") else "read-only"
+    lines = [f"{name} ({effect})" + (f": {verb['description']}" if verb.get("description") else "")]
+    params = verb.get("params") or {}
+    rows = [
+        [
+            param,
+            spec.get("type", "?"),
+            "yes" if spec.get("required", True) and "default" not in spec else "no",
+            json.dumps(spec["default"]) if "default" in spec else "-",
+            param_constraints(spec),
+            spec.get("description") or "",
+        ]
+        for param, spec in sorted(params.items())
+    ]
+    headers = ["PARAM", "TYPE", "REQUIRED", "DEFAULT", "CONSTRAINTS", "DESCRIPTION"]
+    table = _table(rows, headers) if rows else "(no parameters)"
+    lines += ["  " + line for line in table.splitlines()]
+    return "\n".join(lines)
+
+
+def cmd_verbs(args: argparse.Namespace) -> int:
+    body = _client(args).request("GET", _path("agents", args.agent, "verbs"))
+    verbs = body.get("verbs") or {}
+    if args.verb is not None:
+        if args.verb not in verbs:
+            offered = ", ".join(sorted(verbs)) or "none"
+            raise CLIError(f"agent {args.agent!r} does not offer verb {args.verb!r} ({offered})")
+        body = {**body, "verbs": {args.verb: verbs[args.verb]}}
+        verbs = body["verbs"]
+    if args.json:
+        _print_json(body)
+        return EXIT_OK
+    count = f"{len(verbs)} verb" + ("" if len(verbs) == 1 else "s")
+    print(f"agent {body.get('agent_id', args.agent)}: {count}")
+    print("\n\n".join(_verb_text(name, verbs[name]) for name in sorted(verbs)))
     return EXIT_OK
 
 
@@ -805,13 +873,24 @@ def follow_command(
         return None, streamed
 
 
+def process_exit(command: dict) -> int | None:
+    """The program's exit code when it tells the outcome, else None.
+
+    A verb may judge its program's answer itself: ``delete_panel_user`` fails with
+    ``NOT_FOUND`` after htpasswd exited 0. Its exit code then says nothing about the
+    outcome, so only a success or an ``EXIT_NONZERO`` failure shows one.
+    """
+    error = command.get("error")
+    if error is not None and error.get("code") != "EXIT_NONZERO":
+        return None
+    return command.get("exit_code")
+
+
 def _print_command(command: dict, streamed: set[str] = frozenset()) -> None:
     if streamed:
         print()
-    print(
-        f"status: {command['status']}"
-        + (f" (exit code {command['exit_code']})" if command["exit_code"] is not None else "")
-    )
+    code = process_exit(command)
+    print(f"status: {command['status']}" + (f" (exit code {code})" if code is not None else ""))
     if command.get("error"):
         print(f"error: {command['error']['code']}: {command['error']['message']}")
     if command.get("result") is not None:
@@ -870,6 +949,12 @@ def _progress_line(job: dict, width: int = 24) -> str:
 
 def _print_job(job: dict) -> None:
     print(f"job {job['job_id']}: {job['status']}")
+    error = job.get("error")
+    if error:
+        # Why it is paused (CANARY, PAUSED) or stopped (MAX_ERRORS, SECRETS_UNAVAILABLE).
+        print(f"reason: {error['code']}: {error['message']}")
+    if job["status"] == "paused":
+        print(f"next: viworks job resume {job['job_id']}  (or: viworks job cancel)")
     for key in ("verb", "selector", "concurrency", "max_errors", "canary"):
         if job.get(key) is not None:
             print(f"{key}: {job[key]}")
@@ -933,7 +1018,8 @@ def _job_start(client: ApiClient, args: argparse.Namespace) -> int:
             print(
                 f"job {job['job_id']} started ({job['status']}); viworks job show {job['job_id']}"
             )
-        return EXIT_OK
+        # Exit 0 would claim the job completed with every command succeeded.
+        return _job_exit(job) if _job_done(job) else EXIT_PENDING
     job = watch_job(client, job, quiet=args.json)
     if job is None:
         return EXIT_PENDING
@@ -1173,10 +1259,28 @@ def build_parser() -> argparse.ArgumentParser:
     api_options(p)
     p.set_defaults(func=cmd_agents)
 
-    p = sub.add_parser("run", help="run a verb on an agent, streaming its output")
-    p.add_argument("agent")
-    p.add_argument("verb")
-    p.add_argument("args", nargs="*", metavar="key=value")
+    p = sub.add_parser(
+        "verbs", help="an agent's verbs and their parameters (type, required, default, limits)"
+    )
+    p.add_argument("agent", help="the agent's id")
+    p.add_argument("verb", nargs="?", help="only this verb")
+    api_options(p)
+    p.set_defaults(func=cmd_verbs)
+
+    p = sub.add_parser(
+        "run",
+        help="run a verb on an agent, streaming its output",
+        epilog="The verbs an agent offers and their parameters: viworks verbs AGENT",
+    )
+    p.add_argument("agent", help="the agent's id (viworks agents)")
+    p.add_argument("verb", help="the verb to run (viworks verbs AGENT)")
+    p.add_argument(
+        "args",
+        nargs="*",
+        metavar="key=value",
+        help="the verb's arguments, typed by its schema (count=3 is an integer for an"
+        " integer parameter); key:=JSON passes a JSON value as is",
+    )
     p.add_argument("--timeout", type=float, help="the verb's execution timeout in seconds")
     p.add_argument(
         "--wait", type=float, default=60.0, help="seconds to follow it (default 60; inf: no limit)"
@@ -1202,7 +1306,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--ttl", type=float, help="seconds offline targets may wait (then expired)")
     x.add_argument("--timeout", type=float, help="each command's execution timeout in seconds")
-    x.add_argument("--detach", action="store_true", help="print the job id and return")
+    x.add_argument(
+        "--detach",
+        action="store_true",
+        help="print the job id and return at once (exit 4: the job goes on)",
+    )
     api_options(x)
     for action, text in (
         ("show", "a job's status, counts and commands"),

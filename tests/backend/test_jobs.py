@@ -267,8 +267,12 @@ class JobRunnerTests(JobTestsBase):
         self.all_online()
         job = await self.create(concurrency=2)
         await self.until_running(2)
-        paused = await self.runner.pause(job["job_id"])
+        paused = await self.runner.pause(job["job_id"], by="alice")
         self.assertEqual(paused["status"], "paused")
+        self.assertEqual(
+            paused["error"],
+            {"code": "PAUSED", "message": "paused by token 'alice'; resume to continue"},
+        )
         for command_id in list(self.fleet.running):
             await self.finish(command_id)
         await stays(lambda: len(self.fleet.ran) == 2, 0.3)
@@ -520,10 +524,12 @@ class JobAPITests(JobTestsBase):
         path = f"/api/v1/jobs/{job['job_id']}"
         code, body = await self.call("POST", path + "/pause")
         self.assertEqual((code, body["status"]), (200, "paused"))
+        self.assertEqual(body["error"]["code"], "PAUSED")  # why, and by which token
+        self.assertIn("paused by token", body["error"]["message"])
         code, body = await self.call("POST", path + "/pause")
         self.assertEqual((code, body["error"]["code"]), (409, "JOB_PAUSED"))
         code, body = await self.call("POST", path + "/resume")
-        self.assertEqual((code, body["status"]), (200, "running"))
+        self.assertEqual((code, body["status"], body["error"]), (200, "running", None))
         code, body = await self.call("POST", path + "/cancel")
         self.assertEqual((code, body["status"]), (200, "cancelled"))
         code, body = await self.call("POST", path + "/explode")

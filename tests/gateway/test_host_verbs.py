@@ -411,7 +411,11 @@ class TailLogsTests(Base):
         os.mkdir(journal_dir)
         export = b""
         for i, (unit, message) in enumerate(
-            [("nginx", b"started"), ("softether-vpnserver", b"other"), ("nginx", b"bin\x01ary\nline")]
+            [
+                ("nginx", b"started"),
+                ("softether-vpnserver", b"other"),
+                ("nginx", b"bin\x01ary\nline"),
+            ]
         ):
             fields = [
                 ("__REALTIME_TIMESTAMP", str(1700000000000000 + i * 1000000).encode()),

@@ -675,7 +675,10 @@ class BackendAPI:
             refusal = caller.refusal(job["verb"], site)
             if refusal is not None:
                 raise ApiError(403, "FORBIDDEN", refusal)
-        job = await getattr(self.jobs, action)(job_id)
+        if action == "pause":
+            job = await self.jobs.pause(job_id, by=caller.name)
+        else:
+            job = await getattr(self.jobs, action)(job_id)
         return self._json(request, job)
 
     async def _job_agents(self, job: dict) -> list[dict]:

@@ -395,9 +395,15 @@ class JobRunner:
         counts = await self.store.job_counts([r["job_id"] for r in rows])
         return [job_json(row, counts[row["job_id"]]) for row in rows]
 
-    async def pause(self, job_id: str) -> dict:
-        """Start no more agents until resumed (commands already started go on)."""
-        await self._change(job_id, PAUSED, (RUNNING,), "pause")
+    async def pause(self, job_id: str, by: str | None = None) -> dict:
+        """Start no more agents until resumed (commands already started go on).
+
+        The job's ``error`` says why it is paused (``PAUSED``, naming ``by``), as it
+        does after a canary (``CANARY``).
+        """
+        who = f"token {by!r}" if by is not None else "an operator"
+        reason = {"code": "PAUSED", "message": f"paused by {who}; resume to continue"}
+        await self._change(job_id, PAUSED, (RUNNING,), "pause", error=reason)
         return await self.describe(job_id)
 
     async def resume(self, job_id: str) -> dict:
