@@ -15,6 +15,9 @@
 # pointing at PREFIX, the viworks user is created in DIR's account files (useradd --root),
 # and the unit is enabled with systemctl --root. Nothing is started.
 set -euo pipefail
+# The new virtualenv must see only its own packages: another environment's on PYTHONPATH
+# would make pip skip the dependencies ("already satisfied") and leave the venv broken.
+unset PYTHONPATH PYTHONHOME VIRTUAL_ENV
 
 usage() {
     echo "usage: $0 backend|gateway [--prefix /opt/viworks] [--root DIR]" >&2

@@ -18,6 +18,8 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
+import sysconfig
 
 from twisted.trial import unittest
 
@@ -115,12 +117,17 @@ class InstallServiceTests(unittest.TestCase):
         self.host_has_viworks = _has_user("viworks")
 
     def install(self, role: str) -> str:
+        # As from a shell with another environment active (trial's own workers put theirs
+        # on PYTHONPATH): the script must still build a complete venv of its own.
+        site = sysconfig.get_paths()["purelib"]
+        env = {**os.environ, "PYTHONPATH": site, "VIRTUAL_ENV": sys.prefix}
         run = subprocess.run(
             [os.path.join(self.repo, "etc", "install-service.sh"), role, "--root", self.root],
             capture_output=True,
             text=True,
             timeout=600,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
         output = run.stdout + run.stderr
         self.assertEqual(run.returncode, 0, output)
