@@ -664,7 +664,7 @@ def cmd_commands(args: argparse.Namespace) -> int:
             c["agent_id"],
             c["verb"],
             c["status"],
-            "-" if process_exit(c) is None else str(process_exit(c)),
+            str(code) if (code := process_exit(c)) is not None else "-",
             c.get("created_at") or "-",
             (c.get("error") or {}).get("code") or "-",
         ]
