@@ -89,6 +89,43 @@ class SecurityCLITests(unittest.TestCase):
         actions = [r[0] for r in self.sql("SELECT action FROM audit_log ORDER BY seq")]
         self.assertEqual(actions[-2:], ["certificate.revoke", "certificate.revoke"])
 
+    def test_pki_revoke_every_serial_or_one(self):
+        """pki revoke AGENT_ID revokes every certificate serial the backend saw that agent
+        use; --serial HEX (any case, 0x or colons) revokes one, even one never seen;
+        giving both, neither or a non-hex serial is a usage error (exit 2)."""
+        self.cli("pki", "revoke", "--config", self.config, "gw-1", code=2)  # makes the DB
+        for row in (("gw-1", "a1", 1.0, 2.0), ("gw-1", "b2", 3.0, 4.0), ("gw-2", "c3", 5.0, 5.0)):
+            self.sql("INSERT INTO agent_certificates VALUES (?, ?, ?, ?)", row)
+        revoked = "SELECT serial, agent_id FROM revoked_certificates ORDER BY seq"
+        out = self.cli("pki", "revoke", "--config", self.config, "--serial", "0xC3").stdout
+        self.assertIn("certificate c3 of agent 'gw-2' revoked", out)
+        self.assertEqual(self.sql(revoked), [("c3", "gw-2")])
+        out = self.cli("pki", "revoke", "--config", self.config, "gw-1").stdout
+        self.assertIn("certificate a1 of agent 'gw-1' (seen 1970-01-01T00:00:01.000Z", out)
+        self.assertIn("certificate b2 of agent 'gw-1'", out)
+        self.assertEqual(self.sql(revoked), [("c3", "gw-2"), ("a1", "gw-1"), ("b2", "gw-1")])
+        again = self.cli("pki", "revoke", "--config", self.config, "gw-1").stdout
+        self.assertEqual(again.count("was already revoked"), 2)
+        out = self.cli("pki", "revoke", "--config", self.config, "--serial", "00:DE:AD").stdout
+        self.assertIn("certificate dead (never seen by this backend) revoked", out)
+        for args in (("--serial", "a1", "gw-1"), (), ("--serial", "xyz")):
+            done = self.cli("pki", "revoke", "--config", self.config, *args, code=2)
+            self.assertIn("viworks:", done.stderr)
+        records = self.sql("SELECT target, outcome, detail FROM audit_log ORDER BY seq")
+        revokes = [(t, o, json.loads(d)) for t, o, d in records]
+        self.assertEqual(
+            [(t, o) for t, o, _ in revokes],
+            [
+                ("agent:gw-1", "refused"),
+                ("certificate:c3", "ok"),
+                ("agent:gw-1", "ok"),
+                ("agent:gw-1", "refused"),
+                ("certificate:dead", "ok"),
+            ],
+        )
+        self.assertEqual(revokes[2][2]["serials"], ["a1", "b2"])
+        self.assertEqual(revokes[3][2]["already"], ["a1", "b2"])
+
     def test_audit_verify_and_export(self):
         """An untouched chain verifies (exit 0); export writes one JSON object per line
         with secrets redacted and the hashes to re-check it."""

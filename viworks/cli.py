@@ -275,47 +275,96 @@ def _token_revoke(config: Any, name: str) -> int:
 
 
 def cmd_pki_revoke(args: argparse.Namespace) -> int:
-    """Revoke the agent's current certificate (the serial it last connected with)."""
-    config = _backend_config(args.config)
+    """Revoke every certificate an agent id connected with, or one ``--serial``."""
+    from viworks.backend.revocation import parse_serial
 
-    async def revoke(store: Any) -> tuple[str, str | None, bool]:
-        agent = await store.get_agent(args.agent_id)
-        serial = None if agent is None else agent.get("cert_serial")
+    if (args.agent_id is None) == (args.serial is None):
+        raise CLIError("give an AGENT_ID or --serial HEX (one of them)")
+    config = _backend_config(args.config)
+    if args.serial is not None:
+        try:
+            serial = parse_serial(args.serial)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        return _revoke_serial(config, serial, args.reason)
+    return _revoke_agent(config, args.agent_id, args.reason)
+
+
+def _revoke_agent(config: Any, agent_id: str, reason: str | None) -> int:
+    async def revoke(store: Any) -> list[tuple[dict, bool]]:
+        seen = {c["serial"]: c for c in await store.agent_certificates(agent_id=agent_id)}
+        agent = await store.get_agent(agent_id)
+        if agent is not None and agent.get("cert_serial") and agent["cert_serial"] not in seen:
+            seen[agent["cert_serial"]] = {"serial": agent["cert_serial"]}
         now = time.time()
-        if serial is None:
-            await store.append_audit(
-                now,
-                cli_actor(),
-                "certificate.revoke",
-                f"agent:{args.agent_id}",
-                "refused",
-                {"reason": "no certificate serial known"},
-            )
-            return "unknown", None, False
-        done = await store.revoke_certificate(serial, args.agent_id, now, args.reason)
+        done = [
+            (cert, await store.revoke_certificate(cert["serial"], agent_id, now, reason))
+            for cert in seen.values()
+        ]
+        new = [cert["serial"] for cert, revoked in done if revoked]
         await store.append_audit(
             now,
             cli_actor(),
             "certificate.revoke",
-            f"agent:{args.agent_id}",
-            "ok" if done else "refused",
-            {"serial": serial, "reason": args.reason, "already": not done},
+            f"agent:{agent_id}",
+            "ok" if new else "refused",
+            {
+                "serials": new,
+                "already": [cert["serial"] for cert, revoked in done if not revoked],
+                "reason": reason if done else "no certificate serial known",
+            },
         )
-        return "ok", serial, done
+        return done
 
-    state, serial, done = _store_call(config, revoke)
-    if state == "unknown":
-        raise CLIError(
-            f"no certificate is known for agent {args.agent_id!r}: it has never said HELLO"
-            " to this backend (nothing to revoke)"
-        )
+    from viworks.timeutil import rfc3339
+
+    done = _store_call(config, revoke)
     if not done:
-        print(f"certificate {serial} of agent {args.agent_id!r} was already revoked")
+        raise CLIError(
+            f"no certificate is known for agent {agent_id!r}: it has never connected"
+            " to this backend (nothing to revoke; a known serial: --serial HEX)"
+        )
+    for cert, revoked in done:
+        seen = (
+            f" (seen {rfc3339(cert['first_seen'])} to {rfc3339(cert['last_seen'])})"
+            if "first_seen" in cert
+            else ""
+        )
+        state = "revoked" if revoked else "was already revoked"
+        print(f"certificate {cert['serial']} of agent {agent_id!r}{seen} {state}")
+    if any(revoked for _, revoked in done):
+        print(
+            f"a running backend drops sessions using them within seconds. Re-enrol the agent"
+            f" with: viworks pki agent DIR {agent_id}"
+        )
+    return EXIT_OK
+
+
+def _revoke_serial(config: Any, serial: str, reason: str | None) -> int:
+    async def revoke(store: Any) -> tuple[str, bool]:
+        seen = await store.agent_certificates(serial=serial)
+        # A serial never seen is revoked all the same (a stolen certificate not used yet).
+        agent_id = seen[0]["agent_id"] if seen else ""
+        now = time.time()
+        done = await store.revoke_certificate(serial, agent_id, now, reason)
+        await store.append_audit(
+            now,
+            cli_actor(),
+            "certificate.revoke",
+            f"certificate:{serial}",
+            "ok" if done else "refused",
+            {"serial": serial, "agent_id": agent_id or None, "reason": reason, "already": not done},
+        )
+        return agent_id, done
+
+    agent_id, done = _store_call(config, revoke)
+    whose = f"of agent {agent_id!r}" if agent_id else "(never seen by this backend)"
+    if not done:
+        print(f"certificate {serial} {whose} was already revoked")
         return EXIT_OK
     print(
-        f"certificate {serial} of agent {args.agent_id!r} revoked; a running backend drops"
-        " its session within seconds. Re-enrol the agent with: viworks pki agent DIR"
-        f" {args.agent_id}"
+        f"certificate {serial} {whose} revoked; a running backend drops a session using it"
+        " within seconds"
     )
     return EXIT_OK
 
@@ -1201,11 +1250,15 @@ def build_parser() -> argparse.ArgumentParser:
     x = psub.add_parser("pin", help="print a certificate's SPKI pin (sha256/<base64>)")
     x.add_argument("cert")
     x = psub.add_parser(
-        "revoke", help="revoke an agent's current certificate (by the serial it connected with)"
+        "revoke",
+        help="revoke every certificate an agent id has connected with, or one --serial",
     )
     x.add_argument("--config", required=True, help="the backend's configuration file")
     x.add_argument("--reason", help="why (kept in the store and the audit log)")
-    x.add_argument("agent_id")
+    x.add_argument(
+        "--serial", help="revoke only this certificate (hex serial, e.g. from openssl x509 -serial)"
+    )
+    x.add_argument("agent_id", nargs="?", help="revoke every certificate this agent id used")
     x.set_defaults(func=cmd_pki_revoke)
     p.set_defaults(func=cmd_pki)
 

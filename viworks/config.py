@@ -751,6 +751,8 @@ class BackendSection:
     default_command_timeout: float = _spec("number", 60.0, _positive)
     default_ttl: float = _spec("number", 3600.0, _positive)
     lost_grace: float = _spec("number", 60.0, _positive)
+    # Seconds after start-up during which no command is declared lost (agents reconnect).
+    startup_grace: float = _spec("number", 120.0, _at_least(0))
     handshake_rate: float = _spec("number", 200.0, _positive)
     handshake_burst: int = _spec("integer", 200, _at_least(1))
     # Frames per second one agent may send (burst: twice that); see etc/backend.toml.

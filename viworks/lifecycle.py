@@ -6,8 +6,13 @@
     dispatched -> expired (the agent refused it: past its deadline) and any final status
                   (a redelivered command can be answered from the agent's journal at once)
 
-Final statuses never change again; in particular a ``lost`` command stays lost
-even if its result turns up later.
+    lost -> succeeded | failed | timed_out | cancelled | rejected | expired, only for a
+            late result of the command's own agent (``sources(target, late=True)``)
+
+Final statuses never change again, with one exception: ``lost`` is the backend's
+guess (no result in time, e.g. during a backend outage), so the real outcome that
+the command's own agent reports later replaces it, once. Nothing else changes a
+lost command.
 """
 
 from __future__ import annotations
@@ -21,12 +26,18 @@ ALL = frozenset({QUEUED, DISPATCHED, RUNNING}) | FINAL
 
 _REPORTED = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, REJECTED, LOST})
 
+# What a late result of its own agent may turn a lost command into.
+LATE_OUTCOMES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, CANCELLED, REJECTED, EXPIRED})
+#: Final statuses nothing can change any more.
+SETTLED = FINAL - {LOST}
+
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({DISPATCHED, EXPIRED, CANCELLED, FAILED}),
     # A redelivery (dispatched again) is a self-transition that refreshes dispatched_at.
     DISPATCHED: frozenset({DISPATCHED, RUNNING, EXPIRED}) | _REPORTED,
     RUNNING: _REPORTED,
-    **{status: frozenset() for status in FINAL},
+    **{status: frozenset() for status in SETTLED},
+    LOST: LATE_OUTCOMES,
 }
 
 
@@ -39,22 +50,27 @@ class IllegalTransition(ValueError):
         self.target = target
 
 
+def _sources(target: str, late: bool) -> tuple[str, ...]:
+    return tuple(
+        sorted(s for s, nexts in TRANSITIONS.items() if target in nexts and (late or s != LOST))
+    )
+
+
 # Computed once: every status change in the store asks (the hot path).
-_SOURCES = {
-    target: tuple(sorted(s for s, nexts in TRANSITIONS.items() if target in nexts))
-    for target in TRANSITIONS
-}
+_SOURCES = {(target, late): _sources(target, late) for target in ALL for late in (False, True)}
 
 
-def sources(target: str) -> tuple[str, ...]:
-    """The statuses from which a command may move to ``target`` (sorted, for SQL)."""
+def sources(target: str, late: bool = False) -> tuple[str, ...]:
+    """The statuses from which a command may move to ``target`` (sorted, for SQL);
+    ``late`` adds ``lost``, for a late result from the command's own agent."""
     try:
-        return _SOURCES[target]
+        return _SOURCES[target, late]
     except KeyError:
         raise ValueError(f"unknown status {target!r}") from None
 
 
-def check(current: str, target: str) -> None:
-    """Raise ``IllegalTransition`` unless ``current -> target`` is allowed."""
-    if target not in TRANSITIONS.get(current, ()):
+def check(current: str, target: str, late: bool = False) -> None:
+    """Raise ``IllegalTransition`` unless ``current -> target`` is allowed (``late``: as
+    for :func:`sources`)."""
+    if current not in sources(target, late):
         raise IllegalTransition(current, target)

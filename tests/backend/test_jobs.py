@@ -216,6 +216,30 @@ class JobRunnerTests(JobTestsBase):
         self.assertEqual(never & set(self.fleet.ran), set())
         self.assertEqual(len(never), 7)
 
+    async def test_late_result_of_a_lost_target_gives_its_error_back(self):
+        """A target lost (no result within timeout + lost_grace) counts as an error; when
+        its agent reports success later the error is given back while the job runs, so a
+        later failure does not reach max_errors and every target runs."""
+        self.all_online()
+        job = await self.create(
+            selector="id=gw-0|gw-1|gw-2", concurrency=1, max_errors=2, timeout=5
+        )
+        await self.until_running(1)
+        [late] = self.fleet.running
+        self.clock.advance(65)  # timeout 5 + lost_grace 60: the backend gives up on it
+        await poll(lambda: self.store.get_command(late), lambda c: c["status"] == "lost")
+        await self.until_running(2)  # the error budget allowed the next target
+        await self.finish(late)  # the real outcome, late
+        counted = await self.until(job["job_id"], lambda j: "lost" not in j["counts"])
+        self.assertEqual(counted["counts"]["succeeded"], 1)
+        [second] = self.fleet.running
+        await self.finish(second, "failed")
+        await self.until_running(1)  # 1 error of 2: the last target starts
+        [third] = self.fleet.running
+        await self.finish(third)
+        done = await self.until(job["job_id"], lambda j: j["status"] == "completed")
+        self.assertEqual(done["counts"], {"pending": 0, "succeeded": 2, "failed": 1})
+
     async def test_canary_pauses_until_resumed(self):
         """A canary of 2 runs the first two agents, then pauses; resume runs the rest."""
         self.all_online()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
@@ -69,20 +71,98 @@ class LedgerTests(unittest.TestCase):
         self.clock.advance(30)
         await self.settle(command["command_id"], "expired")
 
+    async def running(self, session: FakeSession, timeout: float = 5) -> str:
+        """A command gw-1 has acknowledged (it runs); its id."""
+        command, _ = await self.ledger.submit("gw-1", "ping", {}, timeout=timeout)
+        await self.ledger.on_ack(session, command["command_id"])
+        return command["command_id"]
+
+    async def finished_audit(self, command_id: str) -> list[tuple[str, str, dict]]:
+        """``(actor, outcome, detail)`` of the command's ``command.finished`` records."""
+        await self.ledger.audit.flush()
+        return [
+            (r["actor"], r["outcome"], json.loads(r["detail"]))
+            for r in await self.store.audit_records()
+            if r["action"] == "command.finished" and r["target"] == f"command:{command_id}"
+        ]
+
     async def test_lost_after_timeout_and_grace(self):
-        """A running command with no result becomes lost after timeout + grace, for good."""
+        """A running command with no result becomes lost after timeout + grace."""
+        await self.ledger.start()
+        command_id = await self.running(self.online())
+        self.assertEqual(await self.status(command_id), "running")
+        self.clock.advance(7.9)
+        self.assertEqual(await self.status(command_id), "running")
+        self.clock.advance(0.1)
+        await self.settle(command_id, "lost")
+
+    async def test_late_result_replaces_lost(self):
+        """The real outcome its own agent reports for a lost command replaces lost, once;
+        the history and the audit log keep both. Another agent's result, the agent's own
+        "lost" and a second result change nothing (each is acknowledged)."""
         await self.ledger.start()
         session = self.online()
-        command, _ = await self.ledger.submit("gw-1", "ping", {}, timeout=5)
-        await self.ledger.on_ack(session, command["command_id"])
-        self.assertEqual(await self.status(command["command_id"]), "running")
-        self.clock.advance(7.9)
-        self.assertEqual(await self.status(command["command_id"]), "running")
+        command_id = await self.running(session)
+        self.clock.advance(8)
+        await self.settle(command_id, "lost")
+        statuses = []
+        self.ledger.hub.subscribe(lambda e: statuses.append(e.data.get("status")))
+
+        stranger = FakeSession("gw-2")
+        await self.ledger.on_result(stranger, result_fields(command_id))
+        self.assertEqual([f.type for f in stranger.sent], ["error", "result_ack"])
+        restarted = result_fields(command_id, status="lost", error={"code": "AGENT_RESTARTED"})
+        await self.ledger.on_result(session, restarted)
+        self.assertEqual(await self.status(command_id), "lost")
+
+        self.clock.advance(100)  # e.g. the agent was away: it reports from its journal
+        await self.ledger.on_result(session, result_fields(command_id, exit_code=0))
+        command = await self.store.get_command(command_id)
+        self.assertEqual((command["status"], command["exit_code"]), ("succeeded", 0))
+        self.assertIsNone(command["error"])
+        self.assertEqual(statuses, ["succeeded"])
+        events = await self.store.command_events(command_id)
+        self.assertEqual(
+            [e["status"] for e in events], ["queued", "dispatched", "running", "lost", "succeeded"]
+        )
+        self.assertEqual(events[-1]["detail"], {"replaces": "lost", "lost_at": events[-2]["at"]})
+        self.assertEqual(events[-2]["detail"]["code"], "LOST")
+
+        await self.ledger.on_result(session, result_fields(command_id, status="failed"))
+        self.assertEqual(await self.status(command_id), "succeeded")
+        self.assertEqual([f.type for f in session.sent[-3:]], ["result_ack"] * 3)
+        audited = await self.finished_audit(command_id)
+        self.assertEqual(
+            [(a, o) for a, o, _ in audited], [("system", "lost"), ("gw-1", "succeeded")]
+        )
+        self.assertEqual(audited[1][2]["replaces"], "lost")
+        self.assertNotIn("replaces", audited[0][2])
+
+    async def test_startup_grace_after_an_outage(self):
+        """After an outage longer than timeout + lost_grace, a restarted ledger declares
+        nothing lost during its startup_grace: an agent reconnecting meanwhile reports
+        its real outcome (no lost in its history); what is still unreported then is lost."""
+        await self.ledger.start()
+        session = self.online()
+        reported, silent = await self.running(session), await self.running(session)
+        self.ledger.stop()
+        self.registry.unregister(session)
+        self.clock.advance(600)  # the outage: far beyond timeout (5) + lost_grace (3)
+
+        restarted = CommandLedger(
+            self.store, self.registry, self.clock, lost_grace=3, startup_grace=30
+        )
+        self.addCleanup(restarted.stop)
+        await restarted.start()
+        self.clock.advance(29.9)
+        for command_id in (reported, silent):
+            self.assertEqual(await self.status(command_id), "running")
+        await restarted.on_result(self.online(), result_fields(reported))
+        self.assertEqual(await self.status(reported), "succeeded")
         self.clock.advance(0.1)
-        await self.settle(command["command_id"], "lost")
-        await self.ledger.on_result(session, result_fields(command["command_id"]))
-        self.assertEqual(await self.status(command["command_id"]), "lost")
-        self.assertEqual(session.sent[-1].type, "result_ack")
+        await self.settle(silent, "lost")
+        history = [e["status"] for e in await self.store.command_events(reported)]
+        self.assertEqual(history, ["queued", "dispatched", "running", "succeeded"])
 
     async def test_agent_reports_lost(self):
         """A lost result reported by the agent (it restarted mid-verb) is recorded as lost."""

@@ -7,6 +7,8 @@ import json
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.backend import test_sessions
@@ -17,6 +19,7 @@ from tests.backend.helpers import (
     result_fields,
     sqlite_store,
 )
+from tests.stack import poll
 from viworks import protocol
 from viworks.backend import audit, authz
 from viworks.backend.api import BackendAPI, hash_token
@@ -193,10 +196,9 @@ class RolesAndLimitsTests(unittest.TestCase):
         self.assertEqual(final[0]["target"], f"command:{created['command_id']}")
 
 
-class FloodTests(unittest.TestCase):
-    """An agent sending beyond [backend] agent_frame_rate (in-memory sessions)."""
+class InMemorySessions:
+    """The session fixtures of the AgentSession tests, without their tests."""
 
-    # The session fixtures of the AgentSession tests, without their tests.
     _base_setUp = test_sessions.AgentSessionTests._setUp
     connect = test_sessions.AgentSessionTests.connect
     flush = test_sessions.AgentSessionTests.flush
@@ -205,15 +207,19 @@ class FloodTests(unittest.TestCase):
     assertClosed = test_sessions.AgentSessionTests.assertClosed
     _close_all = test_sessions.AgentSessionTests._close_all
 
+    def setUp(self) -> Deferred:
+        return Deferred.fromCoroutine(self._setUp())
+
+
+class FloodTests(InMemorySessions, unittest.TestCase):
+    """An agent sending beyond [backend] agent_frame_rate (in-memory sessions)."""
+
     async def _setUp(self) -> None:
         await self._base_setUp()
         # 5 frames/s, bursts of 10; more than 10 drops within 10 s disconnects.
         self.factory.frame_rate = 5.0
         self.factory.frame_burst = 10.0
         self.factory.flood_limit = 10
-
-    def setUp(self) -> Deferred:
-        return Deferred.fromCoroutine(self._setUp())
 
     async def test_flood_throttled_then_disconnected(self):
         """Frames beyond the rate are dropped with RATE_LIMITED errors; a steady sender is
@@ -323,3 +329,56 @@ class FloodTests(unittest.TestCase):
             if r["action"] == "connection.refused"
         ]
         self.assertEqual(reasons, ["certificate revoked"])
+
+
+class StolenCertificateTests(InMemorySessions, unittest.TestCase):
+    """A second valid certificate for an agent id (in-memory sessions): every serial a
+    handshake shows is recorded, and a takeover by another certificate is audited."""
+
+    async def _setUp(self) -> None:
+        await self._base_setUp()
+        # The serial of the next connection's certificate (read at its upgrade).
+        self.serial = "aaa"
+        self.factory.cert_serial = lambda transport, request: self.serial
+
+    async def with_serial(self, serial: str, hello: bool = True):
+        self.serial = serial
+        return await self.welcomed() if hello else self.connect()
+
+    async def test_takeover_by_another_certificate_recorded_and_audited(self):
+        """A second certificate taking over gw-1's session closes the first with 4002, is
+        logged and audited as session.replaced with both serials; every certificate a
+        handshake showed is recorded (even one that never said HELLO), and a reconnect
+        with the same certificate is not audited as a takeover."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        legit = await self.with_serial("aaa")
+        thief = await self.with_serial("bbb")
+        self.assertClosed(legit, protocol.CLOSE_REPLACED)
+        self.assertIs(self.registry.get("gw-1"), thief.server)
+        await self.with_serial("ccc", hello=False)
+        again = await self.with_serial("bbb")
+        self.assertClosed(thief, protocol.CLOSE_REPLACED)
+        self.assertIs(self.registry.get("gw-1"), again.server)
+        seen = await poll(
+            lambda: self.store.agent_certificates(agent_id="gw-1"), lambda rows: len(rows) == 3
+        )
+        self.assertEqual([c["serial"] for c in seen], ["aaa", "bbb", "ccc"])
+        await self.ledger.audit.flush()
+        replaced = [
+            (r["actor"], r["target"], json.loads(r["detail"]))
+            for r in await self.store.audit_records()
+            if r["action"] == "session.replaced"
+        ]
+        self.assertEqual(len(replaced), 1, replaced)
+        actor, target, detail = replaced[0]
+        self.assertEqual((actor, target), ("gw-1", "agent:gw-1"))
+        self.assertEqual((detail["old_serial"], detail["new_serial"]), ("aaa", "bbb"))
+        self.assertEqual(detail["old_session"], legit.server.session_id)
+        self.assertEqual(detail["new_session"], thief.server.session_id)
+        [line] = [
+            formatEvent(e)
+            for e in logged
+            if "replaced by certificate" in (e.get("log_format") or "")
+        ]
+        self.assertIn("aaa", line)
+        self.assertIn("bbb", line)

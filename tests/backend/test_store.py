@@ -756,9 +756,21 @@ class StoreTestsMixin:
         self.assertEqual(await store.next_loss_deadline(), 200.0)
         for command_id in ("queued", "slow", "done"):
             self.assertNotEqual((await store.get_command(command_id))["status"], "lost")
-        # A late result cannot revive a lost command.
+        # Only a caller naming lost (its own agent's late result) changes a lost command,
+        # once, into an outcome an agent reports; the history keeps both.
         self.assertIsNone(await store.transition("r", "succeeded", 140.0, exit_code=0))
         self.assertEqual((await store.get_command("r"))["status"], "lost")
+        with self.assertRaises(ValueError):
+            await store.transition("r", "dispatched", 140.0, expected=("lost",))
+        late = await store.transition(
+            "r", "succeeded", 141.0, expected=("lost",), detail={"replaces": "lost"}, exit_code=0
+        )
+        self.assertEqual((late["status"], late["exit_code"]), ("succeeded", 0))
+        self.assertEqual(
+            [(e["status"], e["at"]) for e in (await store.command_events("r"))[-2:]],
+            [("lost", 135.0), ("succeeded", 141.0)],
+        )
+        self.assertIsNone(await store.transition("r", "failed", 142.0, expected=("lost",)))
 
     async def test_sweep_many(self) -> None:
         """A sweep larger than one event batch records one event per command."""
@@ -1097,6 +1109,43 @@ class StoreTestsMixin:
         self.assertEqual(await store.revocations_since(second["seq"]), [])
         self.assertTrue(await store.is_certificate_revoked("1f2e"))
         self.assertFalse(await store.is_certificate_revoked("1f2f"))
+
+    async def test_agent_certificates(self) -> None:
+        """Every certificate an agent id connected with is kept (first and last seen),
+        found by agent or by serial; version 8 takes in each agent's last known serial."""
+        patcher = MonkeyPatcher(
+            (store_schema, "MIGRATIONS", store_schema.MIGRATIONS[:7]),
+            (store_schema, "LATEST_VERSION", 7),
+        )
+        patcher.patch()
+        self.addCleanup(patcher.restore)
+        old = self.make_store()
+        self.addCleanup(old.close)
+        self.assertEqual(await old.open(), 7)
+        await old.upsert_agent_online(
+            "gw1", version="1", site="s", hostname="h", protocol=1, verbs={}, peer=None,
+            session_id="s1", labels={}, now=3.0, cert_serial="a1",
+        )  # fmt: skip
+        await old.close()
+        patcher.restore()
+
+        store = await self.open_store()
+        self.assertEqual(await store.open(), store_schema.LATEST_VERSION)
+        await store.record_certificate("gw1", "b2", 10.0)
+        await store.record_certificate("gw1", "b2", 12.0)
+        await store.record_certificate("gw2", "c3", 11.0)
+        self.assertEqual(
+            await store.agent_certificates(agent_id="gw1"),
+            [
+                {"agent_id": "gw1", "serial": "a1", "first_seen": 3.0, "last_seen": 3.0},
+                {"agent_id": "gw1", "serial": "b2", "first_seen": 10.0, "last_seen": 12.0},
+            ],
+        )
+        [seen] = await store.agent_certificates(serial="c3")
+        self.assertEqual(seen["agent_id"], "gw2")
+        self.assertEqual(await store.agent_certificates(serial="ffff"), [])
+        with self.assertRaises(ValueError):
+            await store.agent_certificates()
 
     async def test_audit_chain(self) -> None:
         """Audit records are numbered from 1, chained by hash, with secrets redacted."""
@@ -1486,6 +1535,7 @@ class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
         self.assertEqual(
             [r["table_name"] for r in rows],
             [
+                "agent_certificates",
                 "agent_telemetry",
                 "agents",
                 "audit_log",

@@ -10,6 +10,10 @@ never with more than ``concurrency`` of them unfinished at once:
   rejected, lost, expired, cancelled) is an error; when the errors reach
   ``max_errors``, no new agent is started and the job is ``stopped`` (the
   commands already started finish on their own);
+- a ``lost`` target whose agent reports its real outcome later takes that
+  outcome: a late success gives its error back while the job runs; a job that
+  stopped or completed meanwhile keeps that status (decided on what was known)
+  and its counts show the real outcome;
 - a canary runs the first N targets, then pauses the job until it is
   resumed, or continues by itself (``canary_auto``) if all N succeeded;
 - pause stops starting agents, resume starts again, cancel cancels the
@@ -71,6 +75,7 @@ PENDING = "pending"
 #: Outcomes of targets that never got a command (see the job_targets table).
 EXPIRED, REJECTED = lifecycle.EXPIRED, lifecycle.REJECTED
 DONE = lifecycle.FINAL  # a target in one of these is finished (EXPIRED/REJECTED included)
+SETTLED = lifecycle.SETTLED  # ... and will not change any more (all but lost)
 
 BODY_FIELDS = frozenset(
     {"verb", "args", "selector", "concurrency", "max_errors", "canary", "canary_auto"}
@@ -465,7 +470,7 @@ class JobRunner:
     def _track(self, job: _Job) -> _Job:
         self._jobs[job.job_id] = job
         for target in job.targets:
-            if target.command_id is not None and target.status not in DONE:
+            if target.command_id is not None and target.status not in SETTLED:
                 self._by_command[target.command_id] = (job, target)
         return job
 
@@ -483,10 +488,11 @@ class JobRunner:
             if entry is None:
                 return
             job, target = entry
-            if target.status in DONE:
+            if target.status in SETTLED:
                 return
             job.update(target, event.data["status"])
-            if target.status in DONE:
+            # A lost target stays tracked: its agent's late result may still replace lost.
+            if target.status in SETTLED:
                 self._by_command.pop(target.command_id or "", None)
             self._progress(job)
             self._kick(job)

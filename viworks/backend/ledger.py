@@ -70,7 +70,10 @@ class CommandLedger:
     Deadlines are kept by one timer set to the earliest of the next delivery
     deadline (TTL: queued -> expired) and the next loss deadline (dispatched or
     running for longer than timeout + ``lost_grace`` -> lost); it re-arms itself
-    from the store, so it also covers commands created before a restart.
+    from the store, so it also covers commands created before a restart. For
+    ``startup_grace`` seconds after ``start`` nothing is declared lost: after an
+    outage, agents reconnecting report what finished meanwhile from their journals.
+    A result from a lost command's own agent still replaces ``lost`` later.
     """
 
     log = Logger()
@@ -88,6 +91,7 @@ class CommandLedger:
         signing_key: Any = None,
         metrics: Metrics | None = None,
         audit: AuditLog | None = None,
+        startup_grace: float = 0.0,
     ) -> None:
         # Final outcomes are audited; the API and the sessions share this log by default.
         self.audit = audit or AuditLog(store, clock)
@@ -101,6 +105,9 @@ class CommandLedger:
         self.default_timeout = default_timeout
         self.default_ttl = default_ttl
         self.lost_grace = lost_grace
+        self.startup_grace = startup_grace
+        # No command is declared lost before this time (set by start()).
+        self._lose_from = 0.0
         self.hub = hub or EventHub()
         self._new_id = new_id
         # Unfinished commands made by this process (after a restart: read from the store).
@@ -116,6 +123,7 @@ class CommandLedger:
     async def start(self) -> None:
         """Begin keeping deadlines (after the store is open)."""
         self._running = True
+        self._lose_from = self.clock.seconds() + self.startup_grace
         await self._sweep()
 
     def stop(self) -> None:
@@ -154,7 +162,9 @@ class CommandLedger:
                 agent_id=command["agent_id"],
             )
             self._changed(command)
-        for command in await self.store.lose_overdue(now, self.lost_grace):
+        # During the start-up grace agents may still be reconnecting: nothing is lost yet.
+        lost = await self.store.lose_overdue(now, self.lost_grace) if now >= self._lose_from else []
+        for command in lost:
             self.log.warn(
                 "command {command_id} lost: no result from {agent_id} within its timeout",
                 command_id=command["command_id"],
@@ -166,9 +176,9 @@ class CommandLedger:
     async def _rearm(self) -> None:
         expiry = await self.store.next_expiry()
         loss = await self.store.next_loss_deadline()
-        candidates = [
-            t for t in (expiry, None if loss is None else loss + self.lost_grace) if t is not None
-        ]
+        if loss is not None:
+            loss = max(loss + self.lost_grace, self._lose_from)
+        candidates = [t for t in (expiry, loss) if t is not None]
         self._wake_at(min(candidates) if candidates else None)
 
     # -- submission -----------------------------------------------------------------------
@@ -450,29 +460,56 @@ class CommandLedger:
         if inflight is not None:
             inflight.reported = True
         if own:
-            finished = await self._transition(
-                command_id,
-                fields["status"],
-                exit_code=fields["exit_code"],
-                result=fields["result"],
-                stdout=fields["stdout"],
-                stderr=fields["stderr"],
-                stdout_truncated=fields["stdout_truncated"],
-                stderr_truncated=fields["stderr_truncated"],
-                error=fields["error"],
-                started_at=started_at or fields["started_at"],
-                finished_at=self.clock.seconds(),
-            )
+            outcome = {
+                "exit_code": fields["exit_code"],
+                "result": fields["result"],
+                "stdout": fields["stdout"],
+                "stderr": fields["stderr"],
+                "stdout_truncated": fields["stdout_truncated"],
+                "stderr_truncated": fields["stderr_truncated"],
+                "error": fields["error"],
+                "started_at": started_at or fields["started_at"],
+                "finished_at": self.clock.seconds(),
+            }
+            finished = await self._transition(command_id, fields["status"], **outcome)
             if finished is None:
-                command = await self.store.get_command(command_id)
-                self.log.info(
-                    "result {status} for {command_id} ignored: the command is already {current}",
-                    status=fields["status"],
-                    command_id=command_id,
-                    current=command["status"],
-                )
+                await self._late_result(session, command_id, fields["status"], outcome)
         # Acknowledge even what we ignored: the agent must not replay it forever.
         session.send_frame(protocol.encode("result_ack", command_id=command_id))
+
+    async def _late_result(
+        self, session: LiveSession, command_id: str, status: str, outcome: dict
+    ) -> None:
+        """The agent's result for its command that is final already: the real outcome
+        replaces ``lost`` (the backend's guess, e.g. after an outage longer than the
+        command's timeout plus ``lost_grace``); any other final status stays."""
+        command = await self.store.get_command(command_id)
+        if command["status"] == lifecycle.LOST and status in lifecycle.LATE_OUTCOMES:
+            # The history keeps the lost event; this one says what it replaced.
+            replaced = await self.store.transition(
+                command_id,
+                status,
+                self.clock.seconds(),
+                expected=(lifecycle.LOST,),
+                detail={"replaces": lifecycle.LOST, "lost_at": command["finished_at"]},
+                **outcome,
+            )
+            if replaced is not None:
+                self.log.warn(
+                    "command {command_id}: late result {status} from {agent_id} replaces lost",
+                    command_id=command_id,
+                    status=status,
+                    agent_id=session.agent_id,
+                )
+                self._changed(replaced, replaces=lifecycle.LOST)
+                return
+            command = await self.store.get_command(command_id)
+        self.log.info(
+            "result {status} for {command_id} ignored: the command is already {current}",
+            status=status,
+            command_id=command_id,
+            current=command["status"],
+        )
 
     def _in_flight(self, command_id: str, agent_id: str) -> InFlight | None:
         """The unfinished command this process made for ``agent_id``, or None."""
@@ -518,8 +555,11 @@ class CommandLedger:
             self._changed(command)
         return command
 
-    def _changed(self, command: dict) -> None:
-        """Tell followers; wake waiters and forget the secrets once the command is final."""
+    def _changed(self, command: dict, replaces: str | None = None) -> None:
+        """Tell followers; wake waiters and forget the secrets once the command is final.
+
+        ``replaces``: the final status this one took the place of (a late result).
+        """
         self.hub.publish(
             "command.status",
             {
@@ -531,9 +571,9 @@ class CommandLedger:
         )
         if command["status"] in lifecycle.FINAL:
             self.metrics.command_final(command)
-            self._finished(command)
+            self._finished(command, replaces)
 
-    def _finished(self, command: dict) -> None:
+    def _finished(self, command: dict, replaces: str | None = None) -> None:
         command_id = command["command_id"]
         self._inflight.pop(command_id, None)
         # Successes are the bulk of a busy fleet's traffic (the audit log, the events and
@@ -546,9 +586,9 @@ class CommandLedger:
             agent_id=command["agent_id"],
         )
         # Reported by the agent if it got the command; decided here otherwise.
-        agent_reported = command.get("dispatched_at") is not None and command["status"] not in (
-            lifecycle.EXPIRED,
-            lifecycle.LOST,
+        agent_reported = replaces is not None or (
+            command.get("dispatched_at") is not None
+            and command["status"] not in (lifecycle.EXPIRED, lifecycle.LOST)
         )
         self.audit.record_later(
             command["agent_id"] if agent_reported else "system",
@@ -560,6 +600,8 @@ class CommandLedger:
                 "verb": command["verb"],
                 "exit_code": command.get("exit_code"),
                 "error": (command.get("error") or {}).get("code"),
+                # The audit log keeps both: the earlier record says lost, this one why not.
+                **({"replaces": replaces} if replaces is not None else {}),
             },
         )
         for waiter in self._waiters.pop(command_id, []):

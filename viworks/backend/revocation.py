@@ -1,7 +1,8 @@
 """Revoked agent certificates: which serials to refuse, and dropping live sessions.
 
-``viworks pki revoke`` writes the agent's current certificate serial (recorded at
-its last HELLO) to the store's ``revoked_certificates``, possibly while the
+``viworks pki revoke`` writes to the store's ``revoked_certificates`` every
+certificate serial an agent id ever connected with (the sessions record each one
+at the handshake: ``agent_certificates``), or one ``--serial``, possibly while the
 backend runs, possibly from another host sharing the PostgreSQL database. The
 ``RevocationWatcher`` of each backend loads every revoked serial at start-up,
 then polls the store every ``interval`` seconds for revocations newer than the
@@ -26,6 +27,15 @@ POLL_INTERVAL = 2.0
 def certificate_serial(cert: Any) -> str:
     """How serials are written everywhere: lower-case hex, no leading zeros."""
     return format(cert.serial_number, "x")
+
+
+def parse_serial(text: str) -> str:
+    """An operator's serial (``1A:2B``, ``0x1a2b``, ``serial=1A2B`` as ``openssl x509
+    -serial`` prints it) written as everywhere else; ValueError if it is not hex."""
+    digits = text.strip().lower().removeprefix("serial=").removeprefix("0x").replace(":", "")
+    if not digits or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"{text!r} is not a hexadecimal certificate serial")
+    return format(int(digits, 16), "x")
 
 
 def peer_cert_serial(transport: Any, request: Any = None) -> str | None:

@@ -23,7 +23,7 @@ from viworks import protocol
 from viworks.backend import audit
 from viworks.backend.ledger import CommandLedger
 from viworks.backend.metrics import Metrics
-from viworks.backend.registry import SessionRegistry
+from viworks.backend.registry import LiveSession, SessionRegistry
 from viworks.backend.revocation import peer_cert_serial
 from viworks.logs import Logger
 from viworks.net import SkipPeerCertificateDetails, no_delay
@@ -109,6 +109,10 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "the client certificate is revoked")
         self._identity = identity
         self.cert_serial = serial
+        if serial is not None:
+            # Every certificate an agent id connects with, not only the one whose HELLO
+            # wins: `pki revoke AGENT_ID` revokes them all (a stolen second certificate too).
+            self._run(factory.store.record_certificate(identity, serial, factory.clock.seconds()))
 
     def onOpen(self) -> None:
         factory = self.factory
@@ -348,8 +352,41 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         replaced = self.factory.registry.register(self)
         self.factory.metrics.session_opened(self.agent_id)
         if replaced is not None:
+            self._replacing(replaced)
             replaced.close_replaced()
         self._run(self._welcome(frame))
+
+    def _replacing(self, old: LiveSession) -> None:
+        """Taking over ``old``'s place: with another certificate, say so (logged, audited):
+        two live certificates for one agent id may mean that one of them was stolen."""
+        old_serial = getattr(old, "cert_serial", None)
+        if old_serial == self.cert_serial:
+            return
+        old_peer = getattr(old, "peer", None)
+        self.log.warn(
+            "agent {agent_id}: session {old_session} (certificate {old_serial}, {old_peer})"
+            " replaced by certificate {new_serial} from {peer}",
+            agent_id=self.agent_id,
+            old_session=old.session_id,
+            old_serial=old_serial,
+            old_peer=old_peer,
+            new_serial=self.cert_serial,
+            peer=self.peer,
+        )
+        self.factory.audit.record_later(
+            self.agent_id,
+            "session.replaced",
+            f"agent:{self.agent_id}",
+            audit.OK,
+            {
+                "old_serial": old_serial,
+                "new_serial": self.cert_serial,
+                "old_peer": old_peer,
+                "new_peer": self.peer,
+                "old_session": old.session_id,
+                "new_session": self.session_id,
+            },
+        )
 
     async def _welcome(self, hello: protocol.Frame) -> None:
         factory = self.factory

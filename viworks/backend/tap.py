@@ -140,6 +140,7 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         default_timeout=config.backend.default_command_timeout,
         default_ttl=config.backend.default_ttl,
         lost_grace=config.backend.lost_grace,
+        startup_grace=config.backend.startup_grace,
         signing_key=signing_key(config),
         audit=audit_log,
     )

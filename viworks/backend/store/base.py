@@ -699,18 +699,20 @@ class SQLStore:
 
         ``expected`` (default: every status that may become ``status``, see
         :func:`viworks.lifecycle.sources`) narrows the statuses the command
-        may currently have; a status outside ``lifecycle.sources(status)``
-        there, an unknown ``status`` or an unknown field is a caller bug
-        (``ValueError``). ``fields`` are other columns to set with it.
+        may currently have; only a caller naming ``lost`` there changes a
+        lost command (its own agent's late result). A status outside
+        ``lifecycle.sources(status, late=True)`` there, an unknown
+        ``status`` or an unknown field is a caller bug (``ValueError``).
+        ``fields`` are other columns to set with it.
 
         One compare-and-set ``UPDATE`` plus the event ``(status, at,
         detail)``, in one transaction. Returns the updated command, or None
         (nothing written) when the command is unknown or its current status
         is not in ``expected``.
         """
-        allowed = lifecycle.sources(status)  # ValueError for an unknown status
+        allowed = lifecycle.sources(status, late=True)  # ValueError for an unknown status
         if expected is None:
-            expected = allowed
+            expected = lifecycle.sources(status)
         else:
             expected = _statuses(expected)
             illegal = set(expected) - set(allowed)
@@ -1285,6 +1287,42 @@ class SQLStore:
             )
             > 0
         )
+
+    async def record_certificate(self, agent_id: str, serial: str, now: float) -> None:
+        """Note that ``agent_id`` connected with the certificate ``serial`` (hex) at ``now``.
+
+        Every handshake calls this (not only the HELLO that wins), so that
+        :meth:`agent_certificates` knows a second certificate that took a session over.
+        """
+        await self._run(
+            self._update_count_txn,
+            "INSERT INTO agent_certificates (agent_id, serial, first_seen, last_seen)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (agent_id, serial)"
+            " DO UPDATE SET last_seen = excluded.last_seen",
+            (agent_id, serial, now, now),
+        )
+
+    async def agent_certificates(
+        self, agent_id: str | None = None, serial: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The certificates seen ``{agent_id, serial, first_seen, last_seen}``, first seen first:
+        every one of ``agent_id``, or the agent(s) seen with ``serial`` (at least one given)."""
+        where, params = [], []
+        for column, value in (("agent_id", agent_id), ("serial", serial)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if not where:
+            raise ValueError("give an agent_id or a serial")
+        rows = await self._run(
+            self._select_txn,
+            "SELECT agent_id, serial, first_seen, last_seen FROM agent_certificates"
+            f" WHERE {' AND '.join(where)} ORDER BY first_seen, serial",
+            params,
+        )
+        for row in rows:
+            _floats(row, ("first_seen", "last_seen"))
+        return rows
 
     async def revocations_since(self, after_seq: int = 0) -> list[dict[str, Any]]:
         """Revocations ``{seq, serial, agent_id, revoked_at, reason}`` after ``after_seq``.

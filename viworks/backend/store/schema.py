@@ -271,6 +271,28 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # (deferred) foreign key of the key row written just before it: without this
     # index SQLite scanned every idempotency key (one per job target) per command.
     ("CREATE INDEX idempotency_keys_command ON idempotency_keys (command_id)",),
+    # 8: every certificate each agent id has connected with (recorded at every
+    # handshake), so that revoking an agent revokes a stolen second certificate too.
+    (
+        """
+        CREATE TABLE agent_certificates (
+            agent_id TEXT NOT NULL,
+            serial TEXT NOT NULL,
+            first_seen {real} NOT NULL,
+            last_seen {real} NOT NULL,
+            PRIMARY KEY (agent_id, serial)
+        )
+        """,
+        # Revoking by serial looks the serial's agent up.
+        "CREATE INDEX agent_certificates_serial ON agent_certificates (serial)",
+        # The serials known before version 8: each agent's last one.
+        """
+        INSERT INTO agent_certificates (agent_id, serial, first_seen, last_seen)
+        SELECT agent_id, cert_serial, COALESCE(connected_at, last_seen, 0),
+            COALESCE(last_seen, connected_at, 0)
+        FROM agents WHERE cert_serial IS NOT NULL
+        """,
+    ),
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
