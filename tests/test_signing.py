@@ -29,10 +29,25 @@ def envelope(**changes) -> signing.Envelope:
         verb="create_panel_user",
         args={"username": "alice", "password": "correct-horse", "n": 1.5},
         expires_at=NOW + 3600,
+        timeout=60.0,
         now=NOW,
         nonce="n" * 32,
     )
     return dataclasses.replace(base, **changes)
+
+
+def frame_fields(env: signing.Envelope, sig: dict) -> dict:
+    """The fields of the ``command`` frame the backend sends for ``env``."""
+    return {
+        "command_id": env.command_id,
+        "agent_id": env.agent_id,
+        "verb": env.verb,
+        "args": dict(env.args),
+        "timeout": env.timeout,
+        "redacted": env.redacted,
+        "expires_at": env.expires_at,
+        "signature": sig,
+    }
 
 
 def check(env, sig, keys=TRUSTED, agent_id="gw-1", now=NOW, window=60.0):
@@ -44,6 +59,11 @@ class SignVerifyTests(unittest.TestCase):
         err = self.assertRaises(signing.SignatureRefused, check, env, sig, **kw)
         self.assertEqual(err.code, code, err.message)
         return err
+
+    def frame_refused(self, check, fields) -> None:
+        """``check`` (a Verifier method) refuses the received ``fields`` as INVALID_SIGNATURE."""
+        err = self.assertRaises(signing.SignatureRefused, check, fields, agent_id="gw-1", now=NOW)
+        self.assertEqual(err.code, signing.INVALID_SIGNATURE, err.message)
 
     def test_round_trip(self):
         """What sign produces verifies, also after the frame went through JSON."""
@@ -59,7 +79,7 @@ class SignVerifyTests(unittest.TestCase):
             agent_id=env.agent_id,
             verb=env.verb,
             args=dict(env.args),
-            timeout=5,
+            timeout=env.timeout,
             expires_at=env.expires_at,
             signature=sig,
         )
@@ -72,14 +92,14 @@ class SignVerifyTests(unittest.TestCase):
         a = envelope(args={"b": 1, "a": {"y": 2, "x": "é"}})
         b = envelope(args={"a": {"x": "é", "y": 2}, "b": 1})
         self.assertEqual(signing.canonical(a), signing.canonical(b))
-        self.assertTrue(signing.canonical(a).startswith(b"viworks-command-v1\n"))
+        self.assertTrue(signing.canonical(a).startswith(b"viworks-command-v2\n"))
         signing.canonical(a).decode("ascii")
 
     def test_fresh_nonces(self):
         """Every delivery gets its own nonce."""
         nonces = {
             signing.envelope_for(
-                command_id="c", agent_id="a", verb="v", args={}, expires_at=None, now=NOW
+                command_id="c", agent_id="a", verb="v", args={}, expires_at=None, timeout=1, now=NOW
             ).nonce
             for _ in range(50)
         }
@@ -119,6 +139,9 @@ class SignVerifyTests(unittest.TestCase):
             {"command_id": "c2"},
             {"expires_at": NOW + 7200},
             {"expires_at": None},
+            {"timeout": 0.001},
+            {"timeout": 60},  # an integer: a different JSON value
+            {"redacted": True},
         ):
             self.refused(signing.INVALID_SIGNATURE, dataclasses.replace(env, **change), sig)
         # nonce and issued_at travel in the signature object: changing them there breaks it too.
@@ -128,6 +151,55 @@ class SignVerifyTests(unittest.TestCase):
         self.refused(signing.INVALID_SIGNATURE, later, {**sig, "issued_at": NOW + 1})
         # ... and a signature object that disagrees with the envelope is refused as such.
         self.refused(signing.INVALID_SIGNATURE, env, {**sig, "nonce": "m" * 32})
+
+    def test_timeout_and_redacted_are_covered_on_the_wire(self):
+        """A frame whose timeout or redacted flag was edited, added or removed is refused."""
+        verifier = signing.Verifier([KEY.public_key()], 60.0)
+        env = envelope(redacted=True)
+        fields = frame_fields(env, signing.sign(KEY, env))
+        self.assertEqual(verifier.check(fields, agent_id="gw-1", now=NOW), env)
+        for change in ({"timeout": 0.001}, {"redacted": False}, {"redacted": "yes"}):
+            self.frame_refused(verifier.check, {**fields, **change})
+        del fields["redacted"]
+        self.frame_refused(verifier.check, fields)
+        # Not redacted: an absent flag and false are the same statement.
+        plain = envelope()
+        fields = {**fields, "signature": signing.sign(KEY, plain)}
+        verifier.check(fields, agent_id="gw-1", now=NOW)
+        verifier.check({**fields, "redacted": False}, agent_id="gw-1", now=NOW)
+
+    def test_version_1_for_protocol_1_agents(self):
+        """Protocol 1 agents get the v1 envelope (no timeout, redacted); it never passes as v2."""
+        self.assertEqual(signing.command_envelope_version(1), 1)
+        self.assertEqual(signing.command_envelope_version(2), 2)
+        old = envelope(version=1)
+        text = signing.canonical(old)
+        self.assertTrue(text.startswith(b"viworks-command-v1\n"))
+        self.assertNotIn(b"timeout", text)
+        self.assertNotIn(b"redacted", text)
+        # What this agent verifies is v2: a v1 signature is refused.
+        self.refused(signing.INVALID_SIGNATURE, envelope(), signing.sign(KEY, old))
+        self.assertRaises(ValueError, signing.canonical, envelope(version=3))
+
+    def test_cancel(self):
+        """A cancel's signature covers its command id and addressee, and is no command's."""
+        env = signing.cancel_envelope_for(command_id="c1", agent_id="gw-1", now=NOW)
+        sig = signing.sign(KEY, env)
+        self.assertTrue(signing.canonical(env).startswith(b"viworks-cancel-v2\n"))
+        check(env, sig)
+        fields = {"command_id": "c1", "agent_id": "gw-1", "signature": sig}
+        verifier = signing.Verifier([KEY.public_key()], 60.0)
+        self.assertEqual(verifier.check_cancel(fields, agent_id="gw-1", now=NOW), env)
+        for change in ({"command_id": "c2"}, {"agent_id": "gw-2"}, {"signature": None}):
+            self.frame_refused(verifier.check_cancel, {**fields, **change})
+        self.refused(signing.INVALID_SIGNATURE, env, signing.sign(OTHER, env))
+        self.refused(signing.EXPIRED, env, sig, now=NOW + 61)
+        other = signing.cancel_envelope_for(command_id="c1", agent_id="gw-2", now=NOW)
+        self.refused(signing.NOT_FOR_ME, other, signing.sign(KEY, other))
+        # A command's signature never passes for a cancel, nor the other way round.
+        command = envelope(command_id="c1", nonce=env.nonce, issued_at=NOW)
+        self.refused(signing.INVALID_SIGNATURE, env, signing.sign(KEY, command))
+        self.refused(signing.INVALID_SIGNATURE, command, sig)
 
     def test_not_for_me(self):
         """A genuine command addressed to another agent is NOT_FOR_ME."""
@@ -226,6 +298,8 @@ _envelopes = st.builds(
     issued_at=_times,
     expires_at=st.none() | _times,
     nonce=st.text(max_size=32),
+    timeout=st.floats(min_value=0.001, max_value=86400) | st.integers(1, 86400),
+    redacted=st.booleans(),
 )
 _any = st.none() | st.booleans() | st.integers() | st.text(max_size=40) | st.binary(max_size=80)
 _signatures = st.fixed_dictionaries(
@@ -287,15 +361,7 @@ class VerifierPropertyTests(unittest.TestCase):
     @given(_envelopes)
     def test_survives_the_wire(self, env):
         """Encoding the frame as JSON and decoding it keeps the signature valid."""
-        sig = signing.sign(KEY, env)
-        fields = {
-            "command_id": env.command_id,
-            "agent_id": env.agent_id,
-            "verb": env.verb,
-            "args": dict(env.args),
-            "expires_at": env.expires_at,
-            "signature": sig,
-        }
+        fields = frame_fields(env, signing.sign(KEY, env))
         decoded = json.loads(json.dumps(fields, ensure_ascii=False))
         again = signing.envelope_of_frame(decoded, decoded["signature"])
         self.assertEqual(signing.canonical(again), signing.canonical(env))

@@ -64,7 +64,7 @@ class SignedLinkTests(unittest.TestCase):
             extra = {}
             if key is not None:
                 envelope = signing.envelope_for(
-                    **fields, expires_at=None, now=gateway.link.reactor.seconds()
+                    **fields, expires_at=None, timeout=10, now=gateway.link.reactor.seconds()
                 )
                 extra["signature"] = signing.sign(key, envelope)
             session.send_frame(
@@ -95,6 +95,39 @@ class SignedLinkTests(unittest.TestCase):
         command = await self.run_verb("mark", {"tag": "after", "sleep": 0})
         self.assertEqual(command["status"], "succeeded", command["error"])
         self.assertEqual(self.marked(), ["genuine", "after"])
+
+    async def test_injected_cancel_does_not_stop_a_genuine_run(self):
+        """An unsigned or forged cancel put on the link (a compromised proxy) is refused: the
+        run goes on and succeeds; the backend's own signed cancel still works."""
+        await self.stack.start_backend(extra=self.stack.signing_backend())
+        gateway = self.stack.start_gateway(marks=self.marks, extra=self.stack.signing_agent())
+        await eventually(self.online)
+        ledger = self.stack.backend.ledger
+        command, _ = await ledger.submit("gw-1", "mark", {"tag": "genuine", "sleep": 2}, None)
+        command_id = command["command_id"]
+        await eventually(lambda: command_id in gateway.link._running)
+        session = self.stack.backend.registry.get("gw-1")
+        theirs = signing.load_private_key(os.path.join(self.stack.pki["theirs"], "signing.key"))
+        forged = signing.sign(
+            theirs,
+            signing.cancel_envelope_for(
+                command_id=command_id, agent_id="gw-1", now=gateway.link.reactor.seconds()
+            ),
+        )
+        for extra in ({}, {"signature": forged}):
+            session.send_frame(
+                protocol.encode("cancel", command_id=command_id, agent_id="gw-1", **extra)
+            )
+        finished = await ledger.wait(command_id, 20)
+        self.assertEqual(finished["status"], "succeeded", finished["error"])
+        self.assertEqual(self.marked(), ["genuine"])
+
+        command, _ = await ledger.submit("gw-1", "mark", {"tag": "stopped", "sleep": 20}, None)
+        command_id = command["command_id"]
+        await eventually(lambda: command_id in gateway.link._running)
+        await ledger.cancel(command_id)
+        finished = await ledger.wait(command_id, 20)
+        self.assertEqual(finished["status"], "cancelled", finished["error"])
 
     async def test_unsigned_backend_is_refused_by_a_signing_agent(self):
         """A backend without [signing] cannot make a signing agent run anything."""

@@ -14,7 +14,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+# The framing (every frame's "v"): JSON objects whose extra fields a peer ignores.
 PROTOCOL_VERSION = 1
+# What an agent speaks, announced in hello.protocol (the framing above is unchanged):
+# 1: command signatures cover command_id, agent_id, verb, args, expires_at;
+# 2: they also cover timeout and redacted, and cancel frames are signed.
+# The backend accepts both and signs for each agent what it verifies.
+HELLO_PROTOCOL = 2
 
 # Close codes (RFC 6455 and the 4000-4999 private range).
 # Autobahn itself closes with 1002 (protocol error), 1007 (invalid UTF-8) and

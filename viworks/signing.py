@@ -1,18 +1,29 @@
-"""Command signatures: an agent runs only what the backend itself issued.
+"""Signatures: an agent runs, or stops, only what the backend itself asked for.
 
 Pure (no I/O apart from the key-loading helpers). The backend signs, at every
 delivery, an *envelope* over the command and its delivery::
 
-    command_id, agent_id, verb, args, issued_at, expires_at, nonce
+    command_id, agent_id, verb, args, timeout, redacted, issued_at, expires_at, nonce
 
-with its Ed25519 key; the ``command`` frame carries the signature as::
+and, for every ``cancel`` frame, a cancel envelope::
+
+    command_id, agent_id, issued_at, nonce
+
+with its Ed25519 key; the frame carries the signature as::
 
     "signature": {"key_id": "...", "nonce": "...", "issued_at": 1795736976.2, "sig": "<base64>"}
 
 (``agent_id`` travels in the frame itself). The signed bytes are
-:func:`canonical`: a fixed prefix and the envelope as ASCII JSON with sorted keys
-and no spaces, so both ends compute them from the decoded values alone and any
-JSON re-encoding on the way cannot matter.
+:func:`canonical`: a prefix naming the kind and version of the envelope
+(``viworks-command-v2``, ``viworks-cancel-v2``) and the envelope as ASCII JSON
+with sorted keys and no spaces, so both ends compute them from the decoded
+values alone and any JSON re-encoding on the way cannot matter. The prefix
+keeps a signature of one kind from ever passing for another.
+
+Version 1 command envelopes (``viworks-command-v1``: no ``timeout``, no
+``redacted``, unsigned cancels) are what agents of protocol 1 verify; the
+backend signs them only for such agents (:func:`command_envelope_version`).
+This code verifies version 2 only.
 
 An agent with public keys verifies with :func:`verify`, which raises
 :class:`SignatureRefused` carrying one of the codes below. Replays (a nonce
@@ -33,7 +44,7 @@ import math
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -43,15 +54,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 __all__ = [
+    "ENVELOPE_VERSION",
     "EXPIRED",
     "INVALID_SIGNATURE",
     "NOT_FOR_ME",
     "REPLAY_DETECTED",
+    "CancelEnvelope",
     "Envelope",
     "SignatureRefused",
     "Verifier",
     "SigningKeyError",
+    "cancel_envelope_for",
+    "cancel_envelope_of_frame",
     "canonical",
+    "command_envelope_version",
     "envelope_for",
     "envelope_of_frame",
     "key_id",
@@ -69,9 +85,18 @@ NOT_FOR_ME = "NOT_FOR_ME"
 
 DEFAULT_WINDOW = 60.0
 
+#: The command envelope this code signs for agents of protocol 2 and verifies.
+ENVELOPE_VERSION = 2
+
 # Domain separation: these bytes can never be mistaken for another signed message.
-_PREFIX = b"viworks-command-v1\n"
+_COMMAND_PREFIXES = {1: b"viworks-command-v1\n", 2: b"viworks-command-v2\n"}
+_CANCEL_PREFIX = b"viworks-cancel-v2\n"
+# What a version 1 envelope does not cover.
+_NOT_IN_V1 = ("timeout", "redacted")
 _SIG_LENGTH = 64
+
+
+_E = TypeVar("_E", "Envelope", "CancelEnvelope")
 
 
 class SignatureRefused(Exception):
@@ -89,7 +114,7 @@ class SigningKeyError(Exception):
 
 @dataclass(frozen=True)
 class Envelope:
-    """What a signature covers."""
+    """What a command's signature covers (``version`` picks the prefix and fields)."""
 
     command_id: str
     agent_id: str
@@ -98,19 +123,53 @@ class Envelope:
     issued_at: float
     expires_at: float | None
     nonce: str
+    #: Seconds the agent gives the verb (covered from version 2).
+    timeout: float
+    #: A redelivery whose secret args were replaced by "***" (covered from version 2).
+    redacted: bool = False
+    version: int = ENVELOPE_VERSION
 
 
-def canonical(envelope: Envelope) -> bytes:
+@dataclass(frozen=True)
+class CancelEnvelope:
+    """What a ``cancel`` frame's signature covers."""
+
+    command_id: str
+    agent_id: str
+    issued_at: float
+    nonce: str
+
+
+def canonical(envelope: Envelope | CancelEnvelope) -> bytes:
     """The exact bytes signed for ``envelope``.
 
-    :raises ValueError: the envelope holds something JSON cannot carry (NaN, ...).
+    :raises ValueError: the envelope holds something JSON cannot carry (NaN, ...),
+        or is of a version this code does not know.
     """
     body = asdict(envelope)
-    body["args"] = dict(envelope.args)
+    if isinstance(envelope, CancelEnvelope):
+        prefix = _CANCEL_PREFIX
+    else:
+        body["args"] = dict(envelope.args)
+        version = body.pop("version")
+        if version not in _COMMAND_PREFIXES:
+            raise ValueError(f"no command envelope version {version!r}")
+        prefix = _COMMAND_PREFIXES[version]
+        if version == 1:
+            for name in _NOT_IN_V1:
+                del body[name]
     text = json.dumps(
         body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     )
-    return _PREFIX + text.encode("ascii")
+    return prefix + text.encode("ascii")
+
+
+def command_envelope_version(agent_protocol: Any) -> int:
+    """The command envelope to sign for an agent that announced ``agent_protocol`` in HELLO.
+
+    Protocol 1 agents verify version 1 only; every later one version 2.
+    """
+    return 1 if agent_protocol == 1 else ENVELOPE_VERSION
 
 
 def new_nonce() -> str:
@@ -125,8 +184,11 @@ def envelope_for(
     verb: str,
     args: Mapping[str, Any],
     expires_at: float | None,
+    timeout: float,
     now: float,
+    redacted: bool = False,
     nonce: str | None = None,
+    version: int = ENVELOPE_VERSION,
 ) -> Envelope:
     """The envelope of one delivery: issued now, with a fresh nonce."""
     return Envelope(
@@ -137,6 +199,21 @@ def envelope_for(
         issued_at=now,
         expires_at=expires_at,
         nonce=nonce if nonce is not None else new_nonce(),
+        timeout=timeout,
+        redacted=redacted,
+        version=version,
+    )
+
+
+def cancel_envelope_for(
+    *, command_id: str, agent_id: str, now: float, nonce: str | None = None
+) -> CancelEnvelope:
+    """The envelope of one ``cancel`` frame: issued now, with a fresh nonce."""
+    return CancelEnvelope(
+        command_id=command_id,
+        agent_id=agent_id,
+        issued_at=now,
+        nonce=nonce if nonce is not None else new_nonce(),
     )
 
 
@@ -146,8 +223,8 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).digest()[:8].hex()
 
 
-def sign(private_key: Ed25519PrivateKey, envelope: Envelope) -> dict[str, Any]:
-    """The ``signature`` object of a ``command`` frame for ``envelope``."""
+def sign(private_key: Ed25519PrivateKey, envelope: Envelope | CancelEnvelope) -> dict[str, Any]:
+    """The ``signature`` object of a ``command`` or ``cancel`` frame for ``envelope``."""
     sig = private_key.sign(canonical(envelope))
     return {
         "key_id": key_id(private_key.public_key()),
@@ -157,17 +234,27 @@ def sign(private_key: Ed25519PrivateKey, envelope: Envelope) -> dict[str, Any]:
     }
 
 
-def envelope_of_frame(fields: Mapping[str, Any], signature: Any) -> Envelope | None:
-    """Rebuild the signed envelope from a received ``command`` frame's fields.
-
-    ``None`` if the frame or its signature lacks what an envelope needs.
-    """
+def _delivery(fields: Mapping[str, Any], signature: Any) -> tuple[str, str, float] | None:
+    """``(agent_id, nonce, issued_at)`` of a received signed frame, if well formed."""
     if not isinstance(signature, Mapping):
         return None
     nonce, issued_at = signature.get("nonce"), signature.get("issued_at")
     agent_id = fields.get("agent_id")
     if not isinstance(nonce, str) or not isinstance(agent_id, str) or not _number(issued_at):
         return None
+    return agent_id, nonce, issued_at
+
+
+def envelope_of_frame(fields: Mapping[str, Any], signature: Any) -> Envelope | None:
+    """Rebuild the signed (version 2) envelope from a received ``command`` frame's fields.
+
+    ``None`` if the frame or its signature lacks what an envelope needs. A
+    missing ``redacted`` is ``false``, as the agent reads it.
+    """
+    delivery = _delivery(fields, signature)
+    if delivery is None:
+        return None
+    agent_id, nonce, issued_at = delivery
     return Envelope(
         command_id=fields.get("command_id"),
         agent_id=agent_id,
@@ -176,12 +263,25 @@ def envelope_of_frame(fields: Mapping[str, Any], signature: Any) -> Envelope | N
         issued_at=issued_at,
         expires_at=fields.get("expires_at"),
         nonce=nonce,
+        timeout=fields.get("timeout"),
+        redacted=fields.get("redacted", False),
+    )
+
+
+def cancel_envelope_of_frame(fields: Mapping[str, Any], signature: Any) -> CancelEnvelope | None:
+    """Rebuild the signed envelope from a received ``cancel`` frame's fields (or ``None``)."""
+    delivery = _delivery(fields, signature)
+    if delivery is None:
+        return None
+    agent_id, nonce, issued_at = delivery
+    return CancelEnvelope(
+        command_id=fields.get("command_id"), agent_id=agent_id, issued_at=issued_at, nonce=nonce
     )
 
 
 def verify(
     public_keys: Iterable[Ed25519PublicKey],
-    envelope: Envelope | None,
+    envelope: Envelope | CancelEnvelope | None,
     signature: Any,
     *,
     agent_id: str,
@@ -192,14 +292,14 @@ def verify(
 
     Checks, in order: the signature (unsigned, malformed, unknown key, wrong key,
     anything changed: ``INVALID_SIGNATURE``), the addressee (``NOT_FOR_ME``),
-    then time (``issued_at`` outside ``now`` +/- ``window``, or ``now`` past
-    ``expires_at``: ``EXPIRED``). Only an authentic envelope is judged on its
-    addressee and time.
+    then time (``issued_at`` outside ``now`` +/- ``window``, or ``now`` past a
+    command's ``expires_at``: ``EXPIRED``). Only an authentic envelope is judged
+    on its addressee and time.
 
     :raises SignatureRefused: the command must not run.
     """
     if signature is None:
-        raise SignatureRefused(INVALID_SIGNATURE, "the command is not signed")
+        raise SignatureRefused(INVALID_SIGNATURE, "the frame is not signed")
     if not isinstance(signature, Mapping):
         raise SignatureRefused(INVALID_SIGNATURE, "the signature is not an object")
     kid, sig_text = signature.get("key_id"), signature.get("sig")
@@ -228,11 +328,11 @@ def verify(
         key.verify(sig, canonical(envelope))
     except (InvalidSignature, ValueError, TypeError):
         raise SignatureRefused(
-            INVALID_SIGNATURE, "the signature does not match the command"
+            INVALID_SIGNATURE, "the signature does not match the frame"
         ) from None
     if envelope.agent_id != agent_id:
         raise SignatureRefused(
-            NOT_FOR_ME, f"the command is addressed to {envelope.agent_id!r}, not {agent_id!r}"
+            NOT_FOR_ME, f"the frame is addressed to {envelope.agent_id!r}, not {agent_id!r}"
         )
     if abs(now - envelope.issued_at) > window:
         raise SignatureRefused(
@@ -240,7 +340,8 @@ def verify(
             f"issued at {envelope.issued_at:.3f}, outside this agent's clock window"
             f" ({now:.3f} +/- {window:g} s)",
         )
-    if envelope.expires_at is not None and now > envelope.expires_at:
+    deadline = envelope.expires_at if isinstance(envelope, Envelope) else None
+    if deadline is not None and now > deadline:
         raise SignatureRefused(EXPIRED, "the command arrived after its deadline")
 
 
@@ -257,7 +358,20 @@ class Verifier:
         :raises SignatureRefused: the command must not run.
         """
         signature = fields.get("signature")
-        envelope = envelope_of_frame(fields, signature)
+        return self._verified(envelope_of_frame(fields, signature), signature, agent_id, now)
+
+    def check_cancel(
+        self, fields: Mapping[str, Any], *, agent_id: str, now: float
+    ) -> CancelEnvelope:
+        """Verify a received ``cancel`` frame; return its envelope (for the nonce).
+
+        :raises SignatureRefused: the cancel must be ignored.
+        """
+        signature = fields.get("signature")
+        envelope = cancel_envelope_of_frame(fields, signature)
+        return self._verified(envelope, signature, agent_id, now)
+
+    def _verified(self, envelope: _E | None, signature: Any, agent_id: str, now: float) -> _E:
         verify(
             self.public_keys, envelope, signature, agent_id=agent_id, now=now, window=self.window
         )
@@ -269,15 +383,22 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _well_typed(envelope: Envelope) -> bool:
-    return (
+def _well_typed(envelope: Envelope | CancelEnvelope) -> bool:
+    delivery = (
         isinstance(envelope.command_id, str)
         and isinstance(envelope.agent_id, str)
-        and isinstance(envelope.verb, str)
-        and isinstance(envelope.args, Mapping)
         and isinstance(envelope.nonce, str)
         and _number(envelope.issued_at)
+    )
+    if isinstance(envelope, CancelEnvelope):
+        return delivery
+    return (
+        delivery
+        and isinstance(envelope.verb, str)
+        and isinstance(envelope.args, Mapping)
         and (envelope.expires_at is None or _number(envelope.expires_at))
+        and _number(envelope.timeout)
+        and isinstance(envelope.redacted, bool)
     )
 
 

@@ -37,6 +37,7 @@ class FakeSession:
     def __init__(self, agent_id: str, session_id: str = "s1") -> None:
         self.agent_id = agent_id
         self.session_id = session_id
+        self.agent_protocol = protocol.HELLO_PROTOCOL
         self.sent: list[protocol.Frame] = []
         self.replaced = False
 

@@ -41,6 +41,7 @@ class FleetSession:
         self.fleet = fleet
         self.agent_id = agent_id
         self.session_id = "s-" + agent_id
+        self.agent_protocol = protocol.HELLO_PROTOCOL
 
     def send_frame(self, payload: bytes) -> None:
         frame = protocol.decode(payload)

@@ -75,7 +75,9 @@ def succeeded(stdout: str = "ok") -> VerbOutcome:
     )
 
 
-class LinkCommandTests(unittest.TestCase):
+class LinkTestCase(unittest.TestCase):
+    """A link over a real journal in the test's directory, driven frame by frame."""
+
     def setUp(self):
         self.path = os.path.join(self.mktemp(), "journal.db")
         os.makedirs(os.path.dirname(self.path))
@@ -107,7 +109,12 @@ class LinkCommandTests(unittest.TestCase):
         link.frame_received(
             conn,
             protocol.encode(
-                "welcome", session_id="s", epoch=1, heartbeat_interval=15, heartbeat_timeout=30
+                "welcome",
+                session_id="s",
+                epoch=1,
+                heartbeat_interval=15,
+                heartbeat_timeout=30,
+                protocol=protocol.HELLO_PROTOCOL,
             ),
             False,
         )
@@ -126,6 +133,13 @@ class LinkCommandTests(unittest.TestCase):
         )
         (link or self.link).frame_received(conn, frame, False)
 
+    def cancel(self, conn, command_id="c1", link=None, **extra) -> None:
+        """A ``cancel`` frame from the backend."""
+        frame = protocol.encode("cancel", command_id=command_id, agent_id="gw-1", **extra)
+        (link or self.link).frame_received(conn, frame, False)
+
+
+class LinkCommandTests(LinkTestCase):
     def test_ack_run_and_report(self):
         """A command is acknowledged, run once, and its result sent after it is journalled."""
         conn = self.connect()
@@ -259,17 +273,29 @@ class LinkCommandTests(unittest.TestCase):
         """A cancel frame cancels the running execution."""
         conn = self.connect()
         self.command(conn)
-        self.link.frame_received(conn, protocol.encode("cancel", command_id="c1"), False)
+        self.cancel(conn, "c1")
         self.assertTrue(self.catalog.executions[0].cancelled)
 
-    def test_cancel_before_delivery_never_runs(self):
-        """A cancel for a command never received is recorded, so a late delivery never runs."""
+    def test_cancel_finished_answers_from_journal(self):
+        """A cancel for a finished command is answered with its recorded result."""
         conn = self.connect()
-        self.link.frame_received(conn, protocol.encode("cancel", command_id="c9"), False)
-        [result] = conn.of_type("result")
-        self.assertEqual(result["status"], "cancelled")
+        self.command(conn)
+        self.catalog.executions[0].outcome.callback(succeeded("done"))
+        self.cancel(conn, "c1")
+        self.assertEqual([r["stdout"] for r in conn.of_type("result")], ["done", "done"])
+
+    def test_cancel_for_unknown_command_does_not_pre_cancel(self):
+        """A cancel naming a command the agent never received changes nothing: a later
+        command with that id runs (the backend always sends a command before its cancel)."""
+        conn = self.connect()
+        self.cancel(conn, "c9")
+        self.assertEqual(conn.of_type("result"), [])
+        [error] = conn.of_type("error")
+        self.assertEqual((error["code"], error["command_id"]), ("UNKNOWN_COMMAND", "c9"))
+        self.assertIsNone(self.link.journal.get("c9"))
         self.command(conn, "c9")
-        self.assertEqual(self.catalog.started, [])
+        self.assertEqual(len(self.catalog.started), 1)
+        self.assertEqual([a["command_id"] for a in conn.of_type("ack")], ["c9"])
 
     def test_telemetry_after_welcome(self):
         """Telemetry is reported right after the welcome, then every telemetry_interval."""

@@ -5,6 +5,8 @@ Driven like tests/gateway/test_link.py (frame by frame, real journal, fake catal
 
 from __future__ import annotations
 
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.gateway.test_link import FakeConnection, LinkCommandTests, succeeded
@@ -50,8 +52,10 @@ class SignedLinkTests(LinkCommandTests):
                 verb="ping",
                 args=args,
                 expires_at=expires_at,
+                timeout=5,
                 now=self.clock.seconds() if issued_at is None else issued_at,
                 nonce=nonce,
+                redacted=bool(extra.get("redacted")),
             )
             signature = signing.sign(key, envelope)
         fields = dict(
@@ -68,6 +72,19 @@ class SignedLinkTests(LinkCommandTests):
         (link or self.link).frame_received(conn, protocol.encode("command", **fields), False)
         return fields
 
+    def cancel(
+        self, conn, command_id="c1", link=None, *, key=KEY, nonce=None, signature=..., **extra
+    ) -> dict:
+        if signature is ...:
+            envelope = signing.cancel_envelope_for(
+                command_id=command_id, agent_id="gw-1", now=self.clock.seconds(), nonce=nonce
+            )
+            signature = signing.sign(key, envelope)
+        if signature is not None:
+            extra["signature"] = signature
+        super().cancel(conn, command_id, link, **extra)
+        return extra
+
     def refused_with(self, conn, code: str, status: str = "rejected") -> None:
         self.assertEqual(self.catalog.started, [], "nothing may run")
         self.assertEqual(conn.of_type("ack"), [])
@@ -82,26 +99,37 @@ class SignedLinkTests(LinkCommandTests):
         self.link.connection_opened(conn)
         self.assertEqual(conn.of_type("hello")[0]["signing"], "on")
 
+    def test_older_backend_named_at_welcome(self):
+        """A backend of protocol 1 signs what this agent refuses: the welcome logs why."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.connect()
+        self.assertEqual([e for e in logged if e["log_level"] == LogLevel.error], [])
+        conn = FakeConnection()
+        self.link.connection_opened(conn)
+        welcome = protocol.encode(
+            "welcome", session_id="s2", epoch=2, heartbeat_interval=15, heartbeat_timeout=30
+        )
+        self.link.frame_received(conn, welcome, False)
+        [error] = [e for e in logged if e["log_level"] == LogLevel.error]
+        self.assertEqual((error["theirs"], error["ours"]), (1, 2))
+        self.assertIn("upgrade the backend first", error["log_format"])
+
     def test_unsigned_refused(self):
         conn = self.connect()
         self.command(conn, signature=None)
         self.refused_with(conn, signing.INVALID_SIGNATURE)
 
+    def signature_over(self, key=KEY, command_id="c1", **changes) -> dict:
+        """A signature over the envelope ``command`` signs by default, with ``changes``."""
+        fields = {"agent_id": "gw-1", "verb": "ping", "args": {}, "expires_at": None, "timeout": 5}
+        fields.update(command_id=command_id, now=self.clock.seconds())
+        return signing.sign(key, signing.envelope_for(**{**fields, **changes}))
+
     def test_forged_refused(self):
         """Signed by a key the agent does not trust, or with a trusted key id: nothing runs."""
         conn = self.connect()
         self.command(conn, "c1", key=FORGER)
-        forged = signing.sign(
-            FORGER,
-            signing.envelope_for(
-                command_id="c2",
-                agent_id="gw-1",
-                verb="ping",
-                args={},
-                expires_at=None,
-                now=self.clock.seconds(),
-            ),
-        )
+        forged = self.signature_over(FORGER, "c2")
         forged["key_id"] = signing.key_id(KEY.public_key())
         self.command(conn, "c2", signature=forged)
         self.assertEqual(self.catalog.started, [])
@@ -113,19 +141,63 @@ class SignedLinkTests(LinkCommandTests):
     def test_tampered_args_refused(self):
         """A genuine signature over other arguments does not cover these."""
         conn = self.connect()
-        signature = signing.sign(
-            KEY,
-            signing.envelope_for(
-                command_id="c1",
-                agent_id="gw-1",
-                verb="ping",
-                args={},
-                expires_at=None,
-                now=self.clock.seconds(),
-            ),
-        )
-        self.command(conn, signature=signature, args={"x": 1})
+        self.command(conn, signature=self.signature_over(), args={"x": 1})
         self.refused_with(conn, signing.INVALID_SIGNATURE)
+
+    def test_tampered_timeout_refused(self):
+        """A timeout edited on the way (to end the run at once, timed_out) breaks the signature."""
+        conn = self.connect()
+        self.command(conn, signature=self.signature_over(timeout=60))  # sent with timeout=5
+        self.refused_with(conn, signing.INVALID_SIGNATURE)
+
+    def test_stripped_redacted_flag_refused(self):
+        """A redacted redelivery stripped of its flag would run with "***" for its secrets:
+        the signature covers the flag, so it is refused."""
+        conn = self.connect()
+        self.command(conn, signature=self.signature_over(redacted=True))
+        self.refused_with(conn, signing.INVALID_SIGNATURE)
+
+    def cancel_refused(self, conn, code: str) -> None:
+        self.assertFalse(self.catalog.executions[0].cancelled, "the run must go on")
+        self.assertEqual(conn.of_type("result"), [])
+        errors = [(e["code"], e["command_id"]) for e in conn.of_type("error")]
+        self.assertEqual(errors, [(code, "c1")])
+
+    def test_unsigned_cancel_refused(self):
+        """A cancel without a signature (injected on the path) does not stop a genuine run."""
+        conn = self.connect()
+        self.command(conn)
+        self.cancel(conn, signature=None)
+        self.cancel_refused(conn, signing.INVALID_SIGNATURE)
+        self.catalog.executions[0].outcome.callback(succeeded())
+        self.assertEqual([r["status"] for r in conn.of_type("result")], ["succeeded"])
+
+    def test_forged_cancel_refused(self):
+        """A cancel signed by another key, or a genuine one for another command, is refused."""
+        conn = self.connect()
+        self.command(conn)
+        self.cancel(conn, key=FORGER)
+        other = self.cancel(FakeConnection(), "c2", nonce="n2")["signature"]
+        self.cancel(conn, signature=other)
+        self.assertFalse(self.catalog.executions[0].cancelled)
+        errors = [(e["code"], e["command_id"]) for e in conn.of_type("error")]
+        self.assertEqual(errors, [(signing.INVALID_SIGNATURE, "c1")] * 2)
+
+    def test_replayed_cancel_refused(self):
+        """A captured cancel played again (its nonce already seen) is refused, across restarts."""
+        conn = self.connect()
+        self.command(conn)
+        self.cancel(conn, nonce="n1")
+        self.assertTrue(self.catalog.executions[0].cancelled)
+        self.catalog.executions[0].cancelled = False
+        self.cancel(conn, nonce="n1")
+        self.cancel_refused(conn, signing.REPLAY_DETECTED)
+        self.link.journal.close()
+        link = self.new_link()
+        conn = self.connect(link)
+        self.cancel(conn, nonce="n1", link=link)
+        errors = [(e["code"], e["command_id"]) for e in conn.of_type("error")]
+        self.assertEqual(errors, [(signing.REPLAY_DETECTED, "c1")])
 
     def test_misaddressed_refused(self):
         conn = self.connect()

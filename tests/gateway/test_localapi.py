@@ -19,6 +19,7 @@ class FakeLink:
     agent_id = "gw-1"
     connected = False
     session_id = None
+    journal_problem = None
 
 
 class LocalAPITests(unittest.TestCase):

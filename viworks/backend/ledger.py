@@ -299,7 +299,7 @@ class CommandLedger:
                 sent += 1
         # Cancellations asked for while the agent was away.
         for command in await self.store.cancels_pending(session.agent_id):
-            session.send_frame(protocol.encode("cancel", command_id=command["command_id"]))
+            self._send_cancel(session, command["command_id"])
         return sent
 
     async def _dispatch(self, session: LiveSession, command: dict) -> dict | None:
@@ -356,7 +356,10 @@ class CommandLedger:
                 verb=command["verb"],
                 args=sent_args,
                 expires_at=command["expires_at"],
+                timeout=command["timeout"],
+                redacted=redacted,
                 now=now,
+                version=signing.command_envelope_version(session.agent_protocol),
             )
             extra["signature"] = signing.sign(self.signing_key, envelope)
         session.send_frame(
@@ -377,6 +380,19 @@ class CommandLedger:
             agent_id=session.agent_id,
         )
         self._wake_at(now + command["timeout"] + self.lost_grace)
+
+    def _send_cancel(self, session: LiveSession, command_id: str) -> None:
+        """Send a ``cancel`` frame, signed when signing is on (agents without [signing]
+        and protocol 1 agents ignore the signature)."""
+        extra: dict[str, Any] = {}
+        if self.signing_key is not None:
+            envelope = signing.cancel_envelope_for(
+                command_id=command_id, agent_id=session.agent_id, now=self.clock.seconds()
+            )
+            extra["signature"] = signing.sign(self.signing_key, envelope)
+        session.send_frame(
+            protocol.encode("cancel", command_id=command_id, agent_id=session.agent_id, **extra)
+        )
 
     def set_signing_key(self, key: Any) -> None:
         """Sign the next deliveries with ``key`` (SIGHUP); None sends them unsigned."""
@@ -432,7 +448,7 @@ class CommandLedger:
             )
         session = self.registry.get(requested["agent_id"])
         if session is not None:
-            session.send_frame(protocol.encode("cancel", command_id=command_id))
+            self._send_cancel(session, command_id)
         self.log.info(
             "command {command_id}: cancel requested",
             command_id=command_id,

@@ -10,6 +10,8 @@ class LiveSession(Protocol):
 
     agent_id: str
     session_id: str
+    # hello.protocol: which signatures the agent verifies (viworks.protocol.HELLO_PROTOCOL).
+    agent_protocol: int
 
     def send_frame(self, payload: bytes) -> None: ...
 

@@ -45,6 +45,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
 
     agent_id: str | None = None
     session_id: str | None = None
+    agent_protocol: int = 1
     _identity: str | None = None
     _hello_timer = None
     _refused = False
@@ -348,6 +349,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             return
         self._hello_timer.cancel()
         self.agent_id = frame["agent_id"]
+        self.agent_protocol = frame["protocol"]
         self.session_id = uuid.uuid4().hex
         replaced = self.factory.registry.register(self)
         self.factory.metrics.session_opened(self.agent_id)
@@ -427,6 +429,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
                 heartbeat_interval=factory.heartbeat_interval,
                 heartbeat_timeout=2 * factory.heartbeat_interval,
                 server_time=factory.clock.seconds(),
+                protocol=protocol.HELLO_PROTOCOL,
             )
         )
         await factory.ledger.deliver_pending(self)

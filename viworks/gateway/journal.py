@@ -9,7 +9,13 @@ file under its ``state_dir``:
 * results the backend has not acknowledged are replayed, in the order they
   finished, after reconnecting;
 * a command still ``running`` when the process died is closed, on the next
-  :meth:`Journal.open`, with a ``lost`` result (its effect is unknown).
+  :meth:`Journal.open`, with a ``lost`` result (its effect is unknown);
+* the process groups the verbs run in are recorded while they run, so that a
+  gateway that died can end them at its next start (``procgroups.py``).
+
+The gateway checks that its path still names the file it opened
+(:meth:`Journal.problem`): a journal deleted or replaced under a running
+gateway would silently forget what ran.
 
 Only the command id, the verb name and the result the verb produced are stored,
 never the arguments: arguments may carry secrets, and the verb layer already
@@ -37,6 +43,7 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "JournalError",
+    "ProcessGroupRecord",
     "UnknownCommandError",
     "lost_result",
 ]
@@ -74,6 +81,17 @@ _MIGRATIONS: list[list[str]] = [
         """,
         "CREATE INDEX nonces_expires ON nonces (expires_at)",
     ],
+    [
+        # Process groups of running verbs, with what identifies their leader
+        # beyond its pid (procgroups.py).
+        """
+        CREATE TABLE process_groups (
+            pgid       INTEGER PRIMARY KEY,
+            boot_id    TEXT NOT NULL,
+            start_time INTEGER NOT NULL
+        )
+        """,
+    ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -110,6 +128,17 @@ class JournalEntry:
     finished_at: float | None
     #: Whether the backend acknowledged storing the result.
     acked: bool
+
+
+@dataclass(frozen=True)
+class ProcessGroupRecord:
+    """A verb's process group as recorded when it started."""
+
+    pgid: int
+    #: The host's boot id then: start times count from boot.
+    boot_id: str
+    #: The leader's start time, in clock ticks since boot (/proc/PID/stat field 22).
+    start_time: int
 
 
 def lost_result(received_at: float, now: float) -> dict[str, Any]:
@@ -156,6 +185,8 @@ class Journal:
         self.path = path
         self.clock = clock
         self._db: sqlite3.Connection | None = None
+        # (st_dev, st_ino) of the file opened: the path must keep naming it.
+        self._identity: tuple[int, int] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -177,6 +208,7 @@ class Journal:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 os.fchmod(fd, 0o600)
+                opened = os.fstat(fd)
             finally:
                 os.close(fd)
         except OSError as e:
@@ -189,6 +221,7 @@ class Journal:
             # sent survives a crash or power loss (WAL's default may lose it).
             db.execute("PRAGMA synchronous=FULL")
             self._db = db
+            self._identity = (opened.st_dev, opened.st_ino)
             self._migrate()
             return self._recover()
         except sqlite3.DatabaseError as e:
@@ -205,6 +238,25 @@ class Journal:
         if self._db is not None:
             self._db.close()
             self._db = None
+        self._identity = None
+
+    def problem(self) -> str | None:
+        """Why the journal's path no longer names the file opened, or None.
+
+        A deleted or replaced file keeps working through the open handle, but
+        whatever is written there is gone at the next start: exactly-once is lost.
+        """
+        if self._identity is None:
+            return None
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return f"journal {self.path} was deleted"
+        except OSError as e:
+            return f"journal {self.path} cannot be checked: {e.strerror}"
+        if (found.st_dev, found.st_ino) != self._identity:
+            return f"journal {self.path} was replaced by another file"
+        return None
 
     # -- commands ----------------------------------------------------------
 
@@ -325,6 +377,29 @@ class Journal:
     def nonce_count(self) -> int:
         """How many nonces the replay cache holds (for tests and telemetry)."""
         return self._conn().execute("SELECT COUNT(*) FROM nonces").fetchone()[0]
+
+    # -- process groups ----------------------------------------------------
+
+    def record_group(self, pgid: int, boot_id: str, start_time: int) -> None:
+        """Record a verb's process group as it starts (a recycled pgid replaces its row)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO process_groups (pgid, boot_id, start_time)"
+                " VALUES (?, ?, ?)",
+                (pgid, boot_id, start_time),
+            )
+
+    def forget_group(self, pgid: int) -> None:
+        """Forget a group that ended (idempotent)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM process_groups WHERE pgid = ?", (pgid,))
+
+    def process_groups(self) -> list[ProcessGroupRecord]:
+        """The groups recorded and not forgotten: after a crash, maybe still running."""
+        rows = self._conn().execute(
+            "SELECT pgid, boot_id, start_time FROM process_groups ORDER BY pgid"
+        )
+        return [ProcessGroupRecord(*row) for row in rows]
 
     # -- internals ---------------------------------------------------------
 

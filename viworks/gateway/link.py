@@ -9,6 +9,12 @@ Exactly-once in effect: every command id is written to the ``Journal`` before
 it is acknowledged or run, and every result before it is sent. A redelivered id
 is answered from the journal; results the backend has not acknowledged are
 replayed, in order, after each welcome (including those of a previous process).
+A journal file deleted or replaced under the running gateway would break that
+promise: new commands are then refused (``JOURNAL_UNAVAILABLE``).
+
+At start-up, before connecting, the process groups a previous life of the
+gateway left running are ended (``procgroups.py``), so their commands are
+reported ``lost`` only once nothing of them runs.
 """
 
 from __future__ import annotations
@@ -31,11 +37,16 @@ from viworks.config import parse_wss_url
 from viworks.gateway import telemetry
 from viworks.gateway.journal import Journal
 from viworks.gateway.output import OutputBuffer
+from viworks.gateway.procgroups import ProcessGroups
 from viworks.logs import Logger
 from viworks.net import SkipPeerCertificateDetails, no_delay
 from viworks.tls import enforce_pins
 
 STOP_GRACE = 10.0
+#: Seconds between checks that the journal's path still names the file opened
+#: (every new command checks too).
+JOURNAL_CHECK_INTERVAL = 5.0
+JOURNAL_UNAVAILABLE = "JOURNAL_UNAVAILABLE"
 
 
 class ReconnectPolicy:
@@ -126,6 +137,7 @@ class BackendLink(MultiService):
         max_message_size: int = 1 << 20,
         telemetry_interval: float = 30.0,
         verifier: signing.Verifier | None = None,
+        groups: ProcessGroups | None = None,
     ) -> None:
         super().__init__()
         # None: [signing] is not configured and commands run unverified.
@@ -137,6 +149,13 @@ class BackendLink(MultiService):
         self.labels = labels or {}
         self.catalog = catalog
         self.journal = journal
+        # The verbs' process groups (None: not recorded, nothing ended at start-up).
+        self.groups = groups
+        # Why the journal cannot be trusted any more (deleted, replaced), or None.
+        self.journal_problem: str | None = None
+        self._journal_watch = LoopingCall(self._check_journal)
+        self._journal_watch.clock = reactor
+        self._starting: Deferred | None = None
         self.pins = list(pins)
         # A ReloadableTLS in the services (SIGHUP swaps it for the next connect).
         self.tls_options = tls_options
@@ -163,13 +182,13 @@ class BackendLink(MultiService):
             **protocol.websocket_options(max_message_size, heartbeat_interval)
         )
         endpoint = wrapClientTLS(tls_options, HostnameEndpoint(reactor, host, port, timeout=10))
+        # Parented (and so connected) by startService once leftovers are ended.
         self.client_service = ClientService(
             endpoint,
             factory,
             retryPolicy=self.policy,
             clock=reactor,
         )
-        self.client_service.setServiceParent(self)
 
     def set_verifier(self, verifier: signing.Verifier | None) -> None:
         """The keys checked from the next command on (SIGHUP); None turns checking off."""
@@ -201,11 +220,28 @@ class BackendLink(MultiService):
                 verb=entry.verb,
             )
         super().startService()
+        self._journal_watch.start(JOURNAL_CHECK_INTERVAL, now=False)
+        self._starting = Deferred.fromCoroutine(self._connect_when_clean())
+        self._starting.addErrback(lambda f: self.log.failure("gateway start-up failed", f))
+
+    async def _connect_when_clean(self) -> None:
+        """Connect once the process groups of a previous life are gone."""
+        if self.groups is not None:
+            try:
+                await self.groups.end_leftovers()
+            except Exception:
+                self.log.failure("ending the previous process's verbs failed")
+        if self.running:
+            self.client_service.setServiceParent(self)
 
     def stopService(self) -> Deferred:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._starting is not None:
+            await self._starting
+        if self._journal_watch.running:
+            self._journal_watch.stop()
         self._stop_timers()
         # Verbs still running are cancelled (TERM, then KILL) and their
         # "cancelled" results journalled, to be reported after the restart.
@@ -230,7 +266,7 @@ class BackendLink(MultiService):
                 version=__version__,
                 site=self.site,
                 hostname=self.hostname,
-                protocol=protocol.PROTOCOL_VERSION,
+                protocol=protocol.HELLO_PROTOCOL,
                 labels=self.labels,
                 verbs=self.catalog.describe(),
                 signing="off" if self.verifier is None else "on",
@@ -277,7 +313,7 @@ class BackendLink(MultiService):
         elif frame.type == "command":
             self._on_command(proto, frame)
         elif frame.type == "cancel":
-            self._on_cancel(frame["command_id"])
+            self._on_cancel(proto, frame)
         elif frame.type == "result_ack":
             self.journal.ack(frame["command_id"])
         elif frame.type == "error":
@@ -299,6 +335,19 @@ class BackendLink(MultiService):
             session_id=self.session_id,
             epoch=frame["epoch"],
         )
+        # An older backend (no "protocol": 1) signs what this agent no longer accepts.
+        backend_protocol = frame.get("protocol", 1)
+        if (
+            self.verifier is not None
+            and isinstance(backend_protocol, int)
+            and backend_protocol < protocol.HELLO_PROTOCOL
+        ):
+            self.log.error(
+                "the backend speaks protocol {theirs} and this agent {ours}: it signs commands"
+                " in a form this agent refuses (INVALID_SIGNATURE); upgrade the backend first",
+                theirs=backend_protocol,
+                ours=protocol.HELLO_PROTOCOL,
+            )
         spooled, self._output_spool = self._output_spool, []
         for payload in spooled:
             self._send(payload)
@@ -350,6 +399,19 @@ class BackendLink(MultiService):
                 proto.send_frame(protocol.encode("ack", command_id=command_id))
             return
         now = self.reactor.seconds()
+        problem = self._check_journal()
+        if problem is not None:
+            # Not journalled: the file it would go to is not the one read at the next start.
+            self._send_result(
+                command_id,
+                outcome_fields(
+                    lifecycle.REJECTED,
+                    now,
+                    now,
+                    {"code": JOURNAL_UNAVAILABLE, "message": f"{problem}; restart the gateway"},
+                ),
+            )
+            return
         # Only a command the backend signed (for us, now, once) may go further.
         refusal = None if self.verifier is None else self._check_signature(frame, now)
         if refusal is not None:
@@ -391,16 +453,23 @@ class BackendLink(MultiService):
         )
         d.addBoth(lambda _: self._running.pop(command_id, None))
 
+    def _authenticate(self, check: Callable[..., Any], frame: protocol.Frame, now: float) -> None:
+        """Verify a signed frame (for us, now) and record its nonce (once).
+
+        :raises signing.SignatureRefused: the frame must change nothing.
+        """
+        envelope = check(frame.fields, agent_id=self.agent_id, now=now)
+        if not self.journal.remember_nonce(
+            envelope.nonce, envelope.issued_at + self.verifier.window, now
+        ):
+            raise signing.SignatureRefused(
+                signing.REPLAY_DETECTED, f"this {frame.type} frame's nonce was already used"
+            )
+
     def _check_signature(self, frame: protocol.Frame, now: float) -> tuple | None:
         """The refusal of a command that is not the backend's, or None (nonce recorded)."""
         try:
-            envelope = self.verifier.check(frame.fields, agent_id=self.agent_id, now=now)
-            if not self.journal.remember_nonce(
-                envelope.nonce, envelope.issued_at + self.verifier.window, now
-            ):
-                raise signing.SignatureRefused(
-                    signing.REPLAY_DETECTED, "this command's nonce was already used"
-                )
+            self._authenticate(self.verifier.check, frame, now)
         except signing.SignatureRefused as e:
             self.log.warn(
                 "command {command_id} ({verb}) refused: {code}: {message}",
@@ -415,7 +484,21 @@ class BackendLink(MultiService):
             return (lifecycle.EXPIRED if passed else lifecycle.REJECTED, e.code, e.message)
         return None
 
-    def _on_cancel(self, command_id: str) -> None:
+    def _on_cancel(self, proto: AgentLinkProtocol, frame: protocol.Frame) -> None:
+        command_id = frame["command_id"]
+        if self.verifier is not None:
+            # A cancel stops genuine work: only the backend's own (for us, now, once) may.
+            try:
+                self._authenticate(self.verifier.check_cancel, frame, self.reactor.seconds())
+            except signing.SignatureRefused as e:
+                self.log.warn(
+                    "cancel for command {command_id} refused: {code}: {message}",
+                    command_id=command_id,
+                    code=e.code,
+                    message=e.message,
+                )
+                proto.send_frame(protocol.error_frame(e.code, e.message, command_id))
+                return
         execution = self._running.get(command_id)
         if execution is not None:
             # Its "cancelled" result follows when the process group is gone.
@@ -426,18 +509,31 @@ class BackendLink(MultiService):
             if known.state == "finished":
                 self._send_result(command_id, known.result)
             return
-        # Never received: record it cancelled, so that a late delivery never runs it.
-        now = self.reactor.seconds()
-        self.journal.accept(command_id, "")
-        self._finish(
-            command_id,
-            outcome_fields(
-                lifecycle.CANCELLED,
-                now,
-                now,
-                {"code": "CANCELLED", "message": "cancelled before it started"},
-            ),
+        # Never received. The backend sends a command before its cancel, also after a
+        # reconnect, so this one is not the backend's to act on: recording it would
+        # pre-cancel a later command with that id.
+        self.log.warn("cancel for unknown command {command_id} ignored", command_id=command_id)
+        proto.send_frame(
+            protocol.error_frame(
+                protocol.UNKNOWN_COMMAND, "this agent never received that command", command_id
+            )
         )
+
+    def _check_journal(self) -> str | None:
+        """Why the journal cannot be trusted (logged when that changes), or None."""
+        problem = self.journal.problem()
+        if problem != self.journal_problem:
+            if problem is not None:
+                self.log.error(
+                    "{problem}: refusing new commands ({code}) until the gateway is restarted;"
+                    " exactly-once execution depends on the journal",
+                    problem=problem,
+                    code=JOURNAL_UNAVAILABLE,
+                )
+            else:
+                self.log.info("journal {path} is back: accepting commands", path=self.journal.path)
+            self.journal_problem = problem
+        return problem
 
     def _finish(self, command_id: str, fields: dict) -> None:
         output = self._outputs.pop(command_id, None)

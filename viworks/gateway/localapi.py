@@ -27,13 +27,20 @@ class GatewayAPI:
     @app.route("/health", methods=["GET"])
     @app.route("/api/v1/health", methods=["GET"])
     def health(self, request: Any) -> bytes:
+        """200 healthy; 503 unhealthy when new commands are refused (its journal is gone)."""
         request.setHeader(b"content-type", b"application/json")
+        problem = self.link.journal_problem
+        if problem is not None:
+            request.setResponseCode(503)
         body = {
-            "status": "healthy",
+            "status": "healthy" if problem is None else "unhealthy",
             "timestamp": rfc3339(self.clock.seconds()),
             "version": __version__,
             "agent_id": self.link.agent_id,
             "backend": "connected" if self.link.connected else "disconnected",
             "session_id": self.link.session_id,
+            "journal": "ok" if problem is None else "unavailable",
         }
+        if problem is not None:
+            body["journal_error"] = problem
         return json.dumps(body).encode("utf-8")

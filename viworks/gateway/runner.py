@@ -24,6 +24,10 @@ capped (nothing past ``output_cap`` is ever passed) and in order per stream;
 the concatenation of the pieces of one stream is exactly the final
 ``RunResult.stdout``/``stderr``.
 
+Process groups: ``ProcessRunner(groups=...)`` tells a :class:`GroupObserver`
+(``procgroups.ProcessGroups``) about every group as it starts and ends, so
+that groups a crashed gateway left behind can be ended at its next start.
+
 Run-as user: ``ProcessRunner(run_as="name")`` runs every child with that
 user's uid, gid and supplementary groups (Twisted's ``spawnProcess`` ``uid``/
 ``gid``, which also calls ``initgroups``) and ``HOME``/``USER``/``LOGNAME``
@@ -40,7 +44,7 @@ import pwd
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, fail
@@ -54,6 +58,7 @@ from viworks.logs import Logger
 __all__ = [
     "DEFAULT_ENV",
     "SETSID",
+    "GroupObserver",
     "OutputCallback",
     "ProcessRunner",
     "RunAsError",
@@ -77,6 +82,14 @@ Spawner = Callable[..., IProcessTransport]
 OutputCallback = Callable[[str, str], object]
 
 TimeoutReason = Literal["max_time", "no_output"]
+
+
+class GroupObserver(Protocol):
+    """Hears of every process group the runner starts and of its end."""
+
+    def started(self, pgid: int) -> None: ...
+
+    def ended(self, pgid: int) -> None: ...
 
 
 class RunAsError(ConfigError):
@@ -185,9 +198,11 @@ class RunningProcess:
         killpg: Callable[[int, int], None],
         no_output_timeout: float | None = None,
         on_output: OutputCallback | None = None,
+        groups: GroupObserver | None = None,
     ) -> None:
         self._reactor = reactor
         self._killpg = killpg
+        self._groups = groups
         self._argv = list(argv)
         self._kill_grace = kill_grace
         self._timeout = timeout
@@ -219,6 +234,8 @@ class RunningProcess:
         # setsid exec's the command in place, so pid == pgid.
         self.pid = transport.pid
         log.debug("spawned {executable} pid={pid}", executable=self._argv[0], pid=self.pid)
+        if self._groups is not None and self.pid is not None:
+            self._groups.started(self.pid)
         if not self._done:
             self._timeout_call = self._reactor.callLater(self._timeout, self._on_timeout)
             if self._no_output_timeout is not None:
@@ -331,6 +348,8 @@ class RunningProcess:
             if call is not None and call.active():
                 call.cancel()
         self._timeout_call = self._silence_call = self._kill_call = self._linger_call = None
+        if self._groups is not None and self.pid is not None:
+            self._groups.ended(self.pid)
         # Flush the decoders (a dangling partial character) before reporting.
         self._output("stdout", self._protocol.stdout.finish())
         self._output("stderr", self._protocol.stderr.finish())
@@ -371,7 +390,8 @@ class ProcessRunner:
     ``reactor`` defaults to the global reactor (imported lazily);
     ``spawner`` defaults to ``reactor.spawnProcess`` and exists so unit tests
     can record or fake spawns. ``setsid`` and ``killpg`` are injectable for
-    the same reason. ``run_as`` (a user name) runs every child as that user;
+    the same reason. ``groups`` hears of every process group (module
+    docstring). ``run_as`` (a user name) runs every child as that user;
     see the module docstring. ``geteuid`` is injectable for tests.
     """
 
@@ -384,6 +404,7 @@ class ProcessRunner:
         killpg: Callable[[int, int], None] = os.killpg,
         run_as: str | None = None,
         geteuid: Callable[[], int] = os.geteuid,
+        groups: GroupObserver | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -393,6 +414,7 @@ class ProcessRunner:
         self._spawner: Spawner = spawner if spawner is not None else reactor.spawnProcess
         self._setsid = setsid
         self._killpg = killpg
+        self._groups = groups
         self._run_as: pwd.struct_passwd | None = None
         self._switch_ids: dict[str, int] = {}
         if run_as:
@@ -462,6 +484,7 @@ class ProcessRunner:
             self._killpg,
             no_output_timeout=no_output_timeout,
             on_output=on_output,
+            groups=self._groups,
         )
         transport = self._spawner(
             handle._protocol,

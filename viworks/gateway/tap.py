@@ -26,6 +26,7 @@ from viworks.gateway.catalog import catalog_from_config
 from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
 from viworks.gateway.localapi import GatewayAPI
+from viworks.gateway.procgroups import ProcessGroups
 from viworks.gateway.runner import ProcessRunner
 from viworks.logs import set_log_level
 from viworks.net import ConnectionLimit, listen_service
@@ -45,7 +46,10 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     """The whole gateway agent for ``config``; used by twistd, the .tac and ``viworks dev``."""
     set_log_level(config.agent.log_level)
     ensure_private_dir(config.agent.state_dir)
-    runner = ProcessRunner(reactor, run_as=config.agent.run_as_user or None)
+    journal = Journal(os.path.join(config.agent.state_dir, "journal.db"), clock=reactor)
+    # The verbs' process groups, recorded in the journal (ended at start-up after a crash).
+    groups = ProcessGroups(journal, reactor)
+    runner = ProcessRunner(reactor, run_as=config.agent.run_as_user or None, groups=groups)
     catalog = catalog_from_config(runner, config, clock=reactor)
     outbound = config.outbound
     host = outbound.backend_host
@@ -57,7 +61,8 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
         hostname=socket.gethostname(),
         labels=dict(config.agent.labels),
         catalog=catalog,
-        journal=Journal(os.path.join(config.agent.state_dir, "journal.db"), clock=reactor),
+        journal=journal,
+        groups=groups,
         # Swapped on SIGHUP: the next reconnect uses the new certificate, key and CA.
         tls_options=ReloadableTLS(lambda: _client_tls(config, host)),
         pins=list(config.tls.backend_spki_pins),
