@@ -6,7 +6,6 @@ The CLI runs as its own process (``viworks ...``), as an operator would run it.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 
 import treq
@@ -15,33 +14,15 @@ from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 
 from tests.processes import viworks
-from tests.stack import Stack, write
+from tests.stack import Stack
+from tests.test_security_cli import CLIDatabase
 from viworks.backend import audit
 from viworks.backend.api import hash_token
 from viworks.backend.store import open_store
 
 
-class AuditHeadCLITests(unittest.TestCase):
-    def setUp(self):
-        self.dir = os.path.abspath(self.mktemp())
-        os.makedirs(self.dir)
-        self.db = os.path.join(self.dir, "backend.db")
-        # TLS files are not needed by these commands (they only open the store).
-        self.config = write(
-            os.path.join(self.dir, "backend.toml"),
-            f'[backend]\ndatabase = "{self.db}"\n'
-            '[tls]\ncert = "server.crt"\nkey = "server.key"\nclient_ca = "ca.crt"\n',
-        )
-        self.made = 0
-
-    def cli(self, *args: str, code: int = 0):
-        done = viworks(*args)
-        self.assertEqual(done.returncode, code, done.stdout + done.stderr)
-        return done
-
-    def sql(self, statement: str, params: tuple = ()) -> list:
-        with sqlite3.connect(self.db) as conn:
-            return conn.execute(statement, params).fetchall()
+class AuditHeadCLITests(CLIDatabase, unittest.TestCase):
+    made = 0
 
     def head(self) -> str:
         return self.cli("audit", "head", "--config", self.config).stdout.strip()
@@ -80,16 +61,7 @@ class AuditHeadCLITests(unittest.TestCase):
         verifies): verify --expect-head exits 1 saying it was rewritten."""
         self.make_records(2)
         anchored = self.head()
-        [row] = self.sql(
-            "SELECT at, actor, action, target, outcome, detail, prev_hash FROM audit_log"
-            " WHERE seq = 2"
-        )
-        record = dict(
-            zip(("at", "actor", "action", "target", "outcome", "detail"), row[:6], strict=True)
-        )
-        record["actor"] = "someone-else"
-        forged = audit.record_hash(record, row[6])
-        self.sql("UPDATE audit_log SET actor = 'someone-else', hash = ? WHERE seq = 2", (forged,))
+        forged = self.forge(2, "actor", "someone-else")
         self.cli("audit", "verify", "--config", self.config)
         out = self.cli(
             "audit", "verify", "--config", self.config, "--expect-head", anchored, code=1
