@@ -15,7 +15,9 @@ from tests.processes import viworks
 from tests.stack import write
 
 
-class SecurityCLITests(unittest.TestCase):
+class CLIDatabase:
+    """A backend.toml over a fresh SQLite file, and the CLI run against it."""
+
     def setUp(self):
         self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
@@ -37,6 +39,25 @@ class SecurityCLITests(unittest.TestCase):
             rows = conn.execute(statement, params).fetchall()
         return rows
 
+    def forge(self, seq: int, column: str, value: str) -> str:
+        """Edit one field of audit record ``seq`` and recompute its own hash; return it."""
+        from viworks.backend import audit
+
+        [row] = self.sql(
+            "SELECT at, actor, action, target, outcome, detail, prev_hash FROM audit_log"
+            " WHERE seq = ?",
+            (seq,),
+        )
+        record = dict(
+            zip(("at", "actor", "action", "target", "outcome", "detail"), row[:6], strict=True)
+        )
+        record[column] = value
+        forged = audit.record_hash(record, row[6])
+        self.sql(f"UPDATE audit_log SET {column} = ?, hash = ? WHERE seq = ?", (value, forged, seq))
+        return forged
+
+
+class SecurityCLITests(CLIDatabase, unittest.TestCase):
     def make_records(self) -> list[str]:
         """Four audited changes: three token creations and a revocation."""
         tokens = []
@@ -161,19 +182,8 @@ class SecurityCLITests(unittest.TestCase):
 
     def test_edited_record_with_recomputed_hash_detected(self):
         """An edit whose own hash was recomputed still breaks the link to the next record."""
-        from viworks.backend import audit
-
         self.make_records()
-        [row] = self.sql(
-            "SELECT at, actor, action, target, outcome, detail, prev_hash FROM audit_log"
-            " WHERE seq = 2"
-        )
-        record = dict(
-            zip(("at", "actor", "action", "target", "outcome", "detail"), row[:6], strict=True)
-        )
-        record["outcome"] = "refused"
-        forged = audit.record_hash(record, row[6])
-        self.sql("UPDATE audit_log SET outcome = 'refused', hash = ? WHERE seq = 2", (forged,))
+        self.forge(2, "outcome", "refused")
         self.assertBroken(2, "record 2 was edited or replaced")
 
     def test_removed_record_detected(self):

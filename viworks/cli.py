@@ -389,14 +389,23 @@ def _audit_rows(store: Any) -> Any:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    from viworks.backend.audit import head_text, parse_head
+
     config = _backend_config(args.config)
     if args.audit_command == "verify":
-        return _audit_verify(config)
+        try:
+            expected = None if args.expect_head is None else parse_head(args.expect_head)
+        except ValueError as e:
+            raise CLIError(f"--expect-head: {e}") from None
+        return _audit_verify(config, expected)
+    if args.audit_command == "head":
+        print(head_text(_store_call(config, lambda store: store.audit_head())))
+        return EXIT_OK
     return _audit_export(config, args.output)
 
 
-def _audit_verify(config: Any) -> int:
-    from viworks.backend.audit import ChainBroken, ChainVerifier
+def _audit_verify(config: Any, expected: tuple[int, str] | None = None) -> int:
+    from viworks.backend.audit import ChainBroken, ChainVerifier, anchor_mismatch
 
     async def verify(store: Any) -> tuple[int, ChainBroken | None]:
         # Every record's hash -> seq, to tell a reordering from a removal.
@@ -411,12 +420,25 @@ def _audit_verify(config: Any) -> int:
             return verifier.count, e
         return verifier.count, None
 
-    count, broken = _store_call(config, verify)
+    async def verify_against(store: Any) -> tuple[int, ChainBroken | None, str | None]:
+        count, broken = await verify(store)
+        if expected is None:
+            return count, broken, None
+        # The anchored record's hash is enough: verify has checked the chain up to it.
+        rows = await store.audit_records(after_seq=expected[0] - 1, limit=1)
+        found = (rows[0]["seq"], rows[0]["hash"]) if rows else None
+        return count, broken, anchor_mismatch(expected, found, await store.audit_head())
+
+    count, broken, mismatch = _store_call(config, verify_against)
     if broken is not None:
         print(f"audit log BROKEN at record {broken.seq}: {broken.message}")
         print(f"({count} records before it verified)", file=sys.stderr)
+    if mismatch is not None:
+        print(mismatch)
+    if broken is not None or mismatch is not None:
         return EXIT_FAILED
-    print(f"audit log intact: {count} records")
+    suffix = "" if expected is None else f"; record {expected[0]} is the expected one"
+    print(f"audit log intact: {count} records{suffix}")
     return EXIT_OK
 
 
@@ -1287,6 +1309,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="the tamper-evident audit log")
     asub = p.add_subparsers(dest="audit_command", required=True)
     x = asub.add_parser("verify", help="check the hash chain: exit 0 intact, 1 broken")
+    x.add_argument("--config", required=True, help="the backend's configuration file")
+    x.add_argument(
+        "--expect-head",
+        metavar="SEQ:HASH",
+        help="a head printed by 'audit head' earlier: exit 1 unless the log still holds"
+        " that record with that hash (finds records removed from the end)",
+    )
+    x = asub.add_parser("head", help="print the last record as SEQ:HASH, to keep elsewhere")
     x.add_argument("--config", required=True, help="the backend's configuration file")
     x = asub.add_parser("export", help="write the records as JSON lines")
     x.add_argument("--config", required=True, help="the backend's configuration file")

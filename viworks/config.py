@@ -808,6 +808,13 @@ class ApiSection:
     rate_limit_burst: int = _spec("integer", 40, _at_least(1))
     # GET /metrics (Prometheus) needs "Authorization: Bearer <metrics_token>" ("" = open).
     metrics_token: str = _spec("string", "")
+    # Failed authentications per source address: per second, and at once (burst); past
+    # them 429 with Retry-After. At most auth_failure_sources addresses are tracked; the
+    # refusals are audited as one api.refused record per source and interval (seconds).
+    auth_failure_rate: float = _spec("number", 1.0, _positive)
+    auth_failure_burst: int = _spec("integer", 20, _at_least(1))
+    auth_failure_sources: int = _spec("integer", 4096, _at_least(1))
+    auth_failure_audit_interval: float = _spec("number", 60.0, _positive)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,11 @@ class TokenBucket:
             return True
         return False
 
+    def idle(self) -> bool:
+        """True when the bucket is full: the same as a bucket never used."""
+        self._refill()
+        return self._tokens >= self.burst
+
     def wait_time(self) -> float:
         """Seconds until the next token."""
         self._refill()

@@ -151,25 +151,31 @@ class RolesAndLimitsTests(unittest.TestCase):
         self.assertEqual(response.code, 200)
 
     async def test_changes_are_audited(self):
-        """Every POST is audited, refused ones too (who, route, status), without secrets;
-        so is a command's final outcome."""
+        """Every POST with a valid token is audited, refused ones too (who, route, status),
+        without secrets; failed authentications in aggregate (api.refused, once the interval
+        ends); so is a command's final outcome."""
         response, created = await self.post_ping("pinger")
         await self.post_ping("viewer")
         await self.post_ping("admin", verb="create_panel_user")
         await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"}, who="nobody")
         await self.call("POST", f"/api/v1/commands/{created['command_id']}/cancel", who="operator")
+        self.clock.advance(self.api.auth_failures.interval)
         rows = await self.audit_rows(5)
-        api = [r for r in rows if r["action"] == "api.post"]
+        api = [r for r in rows if r["action"] in ("api.post", "api.refused")]
         self.assertEqual(
-            [(r["actor"], r["outcome"], json.loads(r["detail"])["status"]) for r in api],
+            [(r["actor"], r["action"], r["outcome"]) for r in api],
             [
-                ("pinger", "ok", 201),
-                ("viewer", "refused", 403),
-                ("admin", "ok", 201),
-                ("anonymous", "refused", 401),
-                ("operator", "ok", 202),
+                ("pinger", "api.post", "ok"),
+                ("viewer", "api.post", "refused"),
+                ("admin", "api.post", "ok"),
+                ("operator", "api.post", "ok"),
+                ("anonymous", "api.refused", "refused"),
             ],
         )
+        self.assertEqual(
+            [json.loads(r["detail"]).get("status") for r in api], [201, 403, 201, 202, None]
+        )
+        self.assertEqual(json.loads(api[4]["detail"])["count"], 1)
         self.assertEqual(api[0]["target"], "/api/v1/agents/gw-1/commands")
         self.assertEqual(json.loads(api[0]["detail"])["command_id"], created["command_id"])
         self.assertEqual(json.loads(api[1]["detail"])["error"], "FORBIDDEN")

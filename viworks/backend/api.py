@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,9 @@ from werkzeug.exceptions import HTTPException
 
 from viworks import __version__, lifecycle
 from viworks.backend import audit, authz
+from viworks.backend.authfailures import AuthFailures, request_source
 from viworks.backend.events import Event, sse_frame
+from viworks.backend.health import StoreHealth
 from viworks.backend.jobs import STATUSES as JOB_STATUSES
 from viworks.backend.jobs import JobRunner
 from viworks.backend.ledger import CommandLedger, Idempotency, LedgerError
@@ -257,6 +259,8 @@ class BackendAPI:
         rate_limit_burst: int = 40,
         audit_log: audit.AuditLog | None = None,
         jobs: JobRunner | None = None,
+        auth_failures: AuthFailures | None = None,
+        trusted_proxies: Iterable[Any] = (),
     ) -> None:
         self.store = store
         self.registry = registry
@@ -268,6 +272,14 @@ class BackendAPI:
         self._token_cache: dict[str, tuple[float, dict | None]] = {}
         # Every request that changes something (or tries to) is audited.
         self.audit = audit_log or getattr(ledger, "audit", None) or audit.AuditLog(store, clock)
+        # Failed authentications: limited per source, audited in aggregate (authfailures).
+        if auth_failures is None:
+            auth_failures = AuthFailures(self.audit, clock)
+        self.auth_failures = auth_failures
+        # Proxies whose X-Forwarded-For names the client ([backend] trusted_proxies).
+        self.trusted_proxies = list(trusted_proxies)
+        # /health probes whether the store takes writes (at most once per TTL).
+        self.store_health = StoreHealth(store, clock)
         # GET /metrics: shared with the ledger and sessions unless given; a bearer
         # token is needed only when [api] metrics_token is set.
         self.metrics = metrics or getattr(ledger, "metrics", None) or Metrics()
@@ -285,7 +297,9 @@ class BackendAPI:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        if request.method not in _READ_METHODS:
+        # Failed authentications are audited in aggregate (self.auth_failures).
+        unauthenticated = getattr(request, "viworks_unauthenticated", False)
+        if request.method not in _READ_METHODS and not unauthenticated:
             self._audit_request(request, status, body)
         return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
@@ -324,9 +338,48 @@ class BackendAPI:
     async def _authenticate(self, request: Any) -> Caller:
         """The caller, if its token is valid, within its rate and its role allows the route.
 
-        401 without a valid token (unknown, expired, revoked), 429 over the
-        token's rate, 403 when the role does not allow the route (authz.ROUTES).
+        401 without a valid token (unknown, expired, revoked), or 429 once its
+        source address has failed too often (``_failed_authentication``); 429 over
+        the token's rate, 403 when the role does not allow the route (authz.ROUTES).
         """
+        try:
+            caller = await self._token_caller(request)
+        except ApiError as refusal:
+            raise self._failed_authentication(request, refusal) from None
+        request.viworks_caller = caller
+        bucket = self._buckets.get(caller.name)
+        if bucket is None:
+            bucket = self._buckets[caller.name] = TokenBucket(*self.rate_limit, self.clock)
+        if not bucket.take():
+            raise _rate_limited("too many requests for this token", bucket.wait_time())
+        method = request.method.decode("latin-1")
+        path = request.path.decode("utf-8", "replace")
+        if not authz.role_allows(caller.role, method, path):
+            raise ApiError(
+                403,
+                "FORBIDDEN",
+                f"a {caller.role} token may not {method} {path}"
+                f" (needs {authz.required_role(method, path)})",
+            )
+        return caller
+
+    def _failed_authentication(self, request: Any, refusal: ApiError) -> ApiError:
+        """Count a 401 against its source address: ``refusal``, or 429 past the source's rate.
+
+        Not audited one by one: ``auth_failures`` writes one record per source and interval.
+        """
+        request.viworks_unauthenticated = True
+        wait = self.auth_failures.refuse(
+            request_source(request, self.trusted_proxies),
+            request.path.decode("utf-8", "replace"),
+            getattr(request, "viworks_actor", None),
+        )
+        if wait is None:
+            return refusal
+        return _rate_limited("too many failed authentications from this address", wait)
+
+    async def _token_caller(self, request: Any) -> Caller:
+        """The caller its bearer token names; 401 if the token is missing or not valid."""
         header = (request.getHeader(b"authorization") or b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -340,35 +393,13 @@ class BackendAPI:
         if row["expires_at"] is not None and row["expires_at"] <= self.clock.seconds():
             request.viworks_actor = row["name"]
             raise ApiError(401, "UNAUTHORIZED", "the token has expired")
-        caller = Caller(
+        return Caller(
             row["name"],
             token.strip(),
             row["role"],
             None if row["verbs"] is None else tuple(row["verbs"]),
             None if row["sites"] is None else tuple(row["sites"]),
         )
-        request.viworks_caller = caller
-        bucket = self._buckets.get(caller.name)
-        if bucket is None:
-            bucket = self._buckets[caller.name] = TokenBucket(*self.rate_limit, self.clock)
-        if not bucket.take():
-            wait = max(1, math.ceil(bucket.wait_time()))
-            raise ApiError(
-                429,
-                "RATE_LIMITED",
-                f"too many requests for this token; retry after {wait} s",
-                headers={b"retry-after": str(wait).encode()},
-            )
-        method = request.method.decode("latin-1")
-        path = request.path.decode("utf-8", "replace")
-        if not authz.role_allows(caller.role, method, path):
-            raise ApiError(
-                403,
-                "FORBIDDEN",
-                f"a {caller.role} token may not {method} {path}"
-                f" (needs {authz.required_role(method, path)})",
-            )
-        return caller
 
     async def _check_scope(self, caller: Caller, verb: Any, agent_id: str) -> None:
         """403 when an operator limited to verbs/sites may not act with ``verb`` on the agent."""
@@ -422,15 +453,21 @@ class BackendAPI:
 
     @app.route("/health", methods=["GET"])
     @app.route("/api/v1/health", methods=["GET"])
-    def health(self, request: Any) -> bytes:
+    async def health(self, request: Any) -> bytes:
+        """200 healthy; 503 when the store does not take writes ("store": "read-only")
+        or does not answer ("unavailable"). The store is probed at most once per TTL."""
+        store = await self.store_health.state()
+        healthy = store == StoreHealth.OK
         return self._json(
             request,
             {
-                "status": "healthy",
+                "status": "healthy" if healthy else "unhealthy",
                 "timestamp": rfc3339(self.clock.seconds()),
                 "version": __version__,
                 "agents_online": len(self.registry),
+                "store": store,
             },
+            200 if healthy else 503,
         )
 
     @app.route("/api/v1/agents", methods=["GET"])
@@ -750,10 +787,24 @@ class BackendAPI:
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 token.strip().encode(), self.metrics_token.encode()
             ):
-                raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <metrics_token>")
+                raise self._failed_authentication(
+                    request,
+                    ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <metrics_token>"),
+                )
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode())
         request.setHeader(b"cache-control", b"no-store")
         return self.metrics.render()
+
+
+def _rate_limited(why: str, wait: float) -> ApiError:
+    """429 RATE_LIMITED with Retry-After (whole seconds, at least 1)."""
+    seconds = max(1, math.ceil(wait))
+    return ApiError(
+        429,
+        "RATE_LIMITED",
+        f"{why}; retry after {seconds} s",
+        headers={b"retry-after": str(seconds).encode()},
+    )
 
 
 def _sse_headers(request: Any) -> None:

@@ -11,7 +11,16 @@ IMMEDIATE``) so concurrent writers, even in other processes, cannot fork it.
 The chain proves order and integrity against edits made without recomputing
 every later hash; it does not stop someone who can rewrite the whole table (or
 drop its newest records): export it regularly (``viworks audit export``) and
-keep the last hash somewhere else.
+keep the head (``viworks audit head``: ``SEQ:HASH``) somewhere else, then
+``viworks audit verify --expect-head SEQ:HASH`` finds a truncation.
+
+A running backend remembers the last record it wrote (``AuditLog.head``). If
+the log no longer holds it (records were removed from the end, or rewritten),
+the backend does not chain onto what is left: that would make the shortened log
+verify as intact. It logs an error and writes ``audit.truncated`` chained onto
+the record it last wrote, and goes on from there: every later record is still
+chained, and ``viworks audit verify`` reports the missing records until they
+are put back (from an export) as they were.
 
 Details never hold secrets: ``redact`` masks values under secret-looking keys,
 and callers put argument *names*, not values, into records they cannot redact
@@ -26,7 +35,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 
 from viworks.logs import Logger
@@ -80,6 +89,58 @@ def canonical(record: Mapping[str, Any]) -> str:
 def record_hash(record: Mapping[str, Any], prev_hash: str) -> str:
     """SHA-256 (hex) of the canonical record followed by the previous record's hash."""
     return hashlib.sha256((canonical(record) + prev_hash).encode("utf-8")).hexdigest()
+
+
+Head = tuple[int, str]
+"""(seq, hash) of a record; ``(0, GENESIS)`` stands for the empty log."""
+
+
+def head_text(head: Head) -> str:
+    """``SEQ:HASH``, as ``viworks audit head`` prints it."""
+    return f"{head[0]}:{head[1]}"
+
+
+def parse_head(text: str) -> Head:
+    """``SEQ:HASH`` -> (seq, hash); ValueError if it is not that."""
+    seq, sep, digest = text.strip().partition(":")
+    if not (sep and seq.isdigit() and re.fullmatch(r"[0-9a-f]{64}", digest.lower())):
+        raise ValueError(f"expected SEQ:HASH (a record number and 64 hex digits), got {text!r}")
+    return int(seq), digest.lower()
+
+
+def anchor_mismatch(expected: Head, found: Head | None, head: Head) -> str | None:
+    """Why a log ending at ``head`` fails an anchored head (None: it holds it).
+
+    ``found`` is the log's first record at or after ``expected``'s seq, if any.
+    """
+    if expected[0] == 0:
+        found = (0, GENESIS)  # the empty log, a prefix of every log
+    if found is None or found[0] != expected[0]:
+        return (
+            f"audit log TRUNCATED: it ends at record {head[0]}, but record"
+            f" {head_text(expected)} is expected"
+        )
+    if found[1] != expected[1]:
+        return (
+            f"audit log REWRITTEN: record {expected[0]} has hash {found[1]},"
+            f" not the expected {expected[1]}"
+        )
+    return None
+
+
+class AuditTruncated(Exception):
+    """The log no longer holds the record a writer last wrote (``expected``).
+
+    ``found`` is the log's head now.
+    """
+
+    def __init__(self, expected: Head, found: Head) -> None:
+        super().__init__(
+            f"the audit log ends at record {head_text(found)} but no longer holds record"
+            f" {head_text(expected)}"
+        )
+        self.expected = expected
+        self.found = found
 
 
 class ChainBroken(Exception):
@@ -176,6 +237,17 @@ class AuditLog:
         self.store = store
         self.clock = clock
         self._pending: set[Deferred] = set()
+        # The last record this process wrote (or found at start-up, ``anchor``).
+        self.head: Head | None = None
+        self._truncation = DeferredLock()
+
+    async def anchor(self) -> None:
+        """Start from the log's current head: removing records below it is noticed."""
+        self._advance(await self.store.audit_head())
+
+    def _advance(self, head: Head) -> None:
+        if self.head is None or head[0] > self.head[0]:
+            self.head = head
 
     async def record(
         self,
@@ -185,9 +257,47 @@ class AuditLog:
         outcome: str,
         detail: Any = None,
     ) -> dict:
-        return await self.store.append_audit(
-            self.clock.seconds(), actor, action, target, outcome, detail
-        )
+        at = self.clock.seconds()
+        head = self.head
+        try:
+            row = await self.store.append_audit(
+                at, actor, action, target, outcome, detail, after=head
+            )
+        except AuditTruncated as truncated:
+            await self._truncated(head, truncated)
+            row = await self.store.append_audit(
+                at, actor, action, target, outcome, detail, after=self.head
+            )
+        self._advance((row["seq"], row["hash"]))
+        return row
+
+    async def _truncated(self, head: Head | None, truncated: AuditTruncated) -> None:
+        """Write ``audit.truncated`` onto the record we last wrote (once per truncation)."""
+        async with self._truncation:
+            if self.head != head:
+                return  # another record in flight found it first
+            self.log.error(
+                "audit log truncated: it ends at record {found} but this backend last wrote"
+                " record {expected}; not chaining onto the shortened log: audit.truncated"
+                " continues from record {expected} (viworks audit verify reports the gap"
+                " until the missing records are restored)",
+                found=head_text(truncated.found),
+                expected=head_text(truncated.expected),
+            )
+            marker = await self.store.append_audit(
+                self.clock.seconds(),
+                "backend",
+                "audit.truncated",
+                "audit_log",
+                FAILED,
+                {
+                    "expected_head": head_text(truncated.expected),
+                    "found_head": head_text(truncated.found),
+                },
+                after=head,
+                resume=True,
+            )
+            self._advance((marker["seq"], marker["hash"]))
 
     def record_later(
         self,

@@ -33,6 +33,7 @@ __all__ = [
     "VERIFY_HEADER",
     "ProxiedIdentity",
     "forwarded_certificate",
+    "in_networks",
     "tls_identity",
 ]
 
@@ -63,6 +64,17 @@ def forwarded_certificate(request: Any) -> x509.Certificate | None:
         return None
 
 
+def in_networks(host: str | None, networks: Iterable[Any]) -> bool:
+    """Whether the address ``host`` is in one of ``networks`` (``ipaddress`` networks)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    # An IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return any(address in net or (mapped is not None and mapped in net) for net in networks)
+
+
 def peer_host(transport: Any) -> str | None:
     peer = transport.getPeer() if transport is not None else None
     return getattr(peer, "host", None)
@@ -81,15 +93,7 @@ class ProxiedIdentity:
         self.networks, self.cas = networks, cas
 
     def trusted(self, host: str | None) -> bool:
-        try:
-            address = ipaddress.ip_address(host or "")
-        except ValueError:
-            return False
-        # An IPv4 peer on a dual-stack socket shows as ::ffff:a.b.c.d.
-        mapped = getattr(address, "ipv4_mapped", None)
-        return any(
-            address in net or (mapped is not None and mapped in net) for net in self.networks
-        )
+        return in_networks(host, self.networks)
 
     def __call__(self, transport: Any, request: Any) -> str | None:
         host = peer_host(transport)

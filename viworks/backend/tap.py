@@ -7,6 +7,7 @@ BackendService (opens the store, then starts its children)
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -17,6 +18,7 @@ from twisted.python import usage
 from viworks import signing
 from viworks.backend.api import BackendAPI
 from viworks.backend.audit import AuditLog
+from viworks.backend.authfailures import AuthFailures
 from viworks.backend.identity import ProxiedIdentity, tls_identity
 from viworks.backend.jobs import JobRunner
 from viworks.backend.ledger import CommandLedger
@@ -78,6 +80,8 @@ class BackendService(MultiService):
 
     async def _open(self) -> None:
         await self.store.open()
+        # Records removed from the end of the audit log from now on are noticed.
+        await self.ledger.audit.anchor()
         # No session survives a restart: every agent is offline until it says HELLO.
         await self.store.mark_all_agents_offline(self.clock.seconds())
         await self.ledger.start()
@@ -112,7 +116,10 @@ class BackendService(MultiService):
         await self._until(lambda: not len(self.registry), 3.0)
         for session in self.registry:
             session.abort()
-        # Audit records still being written go in before the store closes.
+        # Audit records still being written go in before the store closes, with the
+        # failed authentications counted since the last aggregate record.
+        if api is not None:
+            await api.auth_failures.stop()
         await self.ledger.audit.flush()
         await self.store.close()
 
@@ -170,6 +177,15 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         rate_limit_burst=config.api.rate_limit_burst,
         audit_log=audit_log,
         metrics_token=config.api.metrics_token,
+        auth_failures=AuthFailures(
+            audit_log,
+            reactor,
+            rate=config.api.auth_failure_rate,
+            burst=config.api.auth_failure_burst,
+            max_sources=config.api.auth_failure_sources,
+            interval=config.api.auth_failure_audit_interval,
+        ),
+        trusted_proxies=_networks(config),
     )
     # A JSON API: Twisted's parse of form bodies (an email-module Content-Type parse
     # on every POST, ~5% of the backend under load) has nothing to find.
@@ -203,9 +219,17 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         listen_service(reactor, px_host, px_port, proxied).setServiceParent(top)
     top.reloader = _backend_reloader(config, tls, proxied_identity)
     top.reloader.add("command signing key", lambda new: ledger.set_signing_key(signing_key(new)))
+    top.reloader.add(
+        "API trusted proxies", lambda new: setattr(api, "trusted_proxies", _networks(new))
+    )
     http_host, http_port = parse_bind(config.backend.http_bind)
     listen_service(reactor, http_host, http_port, site).setServiceParent(top)
     return top
+
+
+def _networks(config: BackendConfig) -> list[Any]:
+    """``[backend] trusted_proxies`` as ``ipaddress`` networks."""
+    return [ipaddress.ip_network(p, strict=False) for p in config.backend.trusted_proxies]
 
 
 def signing_key(config: BackendConfig) -> Any:

@@ -324,6 +324,14 @@ class SQLStore:
         """True for an error that running the call alone, again, may not meet."""
         return False
 
+    def unwritable(self, error: BaseException) -> bool:
+        """True for an error saying the database answers but refuses writes (read-only, full)."""
+        return False
+
+    def _probe_write_txn(self, txn: Transaction) -> None:
+        # Matches no row, yet the engine still refuses it in a read-only transaction.
+        self._execute(txn, "UPDATE schema_version SET applied_at = applied_at WHERE version < 0")
+
     # -- helpers ------------------------------------------------------------
 
     def _sql(self, sql: str) -> str:
@@ -383,6 +391,10 @@ class SQLStore:
             )
             self.log.info("store migrated to schema version {version}", version=version)
         return schema.LATEST_VERSION
+
+    async def probe_write(self) -> None:
+        """Commit a write that changes nothing viworks reads; fails as writes fail (health)."""
+        await self._run(self._probe_write_txn)
 
     # -- agents -------------------------------------------------------------
 
@@ -1355,6 +1367,9 @@ class SQLStore:
         target: str | None,
         outcome: str,
         detail: Any = None,
+        *,
+        after: tuple[int, str] | None = None,
+        resume: bool = False,
     ) -> dict[str, Any]:
         """Append a record to the hash-chained audit log; return it as stored.
 
@@ -1362,6 +1377,11 @@ class SQLStore:
         canonical JSON. One transaction holding the chain's lock: it reads the
         last record's seq and hash and inserts the next one, so concurrent
         writers (threads or processes, either engine) never fork the chain.
+
+        ``after`` is the (seq, hash) of the last record this writer knows; if the
+        log no longer holds it, ``AuditTruncated`` is raised, or with ``resume``
+        the record chains onto ``after`` itself when the log now ends before it
+        (the writer's own chain goes on and the gap stays visible to verify).
         """
         record = {
             "at": float(at),
@@ -1371,13 +1391,23 @@ class SQLStore:
             "outcome": str(outcome),
             "detail": audit.encode_detail(detail),
         }
-        return await self._run(self._append_audit_txn, record)
+        return await self._run(self._append_audit_txn, record, after, resume)
 
-    def _append_audit_txn(self, txn: Transaction, record: dict[str, Any]) -> dict[str, Any]:
+    def _append_audit_txn(
+        self,
+        txn: Transaction,
+        record: dict[str, Any],
+        after: tuple[int, str] | None = None,
+        resume: bool = False,
+    ) -> dict[str, Any]:
         self._lock_audit(txn)
-        self._execute(txn, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        last = txn.fetchone()
-        seq, prev_hash = (last[0] + 1, last[1]) if last else (1, audit.GENESIS)
+        head = self._audit_head_txn(txn)
+        if after is not None and not self._audit_holds_txn(txn, after, head):
+            if not resume:
+                raise audit.AuditTruncated(after, head)
+            if head[0] < after[0]:
+                head = after
+        seq, prev_hash = head[0] + 1, head[1]
         row = {
             "seq": seq,
             **record,
@@ -1390,6 +1420,28 @@ class SQLStore:
             list(row.values()),
         )
         return row
+
+    def _audit_head_txn(self, txn: Transaction) -> tuple[int, str]:
+        self._execute(txn, "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        last = txn.fetchone()
+        return (last[0], last[1]) if last else (0, audit.GENESIS)
+
+    def _audit_holds_txn(
+        self, txn: Transaction, record: tuple[int, str], head: tuple[int, str]
+    ) -> bool:
+        """Whether the log (ending at ``head``) still holds ``record`` (seq, hash)."""
+        seq, record_hash = record
+        if seq == 0 or (seq, record_hash) == head:
+            return True  # (0, GENESIS): the empty log, a prefix of every log
+        if seq >= head[0]:
+            return False
+        self._execute(txn, "SELECT hash FROM audit_log WHERE seq = ?", (seq,))
+        found = txn.fetchone()
+        return found is not None and found[0] == record_hash
+
+    async def audit_head(self) -> tuple[int, str]:
+        """The last record's (seq, hash); ``(0, GENESIS)`` for an empty log."""
+        return await self._run(self._audit_head_txn)
 
     async def audit_records(self, after_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Up to ``limit`` audit records with seq > ``after_seq``, in seq order.

@@ -17,6 +17,8 @@ _MIGRATION_LOCK_KEY = 0x7669776F726B73  # "viworks"
 _AUDIT_LOCK_KEY = 0x7669776F726B7361  # "viworksa"
 
 _TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+# read_only_sql_transaction (also a hot standby), disk_full.
+_UNWRITABLE_SQLSTATES = frozenset({"25006", "53100"})
 
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -64,6 +66,9 @@ class PostgresStore(SQLStore):
         # deadlock_detected, serialization_failure: a batch holding row locks met
         # another backend's; alone, the call takes its locks one statement at a time.
         return getattr(error, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+    def unwritable(self, error: BaseException) -> bool:
+        return getattr(error, "sqlstate", None) in _UNWRITABLE_SQLSTATES
 
     def _lock_audit(self, txn: Transaction) -> None:
         # Transaction-scoped, taken before reading the last hash.

@@ -12,6 +12,9 @@ from twisted.enterprise.adbapi import ConnectionPool, Transaction
 from viworks.backend.store.base import SQLStore, StoreError
 
 _BUSY_TIMEOUT_MS = 5000
+# Primary result codes of a database that answers but cannot write: SQLITE_PERM,
+# SQLITE_READONLY, SQLITE_IOERR (EROFS, EIO), SQLITE_FULL, SQLITE_CANTOPEN.
+_UNWRITABLE = frozenset({3, 8, 10, 13, 14})
 # UPDATE/INSERT ... RETURNING (the store's compare-and-set and sweeps).
 _MIN_SQLITE = (3, 35, 0)
 
@@ -110,6 +113,20 @@ class SQLiteStore(SQLStore):
         # CLI) writing at the same time waits (busy_timeout) instead of
         # failing to upgrade a read lock halfway through.
         txn.execute("BEGIN IMMEDIATE")
+
+    def unwritable(self, error: BaseException) -> bool:
+        if not isinstance(error, sqlite3.Error):
+            return False
+        code = getattr(error, "sqlite_errorcode", None)
+        return code is not None and (code & 0xFF) in _UNWRITABLE
+
+    def _probe_write_txn(self, txn: Transaction) -> None:
+        # SQLite writes no page for an UPDATE that changes nothing, so a full disk
+        # would go unnoticed: flip user_version (unused by this store) instead, one
+        # page through the WAL, as any real write.
+        txn.execute("PRAGMA user_version")
+        version = int(txn.fetchone()[0])
+        txn.execute(f"PRAGMA user_version = {version ^ 1}")
 
     def _lock_audit(self, txn: Transaction) -> None:
         # Nothing to do: the batch holds the write lock (_begin_batch), so
