@@ -51,6 +51,8 @@ class HostileHelloBase(unittest.TestCase):
     connect = test_sessions.AgentSessionTests.connect
     flush = test_sessions.AgentSessionTests.flush
     until = test_sessions.AgentSessionTests.until
+    store_until = test_sessions.AgentSessionTests.store_until
+    command_row = test_sessions.AgentSessionTests.command_row
     assertClosed = test_sessions.AgentSessionTests.assertClosed
     _close_all = test_sessions.AgentSessionTests._close_all
 
@@ -214,15 +216,24 @@ class SecretDowngradeTests(HostileHelloBase):
         await self.until(lambda: len(hostile.of_type("command")) == 2)
         await self.until(lambda: len(honest.of_type("command")) == 1)
         await self.assertSecretNowhere(["/api/v1/commands", f"/api/v1/jobs/{job['job_id']}"])
-        # A new process: nothing in memory, the agents' last announcements in the store.
+        # Queued for the downgrading agent, offline; then a new process: nothing in memory,
+        # the agents' last announcements in the store.
         hostile.dropConnection(abort=True)
         honest.dropConnection(abort=True)
+        await self.until(lambda: self.registry.get("gw-2") is None)
+        lost, _ = await self.ledger.submit("gw-2", "rotate_key", args)
         restarted = CommandLedger(self.store, self.registry, self.clock)
         self.addCleanup(restarted.stop)
         await restarted.start()
         self.assertIn("key", restarted.secrets.of("rotate_key", HOSTILE["rotate_key"]["params"]))
         queued, _ = await restarted.submit("gw-2", "rotate_key", args)
         self.assertEqual(queued["args"], {"key": "***"})
+        # Its value is gone with the old process: it fails rather than run with "***".
+        self.factory.ledger = restarted
+        back = await self.hello("gw-2", HOSTILE)
+        failed = await self.command_row(lost["command_id"], "failed")
+        self.assertEqual(failed["error"]["code"], "SECRETS_UNAVAILABLE")
+        self.assertNotIn(lost["command_id"], [f["command_id"] for f in back.of_type("command")])
 
 
 class LogLineTests(HostileHelloBase):
