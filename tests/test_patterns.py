@@ -14,13 +14,14 @@ import tempfile
 import tomllib
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.gateway.spawn import RecordingSpawner
 from tests.processes import ENV, ROOT
+from tests.test_fuzz import FUZZ
 from viworks import schema
 from viworks.config import load_agent_config
 from viworks.gateway.catalog import builtin_verbs
@@ -38,13 +39,6 @@ from viworks.schema import (
 #: backtracking re takes about 2**n steps to fail on n characters.
 HOSTILE = "([A-Za-z0-9_-]+)+!"
 
-SAME = settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
 
 
 def builtin_params(testcase: unittest.TestCase) -> dict[str, dict[str, Any]]:
@@ -203,7 +197,7 @@ class SameMeaningTests(unittest.TestCase):
         if pattern != "[^\\s\\S]":
             texts = texts | st.from_regex(python, fullmatch=True)
 
-        @SAME
+        @FUZZ
         @given(texts)
         def agree(text: str) -> None:
             self.assertEqual(

@@ -68,17 +68,7 @@ class HostileHelloBase(unittest.TestCase):
 
     async def hello(self, agent_id: str, verbs: dict, **fields: str) -> test_sessions.AgentClient:
         client = self.connect(agent_id)
-        hello = dict(
-            agent_id=agent_id,
-            version="0.1.0",
-            site="test",
-            hostname="host-" + agent_id,
-            protocol=protocol.PROTOCOL_VERSION,
-            verbs=verbs,
-            labels={"rack": "r1"},
-        )
-        hello.update(fields)
-        client.send("hello", **hello)
+        client.hello(agent_id, verbs, **fields)
         await self.until(lambda: client.of_type("welcome") or client.closed)
         return client
 
