@@ -41,6 +41,8 @@ setup(
         "treq>=24",
         "psycopg[binary]>=3.1",
         "prometheus-client>=0.17",
+        # Agent-announced patterns: linear-time matching (viworks.schema).
+        "google-re2>=1.1",
     ],
     extras_require={
         "test": ["ruff", "hypothesis"],

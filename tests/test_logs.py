@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from twisted.logger import formatEvent, globalLogPublisher
+import json
+
+from twisted.logger import (
+    eventAsJSON,
+    formatEvent,
+    formatEventAsClassicLogText,
+    globalLogPublisher,
+)
 from twisted.trial import unittest
 
 from viworks import logs
@@ -50,3 +57,40 @@ class AutobahnDebugTests(unittest.TestCase):
         self.assertIsInstance(lazy, logs.LazyPformat)
         written = formatEvent({"log_format": "\n{attrs}", "attrs": lazy})
         self.assertEqual(written, "\n" + pformat(value))
+
+
+class EscapingTests(unittest.TestCase):
+    """Fields of our log events are written escaped in text logs (agent text is in them)."""
+
+    def setUp(self) -> None:
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.log = logs.Logger()
+
+    def test_control_characters_escaped_in_text(self) -> None:
+        """CR, LF, ESC, other C0/C1 controls, DEL and U+2028 in a field are written as
+        escapes; format specs, !r and called fields still work; JSON keeps the raw value."""
+        forged = "1.0\r\n2026-01-01T00:00:00+0000 [x#info] fake\x1b[31m\x00\x7f\x85\u2028"
+        self.log.info(
+            "version {version} after {delay:.1f} s, {quoted!r} {count()} {when.year}",
+            version=forged,
+            delay=2.25,
+            quoted="a\nb",
+            count=lambda: 3,
+            when=__import__("datetime").date(2026, 1, 2),
+        )
+        [event] = [e for e in self.events if e.get("log_namespace") == __name__]
+        text = formatEventAsClassicLogText(event)
+        self.assertEqual(text.count("\n"), 1)
+        self.assertIn(
+            "version 1.0\\r\\n2026-01-01T00:00:00+0000 [x#info] fake\\x1b[31m\\x00\\x7f\\x85"
+            "\\u2028 after 2.2 s, 'a\\nb' 3 2026\n",
+            text,
+        )
+        self.assertEqual(json.loads(eventAsJSON(event))["version"], forged)
+
+    def test_printable_text_unchanged(self) -> None:
+        """Printable text (accents, non-Latin scripts, quotes, backslashes) is written as is."""
+        text = "héllo Привет 日本 \"q\" C:\\path"
+        self.assertIs(logs.escape_controls(text), text)

@@ -81,6 +81,15 @@ class DecodeTests(unittest.TestCase):
         )
         self.assertEqual(e.command_id, "c9")
 
+    def test_version_must_be_an_integer(self):
+        """``v`` is the integer 1: ``true`` and ``1.0`` (equal to 1 in Python) are
+        UNSUPPORTED_VERSION, as are "1" and a missing ``v``."""
+        for version in (True, 1.0, "1", None):
+            payload = json.dumps({"type": "ack", "v": version, "command_id": "c"}).encode()
+            e = self.assertFrameError(payload, protocol.UNSUPPORTED_VERSION)
+            self.assertIn(repr(version), e.message)
+        self.assertEqual(protocol.decode(_raw(type="ack", v=1, command_id="c")).type, "ack")
+
     def test_unknown_type(self):
         """An unknown type is UNKNOWN_TYPE."""
         self.assertFrameError(_raw(type="launch", v=1), protocol.UNKNOWN_TYPE)

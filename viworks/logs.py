@@ -7,17 +7,26 @@ global publisher.
 JSON lines instead of text: ``twistd --logger viworks.logs.json_observer ...`` writes
 one JSON object per event to stdout (journald/Loki friendly). Events carry their
 format fields, so ``agent_id``, ``command_id`` and ``job_id`` are keys to filter on.
+
+Log lines carry text from agents (their HELLO, their error messages), so no field
+may forge a line: every field of our events is formatted once, with control
+characters escaped (``\r`` -> ``\\r``, ESC -> ``\\x1b``), into the event's
+``log_flattened``, which Twisted's text formatting uses in place of the raw values
+(JSON output keeps the raw values: JSON escapes them itself).
 """
 
 from __future__ import annotations
 
 import pprint
 import sys
+from string import Formatter
+from typing import Any
 
 import txaio
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
@@ -25,8 +34,64 @@ from twisted.logger import (
 )
 from twisted.logger import Logger as _TwistedLogger
 
+# The keys Twisted's flatFormat looks fields up by ("name!s:spec"); not re-exported.
+from twisted.logger._flatten import KeyFlattener
+from zope.interface import provider
+
+#: C0 controls, DEL, C1 controls, the Unicode line and paragraph separators and the
+#: bidirectional overrides: what could end a line, repaint a terminal or reorder text.
+_ESCAPES: dict[int, str] = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_ESCAPES.update(
+    {c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+)
+_formatter = Formatter()
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each control character written as an escape (``\\n``, ``\\x1b``)."""
+    # Every character escaped is one str.isprintable() refuses: the common case is one scan.
+    return text if text.isprintable() else text.translate(_ESCAPES)
+
+
+def _flatten_escaped(event: LogEvent) -> None:
+    """Format each field of ``event`` for text output, escaped, into ``log_flattened``."""
+    log_format = event.get("log_format")
+    if not isinstance(log_format, str) or "log_flattened" in event:
+        return
+    flattened: dict[str, Any] = {}
+    keys = KeyFlattener()
+    try:
+        for _text, name, spec, conversion in _formatter.parse(log_format):
+            if name is None:
+                continue
+            if conversion not in (None, "s", "r"):
+                return  # flatFormat would not find "!a": leave the event to Twisted
+            # The same keys as twisted.logger.flattenEvent, so flatFormat finds them.
+            flat_key = keys.flatKey(name, spec, "r" if conversion == "r" else "s")
+            structured_key = keys.flatKey(name, spec, "")
+            if flat_key in flattened:
+                continue
+            call = name.endswith("()")
+            value = _formatter.get_field(name[:-2] if call else name, (), event)[0]
+            if call:
+                value = value()
+            text = _formatter.format_field(_formatter.convert_field(value, conversion), spec)
+            flattened[flat_key] = escape_controls(text)
+            flattened[structured_key] = value
+    except Exception:
+        return  # a broken log call: Twisted's own formatting reports it
+    event["log_flattened"] = flattened
+
+
+@provider(ILogObserver)
+def _escaped(event: LogEvent) -> None:
+    _flatten_escaped(event)
+    globalLogPublisher(event)
+
+
 _levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-_observer = FilteringLogObserver(globalLogPublisher, [_levels])
+_observer = FilteringLogObserver(_escaped, [_levels])
 _ORDER = [LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical]
 # Levels below the configured one: our loggers drop them before building the event.
 _below: set = {LogLevel.debug}

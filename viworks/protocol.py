@@ -224,7 +224,8 @@ def decode(payload: bytes, is_binary: bool = False) -> Frame:
     if not isinstance(frame_type, str):
         raise FrameError(MALFORMED_FRAME, "frame has no string 'type'", command_id)
     version = body.pop("v", None)
-    if version != PROTOCOL_VERSION:
+    # An integer: in Python true == 1 and 1.0 == 1, and neither is a version.
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise FrameError(
             UNSUPPORTED_VERSION,
             f"protocol version {version!r} is not supported (want {PROTOCOL_VERSION})",

@@ -8,7 +8,7 @@ A schema is a JSON-able dict ``{param_name: spec}``. Every spec has a
 ``type`` and optionally ``required`` (default true), ``default`` and
 ``description``. Per type:
 
-- ``string``: ``pattern`` (``re.fullmatch``), ``min_length``, ``max_length``
+- ``string``: ``pattern`` (a full match, RE2 syntax), ``min_length``, ``max_length``
 - ``secret``: like ``string``; the value is never logged or stored
 - ``integer`` / ``number``: ``min``, ``max`` (bool is neither)
 - ``enum``: ``values`` (a non-empty list of JSON scalars)
@@ -17,20 +17,59 @@ A schema is a JSON-able dict ``{param_name: spec}``. Every spec has a
 
 Error messages never contain argument values, so they are safe to log and to
 send back to callers even when the value was a secret.
+
+Schemas come from agents (their HELLO), so patterns are attacker input: they run
+on RE2 (``google-re2``), which matches in time linear in the input and refuses
+what would need backtracking (backreferences, lookaround). Every cost is
+bounded: pattern length and RE2 memory, the number of verbs, parameters and
+patterns in one announcement, the length of names and of a string checked
+against a pattern.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ArgsError", "REDACTED", "redact", "validate_args", "validate_schema"]
+import re2
+
+__all__ = [
+    "ArgsError",
+    "REDACTED",
+    "SchemaError",
+    "redact",
+    "validate_args",
+    "validate_schema",
+    "validate_verbs",
+]
 
 REDACTED = "***"
+
+#: Longest ``pattern`` accepted, in characters.
+MAX_PATTERN_LENGTH = 1000
+#: Memory RE2 may use for one pattern (program and DFA cache). It bounds the time a
+#: compilation takes (about 10 ms at worst) and the work per character matched; a
+#: pattern that needs more is refused. More memory would make both worse.
+PATTERN_MAX_MEM = 1 << 20
+#: Longest string checked against a pattern: matching is linear in it, up to about
+#: 0.1 ms per character for the worst patterns within PATTERN_MAX_MEM.
+MAX_PATTERN_SUBJECT = 1024
+#: Longest verb or parameter name.
+MAX_NAME_LENGTH = 64
+#: Parameters one verb may declare.
+MAX_PARAMS = 64
+#: Verbs one announcement (HELLO) may declare.
+MAX_VERBS = 256
+#: Distinct patterns one announcement may declare (each costs a compilation).
+MAX_PATTERNS = 32
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.max_mem = PATTERN_MAX_MEM
+_RE2_OPTIONS.log_errors = False  # RE2 would print every refused pattern on stderr
 
 _COMMON_KEYS = frozenset({"type", "required", "default", "description"})
 _TYPE_KEYS: dict[str, frozenset[str]] = {
@@ -59,6 +98,29 @@ class ArgsError(ValueError):
         super().__init__(f"{field}: {message}" if field is not None else message)
 
 
+class SchemaError(ValueError):
+    """A schema (or a verb announcement) that is refused.
+
+    ``verb`` and ``param`` name where the problem is, when it is in one verb or
+    one parameter; the message names them too.
+    """
+
+    def __init__(self, message: str, verb: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.verb = verb
+        self.param = param
+
+
+@functools.lru_cache(maxsize=128)
+def compile_pattern(pattern: str) -> Any:
+    """The RE2 program for ``pattern``, cached; raises ``re2.error``.
+
+    re2 has a cache of its own, but its lookup reads every option each time (6 us,
+    more than the match): every argument checked goes through here.
+    """
+    return re2.compile(pattern, _RE2_OPTIONS)
+
+
 def _is_int(value: object) -> bool:
     # bool is a subclass of int, but True is not a valid integer argument.
     return isinstance(value, int) and not isinstance(value, bool)
@@ -71,16 +133,68 @@ def _is_number(value: object) -> bool:
 def validate_schema(params: object) -> None:
     """Check that a parameter schema is well formed.
 
-    Raises :class:`ValueError` naming the offending parameter. Unknown spec
+    Raises :class:`SchemaError` naming the offending parameter. Unknown spec
     keys are errors so that typos (``"max_lenght"``) do not silently disable a
     check.
     """
     if not isinstance(params, Mapping):
-        raise ValueError("schema must be an object mapping parameter names to specs")
+        raise SchemaError("schema must be an object mapping parameter names to specs")
+    if len(params) > MAX_PARAMS:
+        raise SchemaError(f"more than {MAX_PARAMS} parameters")
     for name, spec in params.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"parameter name {name!r} must be a non-empty string")
-        _validate_spec(name, spec)
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+            raise SchemaError(
+                f"parameter name {_shown(name)} must be a string of 1 to {MAX_NAME_LENGTH}"
+                " characters"
+            )
+        try:
+            _validate_spec(name, spec)
+        except (ValueError, TypeError) as e:
+            raise SchemaError(str(e), param=name) from None
+
+
+def validate_verbs(verbs: object) -> None:
+    """Check the verbs an agent announces (``hello.verbs``): names, counts and schemas.
+
+    Raises :class:`SchemaError` naming the verb (and the parameter) at fault. The
+    counts are checked before any pattern is compiled, so a refused announcement
+    costs little.
+    """
+    if not isinstance(verbs, Mapping):
+        raise SchemaError("verbs must be an object")
+    if len(verbs) > MAX_VERBS:
+        raise SchemaError(f"more than {MAX_VERBS} verbs")
+    patterns: set[str] = set()
+    for verb, description in verbs.items():
+        if not isinstance(verb, str) or not verb or len(verb) > MAX_NAME_LENGTH:
+            raise SchemaError(
+                f"verb name {_shown(verb)} must be a string of 1 to {MAX_NAME_LENGTH} characters"
+            )
+        if not isinstance(description, Mapping):
+            raise SchemaError(f"verb {verb!r}: description must be an object", verb)
+        params = description.get("params", {})
+        if isinstance(params, Mapping):
+            patterns.update(
+                spec["pattern"]
+                for spec in params.values()
+                if isinstance(spec, Mapping) and isinstance(spec.get("pattern"), str)
+            )
+    if len(patterns) > MAX_PATTERNS:
+        raise SchemaError(f"more than {MAX_PATTERNS} distinct patterns")
+    for verb, description in verbs.items():
+        try:
+            validate_schema(description.get("params", {}))
+        except SchemaError as e:
+            raise SchemaError(f"verb {verb!r}: {e}", verb, e.param) from None
+
+
+def _shown(value: object) -> str:
+    """An agent's value for an error message, as its repr, shortened: it may be huge."""
+    return _clipped(repr(value))
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= MAX_NAME_LENGTH + 2 else text[:MAX_NAME_LENGTH] + "..."
 
 
 def _validate_spec(name: str, spec: object) -> None:
@@ -88,10 +202,10 @@ def _validate_spec(name: str, spec: object) -> None:
         raise ValueError(f"parameter {name!r}: spec must be an object")
     kind = spec.get("type")
     if not isinstance(kind, str) or kind not in _TYPE_KEYS:
-        raise ValueError(f"parameter {name!r}: unknown type {kind!r}")
+        raise ValueError(f"parameter {name!r}: unknown type {_shown(kind)}")
     unknown = set(spec) - _COMMON_KEYS - _TYPE_KEYS[kind]
     if unknown:
-        raise ValueError(f"parameter {name!r}: unknown keys {sorted(unknown)!r}")
+        raise ValueError(f"parameter {name!r}: unknown keys {_shown(sorted(unknown))}")
     if "required" in spec and not isinstance(spec["required"], bool):
         raise ValueError(f"parameter {name!r}: 'required' must be a boolean")
     if "description" in spec and not isinstance(spec["description"], str):
@@ -104,12 +218,7 @@ def _validate_spec(name: str, spec: object) -> None:
         if spec.get("min_length", 0) > spec.get("max_length", math.inf):
             raise ValueError(f"parameter {name!r}: min_length exceeds max_length")
         if "pattern" in spec:
-            if not isinstance(spec["pattern"], str):
-                raise ValueError(f"parameter {name!r}: 'pattern' must be a string")
-            try:
-                re.compile(spec["pattern"])
-            except re.error as e:
-                raise ValueError(f"parameter {name!r}: bad pattern: {e}") from None
+            _check_pattern(name, spec["pattern"])
     elif kind in ("integer", "number"):
         check = _is_int if kind == "integer" else _is_number
         for key in ("min", "max"):
@@ -133,6 +242,25 @@ def _validate_spec(name: str, spec: object) -> None:
             _check_value(name, spec, spec["default"])
         except ArgsError as e:
             raise ValueError(f"parameter {name!r}: default is invalid: {e.message}") from None
+
+
+def _check_pattern(name: str, pattern: object) -> None:
+    if not isinstance(pattern, str):
+        raise ValueError(f"parameter {name!r}: 'pattern' must be a string")
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise ValueError(f"parameter {name!r}: pattern longer than {MAX_PATTERN_LENGTH} characters")
+    try:
+        compile_pattern(pattern)
+    except re2.error as e:
+        reason = e.args[0] if e.args else b"refused"
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(
+            f"parameter {name!r}: bad pattern: {_clipped(reason)} (RE2 syntax, linear time:"
+            f" no backreferences or lookaround, at most {PATTERN_MAX_MEM >> 20} MiB compiled)"
+        ) from None
+    except UnicodeEncodeError:
+        raise ValueError(f"parameter {name!r}: pattern is not valid Unicode") from None
 
 
 def validate_args(params: Mapping[str, Any], args: object) -> dict[str, Any]:
@@ -167,12 +295,28 @@ def _check_value(name: str, spec: Mapping[str, Any], value: object) -> Any:
         if "\x00" in value:
             # NUL cannot be passed in argv and is never legitimate here.
             raise ArgsError(name, "must not contain NUL characters")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                # A lone surrogate (JSON allows it): no program can be given it.
+                raise ArgsError(name, "must be valid Unicode text") from None
         if len(value) < spec.get("min_length", 0):
             raise ArgsError(name, f"must be at least {spec['min_length']} characters")
         if "max_length" in spec and len(value) > spec["max_length"]:
             raise ArgsError(name, f"must be at most {spec['max_length']} characters")
-        if "pattern" in spec and re.fullmatch(spec["pattern"], value) is None:
-            raise ArgsError(name, "does not match the required pattern")
+        if "pattern" in spec:
+            if len(value) > MAX_PATTERN_SUBJECT:
+                raise ArgsError(
+                    name, f"must be at most {MAX_PATTERN_SUBJECT} characters to check its pattern"
+                )
+            try:
+                program = compile_pattern(spec["pattern"])
+            except re2.error:
+                # A schema stored before patterns had to run on RE2 (the agent must upgrade).
+                raise ArgsError(name, "has a pattern that cannot be checked (not RE2)") from None
+            if program.fullmatch(value) is None:
+                raise ArgsError(name, "does not match the required pattern")
         return value
     if kind in ("integer", "number"):
         if kind == "integer" and not _is_int(value):

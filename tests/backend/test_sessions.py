@@ -62,9 +62,9 @@ class AgentClient(WebSocketClientProtocol):
     def send_raw(self, payload: bytes, binary: bool = False) -> None:
         self.sendMessage(payload, isBinary=binary)
 
-    def hello(self, agent_id: str = "gw-1", verbs: dict = VERBS) -> None:
-        self.send(
-            "hello",
+    def hello(self, agent_id: str = "gw-1", verbs: dict = VERBS, **fields: Any) -> None:
+        """A HELLO as a gateway sends it; ``fields`` replace any of its fields."""
+        hello = dict(
             agent_id=agent_id,
             version="0.1.0",
             site="test",
@@ -73,6 +73,7 @@ class AgentClient(WebSocketClientProtocol):
             verbs=verbs,
             labels={"rack": "r1"},
         )
+        self.send("hello", **{**hello, **fields})
 
     def of_type(self, frame_type: str) -> list[protocol.Frame]:
         return [f for f in self.frames if f.type == frame_type]

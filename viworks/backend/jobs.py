@@ -56,7 +56,7 @@ from viworks.backend.ledger import (
 )
 from viworks.backend.registry import SessionRegistry
 from viworks.logs import Logger
-from viworks.schema import REDACTED, ArgsError, redact, validate_args
+from viworks.schema import REDACTED, ArgsError, validate_args
 from viworks.selectors import SelectorError
 from viworks.selectors import parse as parse_selector
 from viworks.timeutil import rfc3339
@@ -349,7 +349,9 @@ class JobRunner:
                 raise LedgerError(
                     422, "INVALID_ARGS", f"agent {agent['agent_id']!r}: {e.message}", e.field
                 ) from None
-            secret_keys |= {k for k, v in redact(params, args).items() if v == REDACTED}
+            # Secret for this agent, or for any (an agent cannot downgrade a secret).
+            redacted = self.ledger.secrets.redact(verb, params, args)
+            secret_keys |= {k for k, v in redacted.items() if v == REDACTED}
         stored_args = {k: REDACTED if k in secret_keys else v for k, v in args.items()}
         now = self.clock.seconds()
         row = await self.store.create_job(

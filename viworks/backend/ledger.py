@@ -22,9 +22,10 @@ from viworks.backend.audit import AuditLog
 from viworks.backend.events import EventHub
 from viworks.backend.metrics import Metrics
 from viworks.backend.registry import LiveSession, SessionRegistry
+from viworks.backend.secrecy import SecretParams
 from viworks.backend.store import IdempotencyConflict
 from viworks.logs import Logger
-from viworks.schema import ArgsError, redact, validate_args
+from viworks.schema import ArgsError, validate_args
 
 MAX_TIMEOUT = 86400.0
 MAX_TTL = 7 * 86400.0
@@ -92,7 +93,10 @@ class CommandLedger:
         metrics: Metrics | None = None,
         audit: AuditLog | None = None,
         startup_grace: float = 0.0,
+        secrets: SecretParams | None = None,
     ) -> None:
+        # Which parameters are secret for every agent (the sessions teach it each HELLO).
+        self.secrets = secrets or SecretParams()
         # Final outcomes are audited; the API and the sessions share this log by default.
         self.audit = audit or AuditLog(store, clock)
         self.metrics = metrics or Metrics()
@@ -124,6 +128,9 @@ class CommandLedger:
         """Begin keeping deadlines (after the store is open)."""
         self._running = True
         self._lose_from = self.clock.seconds() + self.startup_grace
+        # What agents announced before this process started still counts.
+        for agent in await self.store.list_agents():
+            self.secrets.learn(agent["verbs"])
         await self._sweep()
 
     def stop(self) -> None:
@@ -216,7 +223,7 @@ class CommandLedger:
             "command_id": self._new_id(),
             "agent_id": agent_id,
             "verb": verb,
-            "args": redact(params, args),
+            "args": self.secrets.redact(verb, params, args),
             "status": lifecycle.QUEUED,
             "timeout": timeout,
             "created_at": now,
@@ -401,10 +408,7 @@ class CommandLedger:
     async def _has_secrets(self, command: dict) -> bool:
         agent = await self.store.get_agent(command["agent_id"])
         params = (agent or {}).get("verbs", {}).get(command["verb"], {}).get("params", {})
-        return any(
-            spec.get("type") == "secret" and name in command["args"]
-            for name, spec in params.items()
-        )
+        return any(name in command["args"] for name in self.secrets.of(command["verb"], params))
 
     # -- what agents report ---------------------------------------------------------------
 

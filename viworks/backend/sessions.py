@@ -28,7 +28,7 @@ from viworks.backend.revocation import peer_cert_serial
 from viworks.logs import Logger
 from viworks.net import SkipPeerCertificateDetails, no_delay
 from viworks.ratelimit import TokenBucket
-from viworks.schema import validate_schema
+from viworks.schema import SchemaError, validate_verbs
 
 HELLO_TIMEOUT = 10.0
 # Flood control: drops counted over this window; beyond the limit the agent is
@@ -340,13 +340,26 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             self.close_revoked_before_hello()
             return
         try:
-            for name, description in frame["verbs"].items():
-                if not isinstance(description, dict):
-                    raise ValueError(f"verb {name!r}: description must be an object")
-                validate_schema(description.get("params", {}))
-        except (ValueError, TypeError) as e:
+            # Bounded cost: counts and name lengths are capped, patterns must run on RE2.
+            validate_verbs(frame["verbs"])
+        except SchemaError as e:
+            self.factory.audit.record_later(
+                self._identity,
+                "connection.refused",
+                f"agent:{self._identity}",
+                audit.REFUSED,
+                {
+                    "reason": "invalid verb schema",
+                    "verb": e.verb,
+                    "param": e.param,
+                    "message": str(e),
+                    "peer": self.peer,
+                },
+            )
             self._refuse(protocol.INVALID_FRAME, str(e), protocol.CLOSE_HELLO_REFUSED)
             return
+        # Secret by this agent's word is secret for every agent, from now on.
+        self.factory.ledger.secrets.learn(frame["verbs"])
         self._hello_timer.cancel()
         self.agent_id = frame["agent_id"]
         self.agent_protocol = frame["protocol"]

@@ -227,8 +227,9 @@ def _tail_logs(runner: ProcessRunner, logs: LogsSection) -> Verb:
         "unit": (
             {"type": "enum", "values": units, "description": "a unit from [logs] units"}
             if units
-            # An empty allowlist: the verb exists but accepts no unit at all.
-            else {"type": "string", "pattern": "(?!)", "description": "no unit is allowed"}
+            # An empty allowlist: the verb exists but accepts no unit at all (an empty
+            # class matches nothing; RE2 has no lookahead for "(?!)").
+            else {"type": "string", "pattern": "[^\\s\\S]", "description": "no unit is allowed"}
         ),
         "lines": {
             "type": "integer",
