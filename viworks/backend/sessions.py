@@ -25,6 +25,7 @@ from viworks.backend.ledger import CommandLedger
 from viworks.backend.metrics import Metrics
 from viworks.backend.registry import LiveSession, SessionRegistry
 from viworks.backend.revocation import peer_cert_serial
+from viworks.backend.store.batch import StoreClosed
 from viworks.logs import Logger
 from viworks.net import SkipPeerCertificateDetails, no_delay
 from viworks.ratelimit import TokenBucket
@@ -488,11 +489,17 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
 
     def _run(self, coro: Any) -> None:
         d = Deferred.fromCoroutine(coro)
-        d.addErrback(
-            lambda f: self.log.failure(
-                "agent {agent_id}: handling failed", f, agent_id=self.agent_id
+        d.addErrback(self._handling_failed)
+
+    def _handling_failed(self, failure: Any) -> None:
+        if failure.check(StoreClosed):
+            # The backend is stopping: the frame is answered again after the reconnect.
+            self.log.info(
+                "agent {agent_id}: frame not handled, the store is closed (shutting down)",
+                agent_id=self.agent_id,
             )
-        )
+            return
+        self.log.failure("agent {agent_id}: handling failed", failure, agent_id=self.agent_id)
 
 
 class AgentSessionFactory(WebSocketServerFactory):
