@@ -16,6 +16,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.processes import ENV, ROOT, WAIT, twistd, wait_for
@@ -93,6 +94,24 @@ class OneLineErrorTests(unittest.TestCase):
         self.assertIn("IDENTITY_MISMATCH", line)
         with self.assertRaises(ConfigError):
             build_gateway(self.stack.agent_config(agent_id="gw-2", cert_of="gw-1"), reactor)
+
+
+class MissingToolWarningTests(unittest.TestCase):
+    def test_gateway_start_names_missing_tools(self) -> None:
+        """At start-up a gateway warns once per missing program, naming the verbs it blocks."""
+        stack = Stack(self)
+        engine = os.path.join(stack.dir, "no-docker")
+        config = stack.agent_config(extra=f'[containers]\nengine_path = "{engine}"\n')
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        build_gateway(config, reactor).link.journal.close()
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn(
+            f"{engine} is not installed (or not executable): list_containers, spawn_container,"
+            " stop_container cannot run on this host",
+            warnings,
+        )
 
 
 class ListenServiceTests(unittest.TestCase):
@@ -176,8 +195,8 @@ class DevStackTests(unittest.TestCase):
         """The banner names each missing tool with its verbs, and how to get them."""
 
         class Catalog:
-            def unavailable(self) -> dict[str, list[str]]:
-                return {"create_panel_user": ["/x/htpasswd"], "delete_panel_user": ["/x/htpasswd"]}
+            def missing_tools(self) -> dict[str, list[str]]:
+                return {"/x/htpasswd": ["create_panel_user", "delete_panel_user"]}
 
         text = banner("/d", 1, 2, "token", Catalog())
         self.assertIn("  /x/htpasswd: create_panel_user, delete_panel_user\n", text)

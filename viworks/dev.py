@@ -193,15 +193,12 @@ def banner(directory: str, http_port: int, api_port: int, token: str, catalog: A
         f"  .venv/bin/viworks run {DEV_AGENT} create_panel_user username=alice "
         f"password=correct-horse\n\n"
     )
-    by_tool: dict[str, list[str]] = {}
-    for verb, tools in catalog.unavailable().items():
-        for tool in tools:
-            by_tool.setdefault(tool, []).append(verb)
-    if by_tool:
+    missing = catalog.missing_tools()
+    if missing:
         text += (
             "Unavailable here: a tool they need is not installed, so these verbs fail at once"
             " (TOOL_NOT_FOUND; ENGINE_NOT_FOUND for containers):\n"
-            + "".join(f"  {tool}: {', '.join(verbs)}\n" for tool, verbs in sorted(by_tool.items()))
+            + "".join(f"  {tool}: {', '.join(verbs)}\n" for tool, verbs in missing.items())
             + "  `make tools` (as root) installs htpasswd, vpncmd and fwknopd from Debian"
             " packages;\n  the container verbs need docker or podman ([containers] in"
             " agent.toml).\n\n"

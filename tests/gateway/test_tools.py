@@ -70,13 +70,12 @@ class MissingToolTests(unittest.TestCase):
         execution.cancel()
 
     def test_unavailable_lists_verbs_and_tools(self) -> None:
-        """unavailable() names each verb whose tool is missing, with the missing paths."""
+        """missing_tools() names each missing tool with the verbs that need it."""
         self.assertEqual(
-            self.catalog.unavailable(),
-            {"create_panel_user": [self.tool], "delete_panel_user": [self.tool]},
+            self.catalog.missing_tools(), {self.tool: ["create_panel_user", "delete_panel_user"]}
         )
         make_tool(self.tool)
-        self.assertEqual(self.catalog.unavailable(), {})
+        self.assertEqual(self.catalog.missing_tools(), {})
 
     async def test_vpn_verbs_without_vpncmd(self) -> None:
         """VPN verbs without vpncmd fail with TOOL_NOT_FOUND, not as a SoftEther error."""
@@ -92,7 +91,8 @@ class MissingToolTests(unittest.TestCase):
         family = vpn_verbs.verbs(vpn, fw, self.runner)
         catalog = VerbCatalog(self.runner, {v.name: v for v in family})
         self.assertEqual(
-            set(catalog.unavailable()), {"create_vpn_user", "delete_vpn_user", "list_vpn_users"}
+            catalog.missing_tools(),
+            {vpncmd_path: ["create_vpn_user", "delete_vpn_user", "list_vpn_users"]},
         )
         outcome = await catalog.execute("list_vpn_users", {})
         self.assertEqual(outcome.error["code"], TOOL_NOT_FOUND)

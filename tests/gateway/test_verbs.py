@@ -352,7 +352,7 @@ class ConfigCatalogTests(Base):
         outcome = await catalog.execute("rotate", {})
         self.assertError(outcome, "failed", verbs_module.TOOL_NOT_FOUND)
         self.assertIn(program, outcome.error["message"])
-        self.assertEqual(catalog.unavailable()["rotate"], [program])
+        self.assertEqual(catalog.missing_tools()[program], ["rotate"])
         self.assertEqual(self.spawner.calls, [])
 
     async def test_declared_verb_runs(self) -> None:

@@ -28,13 +28,15 @@ from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
 from viworks.gateway.localapi import GatewayAPI
 from viworks.gateway.runner import ProcessRunner
-from viworks.logs import set_log_level
+from viworks.logs import Logger, set_log_level
 from viworks.net import ConnectionLimit, listen_service
 from viworks.pki import agent_id_of
 from viworks.reload import Reloader, install_sighup
 from viworks.runtime import tune_gc
 from viworks.service import build_or_exit
 from viworks.tls import ReloadableTLS, client_tls_options, load_pem_certificate
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -49,6 +51,12 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     ensure_private_dir(config.agent.state_dir)
     runner = ProcessRunner(reactor, run_as=config.agent.run_as_user or None)
     catalog = catalog_from_config(runner, config, clock=reactor)
+    for tool, verbs in catalog.missing_tools().items():
+        log.warn(
+            "{tool} is not installed (or not executable): {verbs} cannot run on this host",
+            tool=tool,
+            verbs=", ".join(verbs),
+        )
     outbound = config.outbound
     host = outbound.backend_host
     link = BackendLink(

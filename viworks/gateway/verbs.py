@@ -290,13 +290,14 @@ class VerbCatalog:
     def names(self) -> list[str]:
         return sorted(self._verbs)
 
-    def unavailable(self) -> dict[str, list[str]]:
-        """The verbs whose tools are missing here, each with the missing paths."""
-        return {
-            name: missing
-            for name, verb in sorted(self._verbs.items())
-            if (missing := [t for t in verb.tools if missing_tool(t) is not None])
-        }
+    def missing_tools(self) -> dict[str, list[str]]:
+        """Each tool that is missing here, with the verbs that cannot run without it."""
+        missing: dict[str, list[str]] = {}
+        for name, verb in sorted(self._verbs.items()):
+            for tool in verb.tools:
+                if missing_tool(tool) is not None:
+                    missing.setdefault(tool, []).append(name)
+        return dict(sorted(missing.items()))
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """Public description of every verb, for the agent HELLO."""
