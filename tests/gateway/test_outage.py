@@ -79,7 +79,7 @@ class WhyTests(unittest.TestCase):
         )
         self.assertEqual(
             outage.why_closed(protocol.CLOSE_HELLO_REFUSED, "hello names 'a' but the cert is 'b'"),
-            "the backend closed the link with code 4001 (hello refused: hello names 'a' but"
+            "the link was closed with code 4001 (hello refused: hello names 'a' but"
             " the cert is 'b')",
         )
         dropped = 'connection was closed uncleanly ("peer dropped the TCP connection without ...")'

@@ -2,9 +2,9 @@
 
 The ``why_*`` functions are pure: they turn what Twisted, pyOpenSSL and Autobahn
 report (a connect failure, a TLS error, a refused upgrade, a close code) into one
-sentence. ``OutageLog`` writes the first
-failure at once and then at most one line a minute while the link stays down,
-each with the delay before the next attempt, and says when the link is back.
+sentence. ``OutageLog`` writes the first failure at once and then at most one line
+a minute while the link stays down, each with the delay before the next attempt,
+and says when the link is back.
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ def why_closed(code: int | None, reason: str | None) -> str:
             return "the connection was dropped without a WebSocket close"
         return f"the connection was lost ({reason or 'no reason given'})"
     name = _CLOSE_NAMES.get(code, "")
-    return f"the backend closed the link with code {code}" + (
+    # Usually the backend's code; Autobahn's own (1002, 1007, 1009) when we closed.
+    return f"the link was closed with code {code}" + (
         f" ({name}: {reason})" if name else f" ({reason})"
     )
 
