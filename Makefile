@@ -19,20 +19,18 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
 
-# The real tools the verbs drive, for the tests that run them (command:package):
-# htpasswd for the panel verbs, SoftEther and fwknopd for the VPN verbs, and
-# systemd-journal-remote to build a real journal file for journalctl, and nginx to test
-# agents behind a TLS-terminating proxy (tests/test_nginx.py).
+# The real tools the verbs drive, for the tests that run them (program:package):
+# htpasswd for the panel verbs, SoftEther and fwknopd for the VPN verbs,
+# systemd-journal-remote to build a real journal file for journalctl, nginx and its
+# stream module to test agents behind a proxy (tests/test_nginx.py), and Chromium for
+# the browser tests. .ci/install-tools installs only what is missing (as root), starts
+# no service and leaves none enabled. `make run` does not need any of them: verbs whose
+# tool is missing answer TOOL_NOT_FOUND, and `viworks dev` lists them.
 TOOLS := htpasswd:apache2-utils vpncmd:softether-vpncmd vpnserver:softether-vpnserver \
-	fwknopd:fwknop-server systemd-journal-remote:systemd-journal-remote nginx:nginx
+	fwknopd:fwknop-server systemd-journal-remote:systemd-journal-remote nginx:nginx \
+	/usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream chromium:chromium
 tools:
-	@missing=""; for t in $(TOOLS); do \
-		command -v $${t%%:*} >/dev/null || [ -x /lib/systemd/$${t%%:*} ] || missing="$$missing $${t#*:}"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	@.ci/install-tools $(TOOLS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check $(LINT_DIRS)
@@ -56,7 +54,8 @@ bench-full: $(VENV)/.installed
 constraints: $(VENV)/.installed
 	$(PY) etc/constraints.py > constraints.txt.new && mv constraints.txt.new constraints.txt
 
-run: $(VENV)/.installed tools
+# The local stack (no root, no system packages): see `viworks dev --help` for its ports.
+run: $(VENV)/.installed
 	$(VENV)/bin/viworks dev --dir .dev
 
 clean:

@@ -233,7 +233,7 @@ class LinkFaultTests(FaultTestCase):
         proxy.blackhole()
         await self.wait_agent("offline", timeout=10 * HEARTBEAT)
         self.assertLessEqual(reactor.seconds() - started, 3 * HEARTBEAT + 0.5)
-        await eventually(lambda: "link to backend closed" in gateway.log_text(mark), 5 * HEARTBEAT)
+        await eventually(lambda: "backend link down" in gateway.log_text(mark), 5 * HEARTBEAT)
         self.assertEqual((await self.submit("after-blackhole"))["status"], lifecycle.QUEUED)
         proxy.restore()
         # A reconnect attempt made during the black hole hangs until the opening

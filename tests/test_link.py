@@ -13,10 +13,12 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.stack import Stack, eventually, poll, stays, tick_verb
 from viworks import pki
+from viworks.gateway.tap import build_gateway
 
 
 class LinkTests(unittest.TestCase):
@@ -24,6 +26,18 @@ class LinkTests(unittest.TestCase):
 
     def setUp(self):
         self.stack = Stack(self)
+        self.outage: list[str] = []
+
+        def observe(event):
+            if event.get("log_namespace", "").startswith("viworks.gateway.outage"):
+                self.outage.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    async def link_down_because(self, why: str) -> None:
+        """Wait until the gateway's outage log gives ``why`` as the reason."""
+        await eventually(lambda: any(why in line for line in self.outage))
 
     def online(self, agent_id="gw-1") -> bool:
         return self.stack.backend.registry.get(agent_id) is not None
@@ -89,11 +103,19 @@ class LinkTests(unittest.TestCase):
         self.assertEqual([a["agent_id"] for a in agents], ["gw-1"])
 
     async def test_identity_mismatch_refused(self):
-        """A HELLO naming another agent than the certificate's is refused."""
+        """A HELLO naming another agent than the certificate's is refused (close 4001).
+
+        The gateway refuses to start with such a configuration (tests/test_startup.py),
+        so the link's agent id is changed after the start-up check.
+        """
         await self.stack.start_backend()
-        self.stack.start_gateway(agent_id="gw-2", cert_of="gw-1")
+        gateway = build_gateway(self.stack.agent_config(agent_id="gw-1"), reactor)
+        gateway.link.agent_id = "gw-2"
+        gateway.startService()
+        self.addCleanup(gateway.stopService)
         await stays(lambda: len(self.stack.backend.registry) == 0)
         self.assertEqual(await self.stack.backend.store.list_agents(), [])
+        await self.link_down_because("code 4001 (hello refused: hello names 'gw-2'")
 
     async def test_foreign_ca_refused(self):
         """An agent whose certificate comes from another CA never gets a session."""
@@ -101,6 +123,25 @@ class LinkTests(unittest.TestCase):
         self.stack.start_gateway(ca="theirs")
         await stays(lambda: len(self.stack.backend.registry) == 0)
         self.assertEqual(await self.stack.backend.store.list_agents(), [])
+        await self.link_down_because("the backend refused our certificate")
+
+    async def test_untrusted_backend_refused(self):
+        """An agent whose [tls] ca did not issue the backend's certificate never connects."""
+        await self.stack.start_backend()
+        self.stack.start_gateway(trust="theirs")
+        await stays(lambda: len(self.stack.backend.registry) == 0)
+        await self.link_down_because("we do not trust the backend's certificate")
+
+    async def test_unreachable_backend_reported(self):
+        """No backend listening: the outage log says the connection was refused."""
+        self.stack.start_gateway()
+        await self.link_down_because(f"connection to localhost:{self.stack.ws_port} refused")
+
+    async def test_refused_upgrade_reported(self):
+        """An upgrade the backend refuses (wrong path: 404) is reported with its status."""
+        await self.stack.start_backend()
+        self.stack.start_gateway(backend_url=f"wss://localhost:{self.stack.ws_port}/nope")
+        await self.link_down_because("the backend refused the WebSocket upgrade: HTTP 404")
 
     async def test_no_client_certificate_refused(self):
         """A TLS client without a certificate gets no WebSocket: the connection is dropped."""
@@ -137,6 +178,7 @@ class LinkTests(unittest.TestCase):
         wrong = "sha256/" + base64.b64encode(b"\x01" * 32).decode()
         self.stack.start_gateway(pins=(wrong,))
         await stays(lambda: len(self.stack.backend.registry) == 0)
+        await self.link_down_because("matches none of [tls] backend_spki_pins")
 
     async def test_pin_match_accepted(self):
         """An agent pinning the backend's real key connects."""
@@ -147,9 +189,11 @@ class LinkTests(unittest.TestCase):
 
     async def test_backend_hostname_verified(self):
         """An agent refuses a backend whose certificate does not match the URL's host name."""
-        await self.stack.start_backend()
+        # The backend's certificate names localhost and 127.0.0.1, not 127.0.0.2.
+        await self.stack.start_backend(ws_bind=f"127.0.0.2:{self.stack.ws_port}")
         self.stack.start_gateway(host="127.0.0.2")
         await stays(lambda: len(self.stack.backend.registry) == 0)
+        await self.link_down_because("the backend's certificate is not valid for 127.0.0.2")
 
 
 class LiveOutputTests(unittest.TestCase):

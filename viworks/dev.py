@@ -6,7 +6,6 @@ import os
 import sys
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -17,6 +16,7 @@ from twisted.logger import (
 
 from viworks import pki
 from viworks.config import ensure_private_dir, load_agent_config, load_backend_config
+from viworks.net import ListenError, check_listeners
 
 DEV_AGENT = "dev-agent-1"
 
@@ -116,7 +116,9 @@ async def dev_token(store: Any, directory: str, clock: Any) -> str:
 
 
 def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
+    """Run the stack until Ctrl-C or SIGTERM; the exit status (2: a port is taken)."""
     from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
 
     from viworks.backend.tap import build_backend
     from viworks.gateway.tap import build_gateway
@@ -124,8 +126,15 @@ def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
 
     directory = os.path.abspath(directory)
     backend_path, agent_path = prepare(directory, http_port, ws_port, api_port)
-    backend_config = load_backend_config(backend_path)
-    agent_config = load_agent_config(agent_path)
+    backend = build_backend(load_backend_config(backend_path), reactor)
+    gateway = build_gateway(load_agent_config(agent_path), reactor)
+    try:
+        # Before any output, so that a taken port is the one line printed.
+        check_listeners(backend, backend_path)
+        check_listeners(gateway, agent_path)
+    except ListenError as e:
+        _say(f"{e}; choose free ports with --http-port, --ws-port and --agent-port")
+        return 2
     globalLogBeginner.beginLoggingTo(
         [
             FilteringLogObserver(
@@ -134,38 +143,68 @@ def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
         ],
         redirectStandardIO=False,
     )
-    top = MultiService()
-    backend = build_backend(backend_config, reactor)
-    backend.setServiceParent(top)
-    gateway = build_gateway(agent_config, reactor)
     tune_gc()
+    status = 0
+
+    def failed(message: str, code: int) -> None:
+        nonlocal status
+        _say(message)
+        status = code
 
     async def announce(_: Any) -> None:
         token = await dev_token(backend.store, directory, reactor)
-        gateway.setServiceParent(top)
-        url = f"http://127.0.0.1:{http_port}"
-        print(
-            f"\nViWorkS dev stack is up (files in {directory})\n"
-            f"  API:   {url}   (health: {url}/health)\n"
-            f"  token: {token}\n"
-            f"  agent: {DEV_AGENT}, local API http://127.0.0.1:{api_port}/api/v1/health\n\n"
-            f"Try:\n"
-            f"  export VIWORKS_URL={url} VIWORKS_TOKEN={token}\n"
-            f"  .venv/bin/viworks agents\n"
-            f"  .venv/bin/viworks run {DEV_AGENT} system_health\n"
-            f"  .venv/bin/viworks run {DEV_AGENT} create_panel_user username=alice "
-            f"password=correct-horse\n\n"
-            f"Ctrl-C stops it.\n",
-            flush=True,
-        )
+        try:
+            gateway.startService()
+        except ListenError as e:  # taken since the check above
+            failed(str(e), 2)
+            reactor.stop()
+            return
+        print(banner(directory, http_port, api_port, token, gateway.link.catalog), flush=True)
 
-    from twisted.internet.defer import Deferred
+    async def stop() -> None:
+        # The backend first: it closes each agent's link in an orderly way (with a
+        # retry hint), as a backend stopped with SIGTERM does; then the gateway.
+        if backend.running:
+            await backend.stopService()
+        if gateway.running:
+            await gateway.stopService()
 
     backend.ready.addCallback(lambda r: Deferred.fromCoroutine(announce(r)))
-    backend.ready.addErrback(
-        lambda f: print(f"viworks dev: {f.getErrorMessage()}", file=sys.stderr)
-    )
-    reactor.callWhenRunning(top.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    # The backend stops the reactor itself when it cannot start.
+    backend.ready.addErrback(lambda f: failed(f"the backend could not start: {f.value}", 1))
+    reactor.callWhenRunning(backend.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: Deferred.fromCoroutine(stop()))
     reactor.run()
-    return 0
+    return status
+
+
+def banner(directory: str, http_port: int, api_port: int, token: str, catalog: Any) -> str:
+    """What ``viworks dev`` prints once the stack is up, with the verbs that cannot run here."""
+    url = f"http://127.0.0.1:{http_port}"
+    text = (
+        f"\nViWorkS dev stack is up (files in {directory})\n"
+        f"  API:   {url}   (health: {url}/health)\n"
+        f"  token: {token}\n"
+        f"  agent: {DEV_AGENT}, local API http://127.0.0.1:{api_port}/api/v1/health\n\n"
+        f"Try:\n"
+        f"  export VIWORKS_URL={url} VIWORKS_TOKEN={token}\n"
+        f"  .venv/bin/viworks agents\n"
+        f"  .venv/bin/viworks run {DEV_AGENT} system_health\n"
+        f"  .venv/bin/viworks run {DEV_AGENT} create_panel_user username=alice "
+        f"password=correct-horse\n\n"
+    )
+    missing = catalog.missing_tools()
+    if missing:
+        text += (
+            "Unavailable here: a tool they need is not installed, so these verbs fail at once"
+            " (TOOL_NOT_FOUND; ENGINE_NOT_FOUND for containers):\n"
+            + "".join(f"  {tool}: {', '.join(verbs)}\n" for tool, verbs in missing.items())
+            + "  `make tools` (as root) installs htpasswd, vpncmd and fwknopd from Debian"
+            " packages;\n  the container verbs need docker or podman ([containers] in"
+            " agent.toml).\n\n"
+        )
+    return text + "Ctrl-C stops it.\n"
+
+
+def _say(message: str) -> None:
+    print(f"viworks dev: {message}", file=sys.stderr, flush=True)

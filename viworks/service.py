@@ -1,12 +1,13 @@
-"""What both twistd services share: turning config problems into one clean line."""
+"""What both twistd services share: turning config and listen problems into one clean line."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from viworks.config import ConfigError
+from viworks.net import ListenError, check_listeners
 from viworks.tls import TLSConfigError
 
 C = TypeVar("C")
@@ -18,11 +19,22 @@ def build_or_exit(
 ) -> T:
     """Load the config named by ``options["config"]`` and build the service from it.
 
-    A bad file, key or certificate prints one line and exits 2: twistd would
-    otherwise print a traceback (or its usage text) for a typo in a file.
+    A bad file, key or certificate, or a listen address already in use (checked
+    here, before twistd sets up its log and forks), prints one line and exits 2:
+    twistd would otherwise print a traceback (or its usage text).
     """
+    path = options["config"]
     try:
-        return build(loader(options["config"]), reactor)
+        service = build(loader(path), reactor)
+        check_listeners(service, path)
     except (ConfigError, TLSConfigError) as e:
-        print(f"viworks: configuration error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_with(f"configuration error: {e}")
+    except ListenError as e:
+        exit_with(str(e))
+    return service
+
+
+def exit_with(message: str, code: int = 2) -> NoReturn:
+    """Print ``viworks: message`` (one line) to stderr and exit."""
+    print(f"viworks: {message}", file=sys.stderr)
+    raise SystemExit(code)

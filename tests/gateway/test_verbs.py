@@ -344,6 +344,17 @@ class ConfigCatalogTests(Base):
         """viworks.config.BUILTIN_VERBS names exactly the built-in verbs."""
         self.assertEqual(set(builtin_verbs(self.load(), self.runner)), BUILTIN_VERBS)
 
+    async def test_declared_verb_program_missing(self) -> None:
+        """A declared verb whose program (argv[0]) is not installed fails with
+        TOOL_NOT_FOUND naming it, and nothing is spawned."""
+        program = os.path.join(self.tmp, "rotate")
+        catalog = self.fake(f"[verbs.rotate]\nargv = {json.dumps([program, '--now'])}\n")
+        outcome = await catalog.execute("rotate", {})
+        self.assertError(outcome, "failed", verbs_module.TOOL_NOT_FOUND)
+        self.assertIn(program, outcome.error["message"])
+        self.assertEqual(catalog.missing_tools()[program], ["rotate"])
+        self.assertEqual(self.spawner.calls, [])
+
     async def test_declared_verb_runs(self) -> None:
         """A declared verb runs argv with placeholders substituted inside single elements
         (no shell), gets its stdin template, and succeeds with result None."""

@@ -28,7 +28,7 @@ from viworks.backend.sessions import AgentSessionFactory
 from viworks.backend.store import open_store
 from viworks.config import BackendConfig, load_backend_config, parse_bind
 from viworks.logs import Logger, set_log_level
-from viworks.net import DrainingSite, listen_service
+from viworks.net import DrainingSite, ListenError, listen_service
 from viworks.reload import Reloader, install_sighup
 from viworks.runtime import tune_gc
 from viworks.service import build_or_exit
@@ -93,7 +93,10 @@ class BackendService(MultiService):
             await revocations.start()
 
     def _failed(self, failure: Any) -> None:
-        self.log.failure("backend could not start", failure)
+        if failure.check(ListenError):
+            self.log.critical("backend could not start: {error}", error=failure.value)
+        else:
+            self.log.failure("backend could not start", failure)
         self.ready.errback(failure)
         if hasattr(self.clock, "stop"):
             self.clock.stop()
@@ -199,7 +202,9 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
     tls = ReloadableTLS(lambda: _server_tls(config))
     top.tls = tls
     ws_host, ws_port = parse_bind(config.backend.ws_bind)
-    listen_service(reactor, ws_host, ws_port, sessions, tls).setServiceParent(top)
+    listen_service(
+        reactor, ws_host, ws_port, sessions, tls, key="[backend] ws_bind"
+    ).setServiceParent(top)
     proxied_identity = None
     if config.backend.proxied_ws_bind:
         # Plain TCP: nginx terminated TLS and verified the client certificate. Only
@@ -216,14 +221,18 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         top.revocations.factories.append(proxied)
         top.proxied_sessions = proxied
         px_host, px_port = parse_bind(config.backend.proxied_ws_bind)
-        listen_service(reactor, px_host, px_port, proxied).setServiceParent(top)
+        listen_service(
+            reactor, px_host, px_port, proxied, key="[backend] proxied_ws_bind"
+        ).setServiceParent(top)
     top.reloader = _backend_reloader(config, tls, proxied_identity)
     top.reloader.add("command signing key", lambda new: ledger.set_signing_key(signing_key(new)))
     top.reloader.add(
         "API trusted proxies", lambda new: setattr(api, "trusted_proxies", _networks(new))
     )
     http_host, http_port = parse_bind(config.backend.http_bind)
-    listen_service(reactor, http_host, http_port, site).setServiceParent(top)
+    listen_service(reactor, http_host, http_port, site, key="[backend] http_bind").setServiceParent(
+        top
+    )
     return top
 
 

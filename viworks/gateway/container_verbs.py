@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 
 from viworks.config import ContainersSection
 from viworks.gateway.containers import (
+    ENGINE_NOT_FOUND,
     NAME_PREFIX,
     Engine,
     allocate_port,
@@ -132,7 +133,7 @@ def verbs(section: ContainersSection, runner: ProcessRunner) -> list[Verb]:
                 run = await engine.run(*argv, what="run")
                 break
             except VerbError as e:
-                if e.code not in ("ALREADY_EXISTS", "ENGINE_UNAVAILABLE", "ENGINE_NOT_FOUND"):
+                if e.code not in ("ALREADY_EXISTS", "ENGINE_UNAVAILABLE", ENGINE_NOT_FOUND):
                     # "run" may have created the container before failing to start it (a
                     # port taken outside viworks): remove it so the name is free again.
                     # The name was free before (no ALREADY_EXISTS), so this one is ours.
@@ -189,6 +190,8 @@ def verbs(section: ContainersSection, runner: ProcessRunner) -> list[Verb]:
     def call(fn: Any) -> Any:
         return lambda args: Deferred.fromCoroutine(fn(args))
 
+    # Checked before anything runs, with the code of the engine's own check (Engine.run).
+    engine_tool = (section.executable,)
     return [
         Verb(
             name="spawn_container",
@@ -218,6 +221,8 @@ def verbs(section: ContainersSection, runner: ProcessRunner) -> list[Verb]:
             timeout=180.0,
             call=call(spawn),
             serialize="containers",
+            tools=engine_tool,
+            missing_tool_code=ENGINE_NOT_FOUND,
         ),
         Verb(
             name="stop_container",
@@ -227,6 +232,8 @@ def verbs(section: ContainersSection, runner: ProcessRunner) -> list[Verb]:
             timeout=90.0,
             call=call(stop),
             serialize="containers",
+            tools=engine_tool,
+            missing_tool_code=ENGINE_NOT_FOUND,
         ),
         Verb(
             name="list_containers",
@@ -234,6 +241,8 @@ def verbs(section: ContainersSection, runner: ProcessRunner) -> list[Verb]:
             description="The viworks containers with user, session, status, created and port.",
             timeout=30.0,
             call=call(list_all),
+            tools=engine_tool,
+            missing_tool_code=ENGINE_NOT_FOUND,
         ),
     ]
 

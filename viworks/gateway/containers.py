@@ -22,7 +22,6 @@ port reserved: the engine reports no ``Ports`` for a container that is not runni
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,9 +30,10 @@ from typing import Any
 
 from viworks.config import ContainersSection
 from viworks.gateway.runner import ProcessRunner, RunResult
-from viworks.gateway.verbs import VerbError
+from viworks.gateway.verbs import VerbError, missing_tool
 
 __all__ = [
+    "ENGINE_NOT_FOUND",
     "LABEL_MANAGED",
     "LABEL_PORT",
     "LABEL_SESSION",
@@ -55,6 +55,8 @@ LABEL_USER = "viw.user"
 LABEL_SESSION = "viw.session"
 LABEL_PORT = "viw.port"
 
+#: The error code of every container verb while the engine's executable is missing.
+ENGINE_NOT_FOUND = "ENGINE_NOT_FOUND"
 #: Output kept from an engine command (``ps`` of many containers can be long).
 ENGINE_OUTPUT_CAP = 4 * 1024 * 1024
 #: Longest engine message quoted in an error.
@@ -377,11 +379,9 @@ class Engine:
     async def run(self, *args: str, what: str | None = None) -> RunResult:
         """Run ``engine args...``; raise :class:`VerbError` unless it exits 0."""
         what = what or args[0]
-        if not os.access(self.executable, os.X_OK):
-            raise VerbError(
-                "ENGINE_NOT_FOUND",
-                f"the container engine {self.executable} is missing or not executable",
-            )
+        missing = missing_tool(self.executable, ENGINE_NOT_FOUND, "the container engine")
+        if missing is not None:
+            raise missing
         run = await self.runner.run(
             self.argv(*args), timeout=self.timeout, output_cap=ENGINE_OUTPUT_CAP
         )

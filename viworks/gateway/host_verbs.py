@@ -217,6 +217,8 @@ def _service_status(runner: ProcessRunner, services: ServicesSection) -> Verb:
         description="systemctl is-active of the configured units ([services] units).",
         timeout=SERVICE_STATUS_TIMEOUT,
         call=service_status,
+        # With no units nothing runs, so systemctl is not needed.
+        tools=(systemctl,) if units else (),
     )
 
 
@@ -281,4 +283,5 @@ def _tail_logs(runner: ProcessRunner, logs: LogsSection) -> Verb:
         timeout=TAIL_LOGS_TIMEOUT,
         output_cap=JOURNAL_OUTPUT_CAP,
         call=tail_logs,
+        tools=(journalctl,),
     )

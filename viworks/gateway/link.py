@@ -24,20 +24,32 @@ from collections.abc import Callable
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+from twisted.logger import Logger as TwistedLogger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from viworks import __version__, lifecycle, protocol, signing
 from viworks.config import parse_wss_url
-from viworks.gateway import telemetry
+from viworks.gateway import outage
 from viworks.gateway.journal import Journal
 from viworks.gateway.output import OutputBuffer
 from viworks.gateway.procgroups import ProcessGroups
+from viworks.gateway.telemetry import TelemetryCollector
 from viworks.logs import Logger
 from viworks.net import SkipPeerCertificateDetails, no_delay
 from viworks.tls import enforce_pins
@@ -83,11 +95,43 @@ class ReconnectPolicy:
         self._floor = max(self._floor, seconds)
 
 
+class _QuietClientService(ClientService):
+    """A ``ClientService`` without its "Scheduling retry N" line for every attempt.
+
+    The link logs why it is down and when it tries again (``outage.OutageLog``);
+    Twisted's warnings still get through.
+    """
+
+    _log = TwistedLogger(
+        observer=FilteringLogObserver(
+            globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]
+        )
+    )
+
+
+@implementer(IStreamClientEndpoint)
+class _ReportingEndpoint:
+    """An endpoint that tells ``on_failure`` why a connection attempt failed."""
+
+    def __init__(self, endpoint: Any, on_failure: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._on_failure = on_failure
+
+    def connect(self, factory: Any) -> Deferred:
+        def report(failure: Failure) -> Failure:
+            self._on_failure(failure)
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(report)
+
+
 @implementer(IHandshakeListener)
 class AgentLinkProtocol(SkipPeerCertificateDetails, WebSocketClientProtocol):
     """The agent's end of one connection; all state lives in the ``BackendLink``."""
 
     log = Logger()
+    #: Why this connection failed below the WebSocket (TLS, pins), for the outage log.
+    lost_why: str | None = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -96,7 +140,19 @@ class AgentLinkProtocol(SkipPeerCertificateDetails, WebSocketClientProtocol):
     def handshakeCompleted(self) -> None:
         # Chain and hostname were verified by TLS; the pin check comes on top.
         if not enforce_pins(self.transport, self.factory.link.pins):
-            self.log.error("backend key does not match backend_spki_pins: connection aborted")
+            self.lost_why = (
+                "TLS: the backend's key matches none of [tls] backend_spki_pins"
+                " (connection aborted)"
+            )
+
+    def connectionLost(self, reason: Failure) -> None:
+        if reason.check(SSL.Error, VerificationError):
+            if self.lost_why is None:
+                self.lost_why = outage.why_tls_failed(reason.value, self.factory.host)
+            # Autobahn logs a TLS error at error level on every attempt; the outage
+            # log already says it (at most once a minute), so Autobahn gets a plain loss.
+            reason = Failure(ConnectionLost(self.lost_why))
+        super().connectionLost(reason)
 
     def onOpen(self) -> None:
         self.factory.link.connection_opened(self)
@@ -169,26 +225,45 @@ class BackendLink(MultiService):
         self.telemetry_interval = telemetry_interval
         self._telemetry = LoopingCall(self._send_telemetry)
         self._telemetry.clock = reactor
+        self._telemetry_collector = TelemetryCollector(catalog)
         self._outputs: dict[str, OutputBuffer] = {}
         # Output chunks produced while disconnected; sent after the next welcome.
         self._output_spool: list[bytes] = []
 
         self.policy = ReconnectPolicy(reconnect_initial, reconnect_max)
+        self.outage = outage.OutageLog(reactor)
+        # Why the last attempt or connection failed, until the next retry is scheduled.
+        self._why_down: str | None = None
         host, port, _path = parse_wss_url(backend_url)
+        self._address = (host, port)
         factory = WebSocketClientFactory(backend_url, reactor=reactor)
         factory.protocol = AgentLinkProtocol
         factory.link = self
+        factory.noisy = False  # no "Starting factory" line for every attempt
         factory.setProtocolOptions(
             **protocol.websocket_options(max_message_size, heartbeat_interval)
         )
-        endpoint = wrapClientTLS(tls_options, HostnameEndpoint(reactor, host, port, timeout=10))
+        endpoint = _ReportingEndpoint(
+            wrapClientTLS(tls_options, HostnameEndpoint(reactor, host, port, timeout=10)),
+            self._connect_failed,
+        )
         # Parented (and so connected) by startService once leftovers are ended.
-        self.client_service = ClientService(
+        self.client_service = _QuietClientService(
             endpoint,
             factory,
-            retryPolicy=self.policy,
+            retryPolicy=self._retry_delay,
             clock=reactor,
         )
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._why_down = outage.why_connect_failed(failure, *self._address)
+
+    def _retry_delay(self, attempt: int) -> float:
+        """The policy's next delay, logged with why the link is down (``OutageLog``)."""
+        delay = self.policy(attempt)
+        why, self._why_down = self._why_down or "the connection was lost", None
+        self.outage.failed(why, delay)
+        return delay
 
     def set_verifier(self, verifier: signing.Verifier | None) -> None:
         """The keys checked from the next command on (SIGHUP); None turns checking off."""
@@ -287,9 +362,9 @@ class BackendLink(MultiService):
         hint = protocol.parse_retry_after(reason)
         if hint is not None:
             self.policy.at_least(min(hint, self.reconnect_max * 10))
+        self._why_down = getattr(proto, "lost_why", None) or outage.why_closed(code, reason)
         if proto is not self._current:
             return
-        self.log.info("link to backend closed (code {code}, {reason})", code=code, reason=reason)
         self._current = None
         self.session_id = None
         self._stop_timers()
@@ -330,6 +405,7 @@ class BackendLink(MultiService):
         # The backend decides the heartbeat pace for its whole fleet.
         self.heartbeat_interval = frame["heartbeat_interval"]
         self.policy.succeeded()
+        self.outage.recovered()
         self.log.info(
             "connected to backend, session {session_id} (epoch {epoch})",
             session_id=self.session_id,
@@ -376,7 +452,7 @@ class BackendLink(MultiService):
             self._output_spool.append(payload)
 
     def _send_telemetry(self) -> Deferred:
-        d = Deferred.fromCoroutine(telemetry.collect(self.catalog))
+        d = Deferred.fromCoroutine(self._telemetry_collector.collect())
         d.addCallback(
             lambda metrics: self._send(
                 protocol.encode("telemetry", ts=self.reactor.seconds(), metrics=metrics)

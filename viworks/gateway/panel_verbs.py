@@ -110,6 +110,7 @@ def verbs(panel: PanelSection) -> list[Verb]:
             build=build_create,
             parse=parse_create,
             serialize="panel_users",
+            tools=(htpasswd,),
         ),
         Verb(
             name="delete_panel_user",
@@ -120,6 +121,7 @@ def verbs(panel: PanelSection) -> list[Verb]:
             build=build_delete,
             parse=parse_delete,
             serialize="panel_users",
+            tools=(htpasswd,),
         ),
         Verb(
             name="list_panel_users",

@@ -18,6 +18,7 @@ from twisted.web.server import Site
 from viworks import signing
 from viworks.config import (
     AgentConfig,
+    ConfigError,
     ensure_private_dir,
     load_agent_config,
     parse_bind,
@@ -28,12 +29,15 @@ from viworks.gateway.link import BackendLink
 from viworks.gateway.localapi import GatewayAPI
 from viworks.gateway.procgroups import ProcessGroups
 from viworks.gateway.runner import ProcessRunner
-from viworks.logs import set_log_level
+from viworks.logs import Logger, set_log_level
 from viworks.net import ConnectionLimit, listen_service
+from viworks.pki import agent_id_of
 from viworks.reload import Reloader, install_sighup
 from viworks.runtime import tune_gc
 from viworks.service import build_or_exit
-from viworks.tls import ReloadableTLS, client_tls_options
+from viworks.tls import ReloadableTLS, client_tls_options, load_pem_certificate
+
+log = Logger()
 
 
 class Options(usage.Options):
@@ -51,6 +55,12 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     groups = ProcessGroups(journal, reactor)
     runner = ProcessRunner(reactor, run_as=config.agent.run_as_user or None, groups=groups)
     catalog = catalog_from_config(runner, config, clock=reactor)
+    for tool, verbs in catalog.missing_tools().items():
+        log.warn(
+            "{tool} is not installed (or not executable): {verbs} cannot run on this host",
+            tool=tool,
+            verbs=", ".join(verbs),
+        )
     outbound = config.outbound
     host = outbound.backend_host
     link = BackendLink(
@@ -81,7 +91,9 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
     # request_timeout closes idle local-API connections; max_connections caps them.
     site = Site(GatewayAPI(link, reactor).resource(), timeout=config.agent.request_timeout)
     limited = ConnectionLimit(site, config.agent.max_connections)
-    listen_service(reactor, api_host, api_port, limited).setServiceParent(top)
+    listen_service(
+        reactor, api_host, api_port, limited, key="[agent] bind_address"
+    ).setServiceParent(top)
     return top
 
 
@@ -94,7 +106,29 @@ def signing_verifier(config: AgentConfig) -> signing.Verifier | None:
 
 
 def _client_tls(config: AgentConfig, host: str) -> Any:
+    check_identity(config)
     return client_tls_options(host, config.tls.cert, config.tls.key, config.tls.ca)
+
+
+def check_identity(config: AgentConfig) -> None:
+    """Refuse an ``agent_id`` that is not the identity (CommonName) of ``[tls] cert``.
+
+    The backend takes the identity from the certificate and refuses a HELLO naming
+    another (IDENTITY_MISMATCH): such an agent could only loop on reconnects.
+    """
+    cert_path = config.tls.cert
+    identity = agent_id_of(load_pem_certificate(cert_path))
+    agent_id = config.outbound.agent_id
+    if identity == agent_id:
+        return
+    named = "has no CommonName" if identity is None else f"names {identity!r}"
+    raise ConfigError(
+        config.path,
+        f"{agent_id!r} is not the identity of [tls] cert {cert_path} (it {named}); the"
+        " backend would refuse every connection (IDENTITY_MISMATCH)",
+        section="outbound",
+        key="agent_id",
+    )
 
 
 def _gateway_reloader(config: AgentConfig, link: BackendLink) -> Reloader:

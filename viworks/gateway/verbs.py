@@ -50,6 +50,7 @@ modules and are composed by :mod:`viworks.gateway.catalog`.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +58,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from viworks import schema
@@ -65,6 +67,7 @@ from viworks.gateway.runner import OutputCallback, ProcessRunner, RunResult
 from viworks.logs import Logger
 
 __all__ = [
+    "TOOL_NOT_FOUND",
     "Invocation",
     "Verb",
     "VerbCatalog",
@@ -72,11 +75,15 @@ __all__ = [
     "VerbExecution",
     "VerbOutcome",
     "declared_verb",
+    "missing_tool",
 ]
 
 log = Logger()
 
 Status = Literal["succeeded", "failed", "timed_out", "rejected", "cancelled"]
+
+#: The error code of a verb whose tool (an executable it needs) is not installed.
+TOOL_NOT_FOUND = "TOOL_NOT_FOUND"
 
 
 class VerbError(Exception):
@@ -91,6 +98,13 @@ class VerbError(Exception):
         self.code = code
         self.message = message
         self.result = result
+
+
+def missing_tool(path: str, code: str = TOOL_NOT_FOUND, what: str = "the tool") -> VerbError | None:
+    """The error to answer when the executable ``path`` cannot run here, else None."""
+    if os.access(path, os.X_OK) and not os.path.isdir(path):
+        return None
+    return VerbError(code, f"{what} {path} is missing or not executable on this gateway")
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,9 @@ class Verb:
     never run concurrently (e.g. writers of one file); ``concurrency`` is the
     most runs of this verb at once (``None``: only the catalog's limit).
     ``changes_state`` verbs are refused when the catalog has exec disabled.
+    ``tools`` are the absolute paths of the executables the verb cannot work
+    without: while one is missing the verb fails at once with
+    ``missing_tool_code`` and nothing runs.
     """
 
     name: str
@@ -130,6 +147,8 @@ class Verb:
     serialize: str | None = None
     concurrency: int | None = None
     no_output_timeout: float | None = None
+    tools: tuple[str, ...] = ()
+    missing_tool_code: str = TOOL_NOT_FOUND
 
     def __post_init__(self) -> None:
         if (self.call is None) == (self.build is None):
@@ -140,7 +159,17 @@ class Verb:
             raise ValueError(f"verb {self.name!r}: no_output_timeout must be positive")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError(f"verb {self.name!r}: concurrency must be at least 1")
+        if not all(os.path.isabs(tool) for tool in self.tools):
+            raise ValueError(f"verb {self.name!r}: tools must be absolute paths")
         schema.validate_schema(self.params)
+
+    def missing_tool(self) -> VerbError | None:
+        """Why the verb cannot run on this host (its first missing tool), or None."""
+        for tool in self.tools:
+            error = missing_tool(tool, self.missing_tool_code)
+            if error is not None:
+                return error
+        return None
 
 
 @dataclass(frozen=True)
@@ -261,6 +290,15 @@ class VerbCatalog:
     def names(self) -> list[str]:
         return sorted(self._verbs)
 
+    def missing_tools(self) -> dict[str, list[str]]:
+        """Each tool that is missing here, with the verbs that cannot run without it."""
+        missing: dict[str, list[str]] = {}
+        for name, verb in sorted(self._verbs.items()):
+            for tool in verb.tools:
+                if missing_tool(tool) is not None:
+                    missing.setdefault(tool, []).append(name)
+        return dict(sorted(missing.items()))
+
     def describe(self) -> dict[str, dict[str, Any]]:
         """Public description of every verb, for the agent HELLO."""
         return {
@@ -278,9 +316,11 @@ class VerbCatalog:
         args: object,
         timeout: float | None = None,
         on_output: OutputCallback | None = None,
+        *,
+        quiet: bool = False,
     ) -> Deferred[VerbOutcome]:
-        """``start(name, args, timeout, on_output).outcome``."""
-        return self.start(name, args, timeout, on_output).outcome
+        """``start(name, args, timeout, on_output, quiet=quiet).outcome``."""
+        return self.start(name, args, timeout, on_output, quiet=quiet).outcome
 
     def start(
         self,
@@ -288,13 +328,18 @@ class VerbCatalog:
         args: object,
         timeout: float | None = None,
         on_output: OutputCallback | None = None,
+        *,
+        quiet: bool = False,
     ) -> VerbExecution:
         """Validate and start (or queue) a verb; never raises.
 
         Unknown verbs and invalid arguments give a ``"rejected"`` outcome and
-        nothing runs; so does a full queue (``QUEUE_FULL``). ``timeout`` may
-        only shorten the verb's own maximum. ``on_output(stream, text)``
-        receives a subprocess verb's output as it arrives (module docstring).
+        nothing runs; so does a full queue (``QUEUE_FULL``). A verb whose tool
+        is missing fails with its ``missing_tool_code`` and nothing runs.
+        ``timeout`` may only shorten the verb's own maximum. ``on_output(stream,
+        text)`` receives a subprocess verb's output as it arrives (module
+        docstring). ``quiet`` logs the outcome at debug level (periodic runs
+        such as telemetry, which report changes themselves).
         """
         execution = VerbExecution()
         verb = self._verbs.get(name)
@@ -306,7 +351,9 @@ class VerbCatalog:
             d = Deferred()
             d.callback(_error("rejected", "EXEC_DISABLED", EXEC_DISABLED_MESSAGE))
         else:
-            d = Deferred.fromCoroutine(self._execute(verb, args, timeout, execution, on_output))
+            d = Deferred.fromCoroutine(
+                self._execute(verb, args, timeout, execution, on_output, quiet)
+            )
         outer: Deferred[VerbOutcome] = Deferred(lambda _d: execution.cancel())
 
         def deliver(value: VerbOutcome | Failure) -> None:
@@ -327,6 +374,7 @@ class VerbCatalog:
         timeout: float | None,
         ex: VerbExecution,
         on_output: OutputCallback | None,
+        quiet: bool = False,
     ) -> VerbOutcome:
         try:
             args = schema.validate_args(verb.params, raw_args)
@@ -339,6 +387,15 @@ class VerbCatalog:
                 reason=e.message,
             )
             return _error("rejected", e.code, str(e))
+        missing = verb.missing_tool()
+        if missing is not None:
+            log.emit(
+                LogLevel.debug if quiet else LogLevel.info,
+                "verb {verb} not run: {reason}",
+                verb=verb.name,
+                reason=missing.message,
+            )
+            return _error("failed", missing.code, missing.message)
 
         secrets = [v for k, v in args.items() if verb.params[k]["type"] == "secret" and v]
         if self._can_run(verb):
@@ -371,7 +428,8 @@ class VerbCatalog:
         finally:
             self._release(verb)
         outcome = _scrub(outcome, secrets)
-        log.info(
+        log.emit(
+            LogLevel.debug if quiet else LogLevel.info,
             "verb {verb} finished {status} exit_code={exit_code}",
             verb=verb.name,
             status=outcome.status,
@@ -676,11 +734,15 @@ def declared_verb(name: str, vc: VerbConfig) -> Verb:
             stdin = _render(stdin_template, args, params).encode("utf-8")
         return Invocation(argv=argv, stdin=stdin)
 
+    # A program named literally (no placeholder) is checked before each run.
+    program = argv_templates[0]
+    tools = (program[0][0],) if len(program) == 1 else ()
     return Verb(
         name=name,
         params=params,
         description=vc.description,
         changes_state=vc.changes_state,
+        tools=tools,
         timeout=vc.timeout if vc.timeout is not None else Verb.timeout,
         output_cap=vc.output_cap if vc.output_cap is not None else Verb.output_cap,
         concurrency=vc.concurrency,

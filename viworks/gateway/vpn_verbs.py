@@ -277,6 +277,7 @@ def verbs(vpn: VPNSection, fw: FwknopSection, runner: ProcessRunner) -> list[Ver
             timeout=90.0,
             call=call(create),
             serialize="vpn_users",
+            tools=(vpn.vpncmd,),
         ),
         Verb(
             name="delete_vpn_user",
@@ -286,6 +287,7 @@ def verbs(vpn: VPNSection, fw: FwknopSection, runner: ProcessRunner) -> list[Ver
             timeout=60.0,
             call=call(delete),
             serialize="vpn_users",
+            tools=(vpn.vpncmd,),
         ),
         Verb(
             name="list_vpn_users",
@@ -295,6 +297,7 @@ def verbs(vpn: VPNSection, fw: FwknopSection, runner: ProcessRunner) -> list[Ver
             changes_state=False,
             timeout=30.0,
             call=call(list_users),
+            tools=(vpn.vpncmd,),
         ),
     ]
 

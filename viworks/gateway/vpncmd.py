@@ -48,11 +48,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 
 from viworks.config import VPNSection
 from viworks.gateway.runner import ProcessRunner, RunResult
-from viworks.gateway.verbs import Invocation, VerbError
+from viworks.gateway.verbs import Invocation, VerbError, missing_tool
 
 __all__ = [
     "CANCEL",
@@ -155,7 +155,14 @@ def command(
 def run(
     runner: ProcessRunner, invocation: Invocation, *, timeout: float = 30.0
 ) -> Deferred[RunResult]:
-    """Run one vpncmd invocation (cancelling the Deferred kills it)."""
+    """Run one vpncmd invocation (cancelling the Deferred kills it).
+
+    Fails with ``TOOL_NOT_FOUND`` when vpncmd is not installed (the exit code of
+    a failed exec would read as a SoftEther error).
+    """
+    missing = missing_tool(invocation.argv[0])
+    if missing is not None:
+        return fail(missing)
     return runner.run(invocation.argv, stdin=invocation.stdin, timeout=timeout, output_cap=1 << 20)
 
 
