@@ -17,6 +17,7 @@ from twisted.python import usage
 from viworks import signing
 from viworks.backend.api import BackendAPI
 from viworks.backend.audit import AuditLog
+from viworks.backend.events import EventHub
 from viworks.backend.identity import ProxiedIdentity, tls_identity
 from viworks.backend.jobs import JobRunner
 from viworks.backend.ledger import CommandLedger
@@ -142,6 +143,8 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         lost_grace=config.backend.lost_grace,
         signing_key=signing_key(config),
         audit=audit_log,
+        hub=EventHub(history_bytes=config.backend.event_history_bytes),
+        max_output_bytes=config.backend.max_output_bytes,
     )
     # Shared by the mutual-TLS listener and the one behind nginx (proxied_ws_bind).
     session_options = dict(
@@ -155,6 +158,8 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         handshake_rate=config.backend.handshake_rate,
         handshake_burst=config.backend.handshake_burst,
         agent_frame_rate=config.backend.agent_frame_rate,
+        telemetry_history_bytes=config.backend.telemetry_history_bytes,
+        telemetry_min_interval=config.backend.telemetry_min_interval,
         audit_log=audit_log,
     )
     sessions = AgentSessionFactory(identify=tls_identity, **session_options)
@@ -169,6 +174,7 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         rate_limit_burst=config.api.rate_limit_burst,
         audit_log=audit_log,
         metrics_token=config.api.metrics_token,
+        sse_buffer_bytes=config.api.sse_buffer_bytes,
     )
     # A JSON API: Twisted's parse of form bodies (an email-module Content-Type parse
     # on every POST, ~5% of the backend under load) has nothing to find.
