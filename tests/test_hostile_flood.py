@@ -17,6 +17,7 @@ import urllib.request
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
@@ -24,25 +25,47 @@ from twisted.trial import unittest
 
 from bench.common import rss_bytes
 from tests.processes import Api, Twistd, create_token
-from tests.rogue_agent import RogueAgent, connect_rogue
+from tests.rogue_agent import connect_rogue
 from tests.stack import Stack, eventually, poll
 from viworks.backend.api import hash_token
 
 MIB = 1 << 20
 # Frames of just under [backend] max_message_size (1 MiB) once encoded.
 CHUNK = "x" * (MIB - 1024)
+VIEWERS = 40
+VIEWED_COMMANDS = 4
+RESULT = {
+    "status": "succeeded",
+    "exit_code": 0,
+    "result": None,
+    "stdout": "done",
+    "stderr": "",
+    "stdout_truncated": False,
+    "stderr_truncated": False,
+    "error": None,
+    "started_at": None,
+    "finished_at": None,
+}
 
 
-def frames_received(base: str) -> dict[str, float]:
-    """viworks_frames_received_total by frame type, from the backend's /metrics."""
+def scrape(base: str) -> dict[str, float]:
+    """The backend's /metrics: sample (name and labels, as written) -> value."""
     with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    counts = {}
-    for line in text.splitlines():
-        if line.startswith('viworks_frames_received_total{type="'):
-            labels, value = line.rsplit(" ", 1)
-            counts[labels.split('"')[1]] = float(value)
-    return counts
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    return {sample: float(value) for sample, value in samples}
+
+
+def stalled_viewer(testcase: unittest.TestCase, port: int, token: str) -> socket.socket:
+    """A GET /api/v1/events on a socket with a small receive buffer that nothing reads
+    (unless the test does); closed at cleanup."""
+    sock = socket.socket()
+    testcase.addCleanup(sock.close)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.connect(("127.0.0.1", port))
+    request = f"GET /api/v1/events HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n\r\n"
+    sock.sendall(request.encode())
+    return sock
 
 
 def database_bytes(path: str) -> int:
@@ -53,72 +76,51 @@ def database_bytes(path: str) -> int:
 class FloodTests(unittest.TestCase):
     timeout = 120
 
+    async def _setUp(self) -> None:
+        self.stack = Stack(self)
+        self.config = self.stack.backend_config(heartbeat_interval=5)
+        self.api = Api(f"http://127.0.0.1:{self.stack.http_port}", create_token(self.config.path))
+        log = os.path.join(self.stack.dir, "backend.log")
+        self.backend = Twistd(self, "viworks-backend", self.config.path, log).start()
+        await poll(lambda: self.api.call("GET", "/health"), lambda r: r[0] == 200, 30, 0.1)
+        self.rogue = await connect_rogue(
+            reactor, self.stack.ws_port, self.stack.pki["ours"], "gw-1"
+        )
+        self.addCleanup(self.rogue.dropConnection, abort=True)
+
+    def setUp(self) -> Deferred:
+        return Deferred.fromCoroutine(self._setUp())
+
     async def test_flood_bounded_memory_and_disk(self):
         """After 50 MiB of hostile output and telemetry frames (output for a finished
         command, far more output than the cap for a running one, telemetry over 64 KiB,
         telemetry faster than the spacing), the backend's RSS grows by under 50 MiB and
         its database (file + WAL) by under 3 MiB. Today it stored every byte and kept
         every output chunk in the event history."""
-        stack = Stack(self)
-        config = stack.backend_config(heartbeat_interval=5)
-        api = Api(f"http://127.0.0.1:{stack.http_port}", create_token(config.path))
-        backend = Twistd(
-            self, "viworks-backend", config.path, os.path.join(stack.dir, "backend.log")
-        ).start()
-        await poll(lambda: api.call("GET", "/health"), lambda r: r[0] == 200, 30, 0.1)
-        rogue = await connect_rogue(reactor, stack.ws_port, stack.pki["ours"], "gw-1")
-        self.addCleanup(rogue.dropConnection, abort=True)
-
-        # A finished command and a running one, both really gw-1's.
-        finished, running = [await self.submit(api) for _ in range(2)]
-        await rogue.frame("command", 2)
-        rogue.send("ack", command_id=finished)
-        rogue.send("ack", command_id=running)
-        rogue.send(
-            "result",
-            command_id=finished,
-            status="succeeded",
-            exit_code=0,
-            result=None,
-            stdout="done",
-            stderr="",
-            stdout_truncated=False,
-            stderr_truncated=False,
-            error=None,
-            started_at=None,
-            finished_at=None,
-        )
+        api, rogue = self.api, self.rogue
+        finished, running = await self.running_commands(2)
+        rogue.send("result", command_id=finished, **RESULT)
         await rogue.frame("result_ack")
         await deferLater(reactor, 1.0, lambda: None)  # the first telemetry slot is free
-        rss, disk = rss_bytes(backend.process.pid), database_bytes(config.backend.database)
+        rss, disk = self.rss(), database_bytes(self.config.backend.database)
 
         sent = 0
         for seq in range(20):  # refused: the command is final
-            sent += self.output(rogue, finished, seq, "stdout")
+            sent += self.output(finished, seq, "stdout")
         for seq in range(16):  # 1 MiB kept of each stream
-            sent += self.output(rogue, running, seq, "stdout" if seq % 2 else "stderr")
+            sent += self.output(running, seq, "stdout" if seq % 2 else "stderr")
         for _ in range(16):  # refused: over 64 KiB
-            sent += self.telemetry(rogue, CHUNK)
+            rogue.send("telemetry", ts=1.0, metrics={"pad": CHUNK})
+            sent += len(CHUNK)
         for _ in range(10):  # one stored, the others too soon after it
-            sent += self.telemetry(rogue, "t" * 60000)
+            rogue.send("telemetry", ts=1.0, metrics={"pad": "t" * 60000})
+            sent += 60000
         self.assertGreaterEqual(sent, 50 * MIB)
-        # The backend has read the whole flood, and written what it keeps of it.
-        await poll(
-            lambda: deferToThread(frames_received, api.base),
-            lambda n: n.get("output", 0) >= 36 and n.get("telemetry", 0) >= 26,
-            60,
-            0.2,
-        )
-        command = await poll(
-            lambda: api.call("GET", f"/api/v1/commands/{running}"),
-            lambda r: r[0] == 200 and len(r[1]["stdout"]) + len(r[1]["stderr"]) >= 2 * MIB,
-            30,
-            0.2,
-        )
-        await deferLater(reactor, 1.0, lambda: None)  # writes queued behind it
+        await self.received(output=36, telemetry=26)
+        command = await self.output_stored(running, 2 * MIB)
 
-        rss_growth = rss_bytes(backend.process.pid) - rss
-        disk_growth = database_bytes(config.backend.database) - disk
+        rss_growth = self.rss() - rss
+        disk_growth = database_bytes(self.config.backend.database) - disk
         print(
             f"\n  flood of {sent / MIB:.1f} MiB: backend RSS +{rss_growth / MIB:.1f} MiB,"
             f" database (file + WAL) +{disk_growth / MIB:.2f} MiB"
@@ -130,28 +132,89 @@ class FloodTests(unittest.TestCase):
             sorted(rogue.error_codes()),
             ["NOT_RUNNING"] * 20 + ["RATE_LIMITED"] * 9 + ["TOO_LARGE"] * 16,
         )
-        body = command[1]
-        self.assertEqual(len(body["stdout"]) + len(body["stderr"]), 2 * MIB)
-        self.assertTrue(body["stdout_truncated"] and body["stderr_truncated"], body["status"])
+        self.assertEqual(len(command["stdout"]) + len(command["stderr"]), 2 * MIB)
+        self.assertTrue(command["stdout_truncated"] and command["stderr_truncated"])
         code, done = await api.call("GET", f"/api/v1/commands/{finished}")
         self.assertEqual((code, done["stdout"]), (200, "done"))
         code, history = await api.call("GET", "/api/v1/agents/gw-1/telemetry/history")
         self.assertEqual([len(h["metrics"]["pad"]) for h in history["history"]], [60000])
 
-    async def submit(self, api: Api) -> str:
-        code, body = await api.call(
-            "POST", "/api/v1/agents/gw-1/commands", {"verb": "ping", "timeout": 600}
+    async def test_stalled_viewers_dropped_and_memory_returned(self):
+        """Event-stream viewers that stop reading while an agent streams output are
+        dropped (viworks_sse_dropped_total) and what was buffered for them is freed: the
+        backend's RSS grows by under 50 MiB. Today every stalled viewer held a copy of
+        everything the hub published."""
+        commands = await self.running_commands(VIEWED_COMMANDS)
+        # A token of their own: the API's rate limit is per token (burst 40).
+        token = await deferToThread(create_token, self.config.path, "viewers")
+        for _ in range(VIEWERS):
+            stalled_viewer(self, self.stack.http_port, token)
+        await deferLater(reactor, 1.0, lambda: None)  # the streams are open
+        rss = self.rss()
+        for seq in range(2):  # 1 MiB of each stream of each command: all kept, all events
+            for command_id in commands:
+                self.output(command_id, seq, ("stdout", "stderr")[seq])
+        figures = await self.received(output=2 * VIEWED_COMMANDS)
+        for command_id in commands:
+            await self.output_stored(command_id, 2 * len(CHUNK))
+        figures = await poll(
+            lambda: deferToThread(scrape, self.api.base),
+            lambda m: m.get("viworks_sse_dropped_total", 0) >= VIEWERS,
+            30,
+            0.2,
         )
-        self.assertEqual(code, 201, body)
-        return body["command_id"]
+        rss_growth = self.rss() - rss
+        print(
+            f"\n  {2 * VIEWED_COMMANDS} MiB of output events, {VIEWERS} stalled viewers:"
+            f" {figures['viworks_sse_dropped_total']:g} dropped,"
+            f" backend RSS +{rss_growth / MIB:.1f} MiB"
+        )
+        self.assertLess(rss_growth, 50 * MIB)
 
-    def output(self, rogue: RogueAgent, command_id: str, seq: int, stream: str) -> int:
-        rogue.send("output", command_id=command_id, seq=seq, stream=stream, data=CHUNK)
+    # -- helpers ------------------------------------------------------------------------
+
+    def rss(self) -> int:
+        return rss_bytes(self.backend.process.pid)
+
+    async def running_commands(self, count: int) -> list[str]:
+        """``count`` commands for gw-1 that the rogue agent acknowledged (running)."""
+        ids = []
+        for _ in range(count):
+            code, body = await self.api.call(
+                "POST", "/api/v1/agents/gw-1/commands", {"verb": "ping", "timeout": 600}
+            )
+            self.assertEqual(code, 201, body)
+            ids.append(body["command_id"])
+        await self.rogue.frame("command", count)
+        for command_id in ids:
+            self.rogue.send("ack", command_id=command_id)
+        return ids
+
+    def output(self, command_id: str, seq: int, stream: str) -> int:
+        self.rogue.send("output", command_id=command_id, seq=seq, stream=stream, data=CHUNK)
         return len(CHUNK)
 
-    def telemetry(self, rogue: RogueAgent, pad: str) -> int:
-        rogue.send("telemetry", ts=1.0, metrics={"pad": pad})
-        return len(pad)
+    async def received(self, **frames: int) -> dict[str, float]:
+        """Wait until the backend has read that many frames of each type; its metrics."""
+        sample = 'viworks_frames_received_total{type="%s"}'
+        return await poll(
+            lambda: deferToThread(scrape, self.api.base),
+            lambda m: all(m.get(sample % t, 0) >= n for t, n in frames.items()),
+            60,
+            0.2,
+        )
+
+    async def output_stored(self, command_id: str, size: int) -> dict:
+        """The command once at least ``size`` characters of its output are stored (and
+        a second for the writes queued behind them)."""
+        _, command = await poll(
+            lambda: self.api.call("GET", f"/api/v1/commands/{command_id}"),
+            lambda r: r[0] == 200 and len(r[1]["stdout"]) + len(r[1]["stderr"]) >= size,
+            30,
+            0.2,
+        )
+        await deferLater(reactor, 1.0, lambda: None)
+        return command
 
 
 class StalledViewerTests(unittest.TestCase):
@@ -170,8 +233,8 @@ class StalledViewerTests(unittest.TestCase):
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
 
-        self.viewer(stack.http_port)  # stalled: never read
-        reader = self.viewer(stack.http_port)
+        stalled_viewer(self, stack.http_port, "vw_viewer")
+        reader = stalled_viewer(self, stack.http_port, "vw_viewer")  # read below
         received = self.read_all(reader)
         await eventually(lambda: len(api._streams) == 2)
         streams = set(api._streams)
@@ -194,18 +257,6 @@ class StalledViewerTests(unittest.TestCase):
         await eventually(lambda: received[0] > (seq + 1) * len(CHUNK))
         hub.publish("agent.online", {"agent_id": "after-the-drop"})
         await eventually(lambda: b"after-the-drop" in received[1])
-
-    def viewer(self, port: int) -> socket.socket:
-        """An event-stream request on a socket with a small receive buffer (closed at
-        cleanup); nothing reads it unless the test does."""
-        sock = socket.socket()
-        self.addCleanup(sock.close)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        sock.connect(("127.0.0.1", port))
-        sock.sendall(
-            b"GET /api/v1/events HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer vw_viewer\r\n\r\n"
-        )
-        return sock
 
     def read_all(self, sock: socket.socket) -> list[Any]:
         """Read ``sock`` in a thread until it closes: [bytes read, the last 64 KiB]."""

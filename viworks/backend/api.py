@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from viworks import __version__, lifecycle
 from viworks.backend import audit, authz
-from viworks.backend.events import Event, sse_frame, sse_message
+from viworks.backend.events import Event, sse_frame
 from viworks.backend.jobs import STATUSES as JOB_STATUSES
 from viworks.backend.jobs import JobRunner
 from viworks.backend.ledger import CommandLedger, Idempotency, LedgerError
@@ -272,8 +272,17 @@ class _Follower:
 
     def release(self) -> None:
         """Detach from the response (the route is done with it)."""
-        if self.request.channel is not None:
-            self.request.unregisterProducer()
+        request = self.request
+        if request.channel is not None:
+            request.unregisterProducer()
+        else:
+            request.producer = None  # the connection is gone: nothing to unregister from
+        if self.gone:
+            # twisted.web and Klein leave a request in reference cycles that only the
+            # garbage collector frees, and the request's (legacy) transport attribute
+            # holds the connection's unsent data: let go of it now, not at the next full
+            # collection (minutes away under runtime.tune_gc, never on an idle backend).
+            request.transport = None
 
     # -- IPushProducer (called by the connection) ------------------------------------
 
@@ -667,7 +676,7 @@ class BackendAPI:
                         command = await self._command(command_id)
                     elif event.data["seq"] > last:
                         last = event.data["seq"]
-                        follower.write(sse_message("command.output", event.body, last))
+                        follower.write(sse_frame("command.output", event.data, last))
             follower.write(sse_frame("command.status", command_json(command)))
         finally:
             unsubscribe()
@@ -805,7 +814,7 @@ class BackendAPI:
                 for event in backlog:
                     await follower.writable()
                     if keep(event.type):
-                        follower.write(event.sse())
+                        follower.write(event.sse)
                     last = event.id
             else:
                 last = hub.last_id
@@ -813,7 +822,7 @@ class BackendAPI:
                 for event in await follower.next_events(SSE_KEEPALIVE):
                     if event.id > last:
                         last = event.id
-                        follower.write(event.sse())
+                        follower.write(event.sse)
         finally:
             unsubscribe()
             self._streams.discard(follower)

@@ -23,17 +23,14 @@ class Event:
     id: int
     type: str
     data: dict[str, Any]
-    # ``data`` as one line of JSON, encoded once: it sizes the event in the history
-    # and is what every SSE follower writes.
-    body: bytes = field(repr=False, compare=False)
+    # This event as a Server-Sent Events message (with its hub id), encoded once: it
+    # sizes the event in the history, and every follower writes this same object (a
+    # stalled follower's send buffer holds a reference to it, not a copy).
+    sse: bytes = field(repr=False, compare=False)
 
     @property
     def size(self) -> int:
-        return len(self.body)
-
-    def sse(self) -> bytes:
-        """This event as a Server-Sent Events message (with its hub id)."""
-        return sse_message(self.type, self.body, self.id)
+        return len(self.sse)
 
 
 Listener = Callable[[Event], None]
@@ -54,7 +51,7 @@ class EventHub:
         self._listeners: list[Listener] = []
 
     def publish(self, event_type: str, data: dict[str, Any]) -> Event:
-        event = Event(self._next_id, event_type, data, json_body(data))
+        event = Event(self._next_id, event_type, data, sse_frame(event_type, data, self._next_id))
         self._next_id += 1
         self._remember(event)
         for listener in list(self._listeners):
@@ -80,7 +77,7 @@ class EventHub:
 
     @property
     def history_bytes(self) -> int:
-        """Encoded bytes of the events remembered now."""
+        """Bytes of the encoded events remembered now."""
         return self._bytes
 
     def since(self, last_id: int) -> list[Event]:
@@ -88,17 +85,8 @@ class EventHub:
         return [event for event in self._history if event.id > last_id]
 
 
-def json_body(data: Any) -> bytes:
-    """``data`` as one line of compact JSON."""
-    return json.dumps(data, separators=(",", ":")).encode()
-
-
-def sse_message(event_type: str, body: bytes, event_id: int | None = None) -> bytes:
-    """One Server-Sent Events message carrying ``body`` (one line of JSON)."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return b"".join((f"{head}event: {event_type}\ndata: ".encode(), body, b"\n\n"))
-
-
 def sse_frame(event_type: str, data: Any, event_id: int | None = None) -> bytes:
     """One Server-Sent Events message (``data`` as one line of JSON)."""
-    return sse_message(event_type, json_body(data), event_id)
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    body = json.dumps(data, separators=(",", ":"))
+    return f"{head}event: {event_type}\ndata: {body}\n\n".encode()

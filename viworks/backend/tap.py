@@ -29,7 +29,7 @@ from viworks.config import BackendConfig, load_backend_config, parse_bind
 from viworks.logs import Logger, set_log_level
 from viworks.net import DrainingSite, listen_service
 from viworks.reload import Reloader, install_sighup
-from viworks.runtime import tune_gc
+from viworks.runtime import release_large_buffers, tune_gc
 from viworks.service import build_or_exit
 from viworks.tls import ReloadableTLS, server_context_factory
 
@@ -255,4 +255,5 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     service = build_or_exit(load_backend_config, build_backend, options, reactor)
     install_sighup(reactor, service.reloader)
     tune_gc()
+    release_large_buffers()
     return service
