@@ -228,7 +228,10 @@ class _Follower:
         self._buffered = 0  # bytes written while the connection was paused
         self._wake: Deferred | None = None
         request.notifyFinish().addBoth(self._closed)
-        request.registerProducer(self, True)
+        if request.channel is None:  # the client left already
+            self.gone = True
+        else:
+            request.registerProducer(self, True)
 
     @property
     def unsent(self) -> int:
