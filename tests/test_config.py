@@ -233,6 +233,9 @@ class DefaultsTests(_ConfigTestCase):
         self.assertEqual(b.default_command_timeout, 60.0)
         self.assertEqual((b.default_ttl, b.lost_grace), (3600.0, 60.0))
         self.assertEqual((b.handshake_rate, b.handshake_burst), (200.0, 200))
+        self.assertEqual((b.max_output_bytes, b.event_history_bytes), (1 << 20, 16 << 20))
+        self.assertEqual((b.telemetry_history_bytes, b.telemetry_min_interval), (4 << 20, 1.0))
+        self.assertEqual(config.api.sse_buffer_bytes, 1 << 20)
 
     def test_values_are_read(self):
         """Explicit values are used; integers are accepted for floats, 'warning' means warn."""
@@ -419,9 +422,17 @@ class KeyErrorTests(_ConfigTestCase):
             ("default_command_timeout = 0", "[backend] default_command_timeout:"),
             ('database = "mysql://x/y"', "[backend] database:"),
             ('ws_bind = "0.0.0.0:http"', "[backend] ws_bind:"),
+            ("max_output_bytes = 1023", "[backend] max_output_bytes:"),
+            # Below one telemetry report of the largest size accepted (64 KiB).
+            ("telemetry_history_bytes = 65535", "[backend] telemetry_history_bytes:"),
+            ("telemetry_min_interval = -1", "[backend] telemetry_min_interval:"),
+            ("event_history_bytes = 1000", "[backend] event_history_bytes:"),
         ]
         for extra, fragment in backend_cases:
             self.assertBackendError(BACKEND_MINIMAL + f"[backend]\n{extra}\n", fragment)
+        self.assertBackendError(
+            BACKEND_MINIMAL + "[api]\nsse_buffer_bytes = 4096\n", "[api] sse_buffer_bytes:"
+        )
 
 
 ROTATE = """\

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from viworks.protocol import MAX_TELEMETRY_BYTES
 from viworks.schema import validate_schema
 
 __all__ = [
@@ -757,6 +758,13 @@ class BackendSection:
     handshake_burst: int = _spec("integer", 200, _at_least(1))
     # Frames per second one agent may send (burst: twice that); see etc/backend.toml.
     agent_frame_rate: float = _spec("number", 50.0, _positive)
+    # What one agent can make the backend keep (docs/security.md, "A hostile agent"):
+    # output stored per command and stream, the bytes of telemetry history per agent and
+    # the spacing of stored reports, the encoded bytes of the in-memory event history.
+    max_output_bytes: int = _spec("integer", 1 << 20, _at_least(1024))
+    telemetry_history_bytes: int = _spec("integer", 4 << 20, _at_least(MAX_TELEMETRY_BYTES))
+    telemetry_min_interval: float = _spec("number", 1.0, _at_least(0))
+    event_history_bytes: int = _spec("integer", 16 << 20, _at_least(1 << 16))
     # Agents through a TLS-terminating nginx: a plain-TCP WebSocket listener ("" = off) that
     # takes the agent's identity from nginx's verified-client-certificate headers, and only
     # when the TCP peer is one of trusted_proxies (IPs or CIDRs). See docs/security.md.
@@ -815,6 +823,8 @@ class ApiSection:
     auth_failure_burst: int = _spec("integer", 20, _at_least(1))
     auth_failure_sources: int = _spec("integer", 4096, _at_least(1))
     auth_failure_audit_interval: float = _spec("number", 60.0, _positive)
+    # An event stream whose client stops reading is dropped past this many unsent bytes.
+    sse_buffer_bytes: int = _spec("integer", 1 << 20, _at_least(1 << 16))
 
 
 @dataclass(frozen=True)

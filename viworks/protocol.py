@@ -44,6 +44,13 @@ IDENTITY_MISMATCH = "IDENTITY_MISMATCH"
 UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
 # A frame dropped because the agent sends faster than [backend] agent_frame_rate.
 RATE_LIMITED = "RATE_LIMITED"
+# Output for a command that is not running on that agent (final, queued, or not its own).
+NOT_RUNNING = "NOT_RUNNING"
+# A frame over the size cap of its type (telemetry: MAX_TELEMETRY_BYTES).
+TOO_LARGE = "TOO_LARGE"
+
+# The largest telemetry frame the backend accepts (encoded, in bytes).
+MAX_TELEMETRY_BYTES = 64 * 1024
 
 _STR = (str,)
 _NUM = (int, float)
@@ -131,6 +138,8 @@ class Frame:
 
     type: str
     fields: dict[str, Any] = field(default_factory=dict)
+    # Bytes of the encoded frame (0 for a frame not decoded from the wire).
+    size: int = 0
 
     def __getitem__(self, key: str) -> Any:
         return self.fields[key]
@@ -250,4 +259,4 @@ def decode(payload: bytes, is_binary: bool = False) -> Frame:
         raise FrameError(
             INVALID_FRAME, f"result status {body['status']!r} is not a final status", command_id
         )
-    return Frame(frame_type, body)
+    return Frame(frame_type, body, len(payload))

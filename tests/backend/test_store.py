@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sqlite3
@@ -1002,6 +1003,95 @@ class StoreTestsMixin:
         with self.assertRaises(ValueError):
             await store.record_telemetry("gw1", 11.0, [1, 2])  # type: ignore[arg-type]
         self.assertEqual(len(await store.telemetry_history("gw1")), 1)
+
+    async def test_telemetry_byte_budget(self) -> None:
+        """max_bytes keeps the agent's newest reports that fit in that many bytes of stored
+        JSON (always the newest), whatever their sizes; other agents are untouched."""
+        store = await self.open_store()
+        await store.record_telemetry("gw2", 1.0, {"pad": "y" * 500}, max_bytes=65536)
+        budget = 30_000
+        sizes = [100, 5000, 300, 20000, 50, 7000, 12000, 40000, 10, 900]
+        stored: list[int] = []  # bytes of each report gw1 sent, oldest first
+        for i, n in enumerate(sizes):
+            report = {"n": i, "pad": "x" * n}
+            stored.append(len(json.dumps(report, sort_keys=True, separators=(",", ":"))))
+            await store.record_telemetry("gw1", float(i), report, max_bytes=budget)
+            # Expected: the longest run of newest reports within the budget (at least one).
+            expected, total = [], 0
+            for j in range(i, -1, -1):
+                if expected and total + stored[j] > budget:
+                    break
+                expected.append(j)
+                total += stored[j]
+            history = await store.telemetry_history("gw1", limit=100)
+            self.assertEqual([h["data"]["n"] for h in history], expected, f"after report {i}")
+        rows = await store._run(
+            store._select_txn,
+            "SELECT agent_id, SUM(bytes) AS total FROM agent_telemetry GROUP BY agent_id",
+            (),
+        )
+        totals = {r["agent_id"]: int(r["total"]) for r in rows}
+        self.assertLessEqual(totals["gw1"], budget)
+        self.assertEqual(totals["gw2"], len(json.dumps({"pad": "y" * 500}, separators=(",", ":"))))
+        # keep and max_bytes together: whichever keeps fewer.
+        for i in range(5):
+            await store.record_telemetry("gw1", 20.0 + i, {"n": 20 + i}, keep=3, max_bytes=budget)
+        self.assertEqual(
+            [h["data"]["n"] for h in await store.telemetry_history("gw1")], [24, 23, 22]
+        )
+        for max_bytes in (0, -1, 1.5, True):
+            with self.assertRaises(ValueError):
+                await store.record_telemetry("gw1", 30.0, {}, max_bytes=max_bytes)  # type: ignore[arg-type]
+
+    async def test_migrate_telemetry_sizes_from_v7(self) -> None:
+        """Reports stored before the byte budget get their sizes and running totals, so the
+        first report after the upgrade trims the history to the budget."""
+        patcher = MonkeyPatcher(
+            (store_schema, "MIGRATIONS", store_schema.MIGRATIONS[:7]),
+            (store_schema, "LATEST_VERSION", 7),
+        )
+        patcher.patch()
+        self.addCleanup(patcher.restore)
+        old = self.make_store()
+        self.addCleanup(old.close)
+        self.assertEqual(await old.open(), 7)
+        for i, agent_id in enumerate(["gw1", "gw2", "gw1", "gw1", "gw2"]):
+            report = json.dumps({"n": i, "pad": "x" * 1000 * (i + 1)}, sort_keys=True)
+            await old._run(
+                old._update_count_txn,
+                "INSERT INTO agent_telemetry (agent_id, at, data) VALUES (?, ?, ?)",
+                (agent_id, float(i), report),
+            )
+        await old.close()
+        patcher.restore()
+
+        store = await self.open_store()
+        rows = await store._run(
+            store._select_txn,
+            "SELECT agent_id, bytes, bytes_before, LENGTH(data) AS length FROM agent_telemetry"
+            " ORDER BY seq",
+            (),
+        )
+        self.assertEqual([r["bytes"] for r in rows], [r["length"] for r in rows])
+        gw1 = [r for r in rows if r["agent_id"] == "gw1"]
+        self.assertEqual(
+            [r["bytes_before"] for r in gw1],
+            [0, gw1[0]["bytes"], gw1[0]["bytes"] + gw1[1]["bytes"]],
+        )
+        # The new report and gw1's newest old one (4,000 bytes and a bit) fit, the next not.
+        await store.record_telemetry("gw1", 9.0, {"n": 9}, max_bytes=5000)
+        self.assertEqual([h["data"]["n"] for h in await store.telemetry_history("gw1")], [9, 3])
+        self.assertEqual(len(await store.telemetry_history("gw2")), 2)
+
+    async def test_mark_output_truncated(self) -> None:
+        """The backend's cut of a stream shows in the command's truncation flag."""
+        store = await self.open_store()
+        await store.create_command(_command("c1"))
+        await store.mark_output_truncated("c1", "stderr")
+        command = await store.get_command("c1")
+        self.assertEqual((command["stdout_truncated"], command["stderr_truncated"]), (False, True))
+        with self.assertRaises(ValueError):
+            await store.mark_output_truncated("c1", "stdin")
 
     # -- tokens -------------------------------------------------------------
 

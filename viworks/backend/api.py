@@ -12,8 +12,9 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from werkzeug.exceptions import HTTPException
+from zope.interface import implementer
 
 from viworks import __version__, lifecycle
 from viworks.backend import audit, authz
@@ -38,6 +39,8 @@ _READ_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 MAX_WAIT = 300.0
 MAX_IDEMPOTENCY_KEY = 255
 SSE_KEEPALIVE = 15.0
+# [api] sse_buffer_bytes: unsent data an event stream may pile up before it is dropped.
+SSE_BUFFER_BYTES = 1 << 20
 TOKEN_CACHE_SECONDS = 2.0
 TOKEN_CACHE_SIZE = 10000
 
@@ -197,17 +200,44 @@ def _telemetry_json(row: dict) -> dict:
     return {"at": rfc3339(row["at"]), "metrics": row["data"]}
 
 
+@implementer(IPushProducer)
 class _Follower:
-    """Events for one streaming response, with keep-alives while nothing happens."""
+    """Events for one streaming response, with keep-alives while nothing happens.
 
-    def __init__(self, clock: IReactorTime, request: Any) -> None:
+    It is the response's push producer: the connection pauses it while its send
+    buffer is full (the client stopped reading) and resumes it once the buffer has
+    drained. Events keep arriving meanwhile; once the unsent data (events waiting
+    here, plus what was written while paused) passes ``max_unsent`` bytes, the
+    client is dropped: the connection is aborted and its buffer freed.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        request: Any,
+        max_unsent: int,
+        dropped: Callable[[_Follower], None],
+    ) -> None:
         self.clock = clock
         self.request = request
+        self.max_unsent = max_unsent
+        self._dropped = dropped
         self.gone = False
         self.stopping = False
+        self.paused = False
         self._events: list[Event] = []
+        self._queued = 0  # bytes of the events waiting here
+        self._buffered = 0  # bytes written while the connection was paused
         self._wake: Deferred | None = None
         request.notifyFinish().addBoth(self._closed)
+        if request.channel is None:  # the client left already
+            self.gone = True
+        else:
+            request.registerProducer(self, True)
+
+    @property
+    def unsent(self) -> int:
+        return self._queued + self._buffered
 
     def _closed(self, _: Any) -> None:
         self.gone = True
@@ -218,25 +248,88 @@ class _Follower:
             self._wake.callback(None)
 
     def push(self, event: Event) -> None:
+        if self.gone:
+            return
         self._events.append(event)
+        self._queued += event.size
+        self._check()
         self._poke()
+
+    def write(self, data: bytes) -> None:
+        """Write to the client (nothing once it is gone)."""
+        if self.gone:
+            return
+        self.request.write(data)
+        if self.paused:
+            self._buffered += len(data)
+            self._check()
+
+    def _check(self) -> None:
+        if self.unsent > self.max_unsent and not self.gone:
+            self.gone = True
+            self._dropped(self)
+            self.request.channel.transport.abortConnection()
 
     def stop(self) -> None:
         """End the stream (the backend is stopping): the route returns and finishes it."""
         self.stopping = True
         self._poke()
 
+    def release(self) -> None:
+        """Detach from the response (the route is done with it)."""
+        request = self.request
+        if request.channel is not None:
+            request.unregisterProducer()
+        else:
+            request.producer = None  # the connection is gone: nothing to unregister from
+        if self.gone:
+            # twisted.web and Klein leave a request in reference cycles that only the
+            # garbage collector frees, and the request's (legacy) transport attribute
+            # holds the connection's unsent data: let go of it now, not at the next full
+            # collection (minutes away under runtime.tune_gc, never on an idle backend).
+            request.transport = None
+
+    # -- IPushProducer (called by the connection) ------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._buffered = 0
+        self._poke()
+
+    def stopProducing(self) -> None:
+        self._closed(None)
+
+    # -- what the routes await -----------------------------------------------------
+
+    async def _sleep(self, seconds: float | None = None) -> bool:
+        """Wait for a poke (or ``seconds``); True when the time ran out."""
+        self._wake = Deferred()
+        timer = None if seconds is None else self.clock.callLater(seconds, self._poke)
+        await self._wake
+        if timer is None:
+            return False
+        if timer.active():
+            timer.cancel()
+            return False
+        return True
+
+    async def writable(self) -> None:
+        """Return once the client can take more (or is gone, or the stream stops)."""
+        while self.paused and not self.gone and not self.stopping:
+            await self._sleep()
+
     async def next_events(self, keepalive: float) -> list[Event]:
-        """The events received so far, waiting up to ``keepalive`` s (then a comment line)."""
-        if not self._events and not self.gone:
-            self._wake = Deferred()
-            timer = self.clock.callLater(keepalive, self._poke)
-            await self._wake
-            if timer.active():
-                timer.cancel()
-            elif not self.gone:
-                self.request.write(b": keep-alive\n\n")
-        events, self._events = self._events, []
+        """The events received so far, once the client can take them, waiting up to
+        ``keepalive`` s for one (then a comment line keeps the connection alive)."""
+        await self.writable()
+        if not self._events and not self.gone and not self.stopping:
+            if await self._sleep(keepalive) and not self.gone:
+                self.write(b": keep-alive\n\n")
+            await self.writable()
+        events, self._events, self._queued = self._events, [], 0
         return events
 
 
@@ -261,6 +354,7 @@ class BackendAPI:
         jobs: JobRunner | None = None,
         auth_failures: AuthFailures | None = None,
         trusted_proxies: Iterable[Any] = (),
+        sse_buffer_bytes: int = SSE_BUFFER_BYTES,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -285,6 +379,7 @@ class BackendAPI:
         self.metrics = metrics or getattr(ledger, "metrics", None) or Metrics()
         self.metrics_token = metrics_token
         self._streams: set[_Follower] = set()
+        self.sse_buffer_bytes = sse_buffer_bytes
         # Fan-out jobs (started with the backend service; see viworks.backend.jobs).
         self.jobs = jobs or JobRunner(store, ledger, registry, clock)
 
@@ -597,7 +692,7 @@ class BackendAPI:
     async def _follow_output(self, request: Any, command_id: str, after: int) -> None:
         """Stream output chunks as Server-Sent Events until the command is final."""
         _sse_headers(request)
-        follower = _Follower(self.clock, request)
+        follower = self._follower(request)
 
         def listener(event: Event) -> None:
             if event.data.get("command_id") == command_id and event.type in (
@@ -611,7 +706,8 @@ class BackendAPI:
         try:
             last = after
             for chunk in await self.store.output_since(command_id, after, limit=100000):
-                request.write(sse_frame("command.output", _chunk_json(chunk), chunk["seq"]))
+                await follower.writable()
+                follower.write(sse_frame("command.output", _chunk_json(chunk), chunk["seq"]))
                 last = chunk["seq"]
             command = await self._command(command_id)
             while not follower.gone and command["status"] not in lifecycle.FINAL:
@@ -620,11 +716,11 @@ class BackendAPI:
                         command = await self._command(command_id)
                     elif event.data["seq"] > last:
                         last = event.data["seq"]
-                        request.write(sse_frame("command.output", event.data, last))
-            if not follower.gone:
-                request.write(sse_frame("command.status", command_json(command)))
+                        follower.write(sse_frame("command.output", event.data, last))
+            follower.write(sse_frame("command.status", command_json(command)))
         finally:
             unsubscribe()
+            follower.release()
 
     @app.route("/api/v1/agents/<agent_id>/telemetry", methods=["GET"])
     async def telemetry(self, request: Any, agent_id: str) -> bytes:
@@ -738,7 +834,7 @@ class BackendAPI:
         after = _last_event_id(request)
         keep = _event_filter(_query(request, "types"))
         _sse_headers(request)
-        follower = _Follower(self.clock, request)
+        follower = self._follower(request)
         self._streams.add(follower)
         hub = self.ledger.hub
 
@@ -749,29 +845,45 @@ class BackendAPI:
         # Subscribe and read the history in one go: nothing can fall in between.
         unsubscribe = hub.subscribe(listener)
         try:
-            request.write(b"retry: 2000\n\n")
+            follower.write(b"retry: 2000\n\n")
             last = after
             if after >= 0:
                 backlog = hub.since(after)
                 first = backlog[0].id if backlog else hub.last_id + 1
                 if first > after + 1 or after > hub.last_id:
                     gap = {"after": after, "first": first, "last": hub.last_id}
-                    request.write(sse_frame("events.gap", gap))
+                    follower.write(sse_frame("events.gap", gap))
+                # At the pace the client reads: a long backlog must not count as stalling.
                 for event in backlog:
+                    await follower.writable()
                     if keep(event.type):
-                        request.write(sse_frame(event.type, event.data, event.id))
+                        follower.write(event.sse)
                     last = event.id
             else:
                 last = hub.last_id
             while not follower.gone and not follower.stopping:
                 for event in await follower.next_events(SSE_KEEPALIVE):
-                    if event.id > last and not follower.gone:
+                    if event.id > last:
                         last = event.id
-                        request.write(sse_frame(event.type, event.data, event.id))
+                        follower.write(event.sse)
         finally:
             unsubscribe()
             self._streams.discard(follower)
+            follower.release()
         return b""
+
+    def _follower(self, request: Any) -> _Follower:
+        return _Follower(self.clock, request, self.sse_buffer_bytes, self._stream_dropped)
+
+    def _stream_dropped(self, follower: _Follower) -> None:
+        self.metrics.sse_dropped.inc()
+        self.log.warn(
+            "event stream to {peer} dropped: the client stopped reading"
+            " ({unsent} bytes unsent, [api] sse_buffer_bytes = {limit})",
+            peer=_peer(follower.request),
+            unsent=follower.unsent,
+            limit=follower.max_unsent,
+        )
 
     def stop_streams(self) -> None:
         """End every open event stream (called when the backend stops)."""
@@ -805,6 +917,10 @@ def _rate_limited(why: str, wait: float) -> ApiError:
         f"{why}; retry after {seconds} s",
         headers={b"retry-after": str(seconds).encode()},
     )
+def _peer(request: Any) -> str:
+    address = request.getClientAddress()
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return str(address) if host is None else f"{host}:{port}"
 
 
 def _sse_headers(request: Any) -> None:

@@ -1,7 +1,9 @@
 """An in-process event hub: what happened, for live followers (Server-Sent Events).
 
 Events get increasing ids; a bounded history lets a follower that reconnects with
-``Last-Event-ID`` catch up on what it missed (if it is still in the history).
+``Last-Event-ID`` catch up on what it missed (if it is still in the history). The
+history is bounded in events and in bytes: an agent streaming output fills it with
+big events, and a count alone let 300 chunks of 1 MiB pin 300 MiB.
 """
 
 from __future__ import annotations
@@ -9,8 +11,11 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+DEFAULT_HISTORY = 10000
+DEFAULT_HISTORY_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -18,26 +23,47 @@ class Event:
     id: int
     type: str
     data: dict[str, Any]
+    # This event as a Server-Sent Events message (with its hub id), encoded once: it
+    # sizes the event in the history, and every follower writes this same object (a
+    # stalled follower's send buffer holds a reference to it, not a copy).
+    sse: bytes = field(repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        return len(self.sse)
 
 
 Listener = Callable[[Event], None]
 
 
 class EventHub:
-    """Publish events to whoever listens right now, and remember the last ``history``."""
+    """Publish events to whoever listens right now, and remember the last ``history``
+    of them, no more than ``history_bytes`` of encoded data (the oldest go first)."""
 
-    def __init__(self, history: int = 10000) -> None:
+    def __init__(
+        self, history: int = DEFAULT_HISTORY, history_bytes: int = DEFAULT_HISTORY_BYTES
+    ) -> None:
         self._next_id = 1
-        self._history: deque[Event] = deque(maxlen=history)
+        self._history: deque[Event] = deque()
+        self._max_events = history
+        self._max_bytes = history_bytes
+        self._bytes = 0
         self._listeners: list[Listener] = []
 
     def publish(self, event_type: str, data: dict[str, Any]) -> Event:
-        event = Event(self._next_id, event_type, data)
+        event = Event(self._next_id, event_type, data, sse_frame(event_type, data, self._next_id))
         self._next_id += 1
-        self._history.append(event)
+        self._remember(event)
         for listener in list(self._listeners):
             listener(event)
         return event
+
+    def _remember(self, event: Event) -> None:
+        history = self._history
+        history.append(event)
+        self._bytes += event.size
+        while len(history) > self._max_events or self._bytes > self._max_bytes:
+            self._bytes -= history.popleft().size
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` for every event from now on; returns the unsubscribe function."""
@@ -48,6 +74,11 @@ class EventHub:
     def last_id(self) -> int:
         """The id of the last event published (0 before the first)."""
         return self._next_id - 1
+
+    @property
+    def history_bytes(self) -> int:
+        """Bytes of the encoded events remembered now."""
+        return self._bytes
 
     def since(self, last_id: int) -> list[Event]:
         """Remembered events after ``last_id``, oldest first."""

@@ -21,6 +21,7 @@ from viworks import lifecycle, protocol, signing
 from viworks.backend.audit import AuditLog
 from viworks.backend.events import EventHub
 from viworks.backend.metrics import Metrics
+from viworks.backend.output_cap import STREAMS, OutputBudget, cap_text, utf8_size
 from viworks.backend.registry import LiveSession, SessionRegistry
 from viworks.backend.secrecy import SecretParams
 from viworks.backend.store import IdempotencyConflict
@@ -52,6 +53,7 @@ class InFlight:
 
     agent_id: str
     args: dict
+    dispatched: bool = False  # sent to the agent (output is accepted from now on)
     started_at: float | None = None  # set by the agent's ack
     reported: bool = False  # its result has arrived (it is being recorded)
 
@@ -94,6 +96,7 @@ class CommandLedger:
         audit: AuditLog | None = None,
         startup_grace: float = 0.0,
         secrets: SecretParams | None = None,
+        max_output_bytes: int = 1 << 20,
     ) -> None:
         # Which parameters are secret for every agent (the sessions teach it each HELLO).
         self.secrets = secrets or SecretParams()
@@ -116,6 +119,9 @@ class CommandLedger:
         self._new_id = new_id
         # Unfinished commands made by this process (after a restart: read from the store).
         self._inflight: dict[str, InFlight] = {}
+        # [backend] max_output_bytes per stream, and what each running command has used.
+        self.max_output_bytes = max_output_bytes
+        self._outputs: dict[str, OutputBudget] = {}
         # agent id -> (session id, verbs announced in that session's HELLO).
         self._verbs: dict[str, tuple[str, dict]] = {}
         self._waiters: dict[str, list[Deferred]] = {}
@@ -253,7 +259,7 @@ class CommandLedger:
         if not created:
             return command, False
         command_id = command["command_id"]
-        self._inflight[command_id] = InFlight(agent_id, args)
+        inflight = self._inflight[command_id] = InFlight(agent_id, args)
         self.log.debug(
             "command {command_id} {verb} queued for {agent_id}",
             command_id=command_id,
@@ -262,6 +268,7 @@ class CommandLedger:
         )
         self._wake_at(command["expires_at"])
         if command["status"] == lifecycle.DISPATCHED:
+            inflight.dispatched = True
             self.metrics.command_dispatched(command, command["dispatched_at"])
             self._changed(command)
             self._wake_at(command["dispatched_at"] + command["timeout"] + self.lost_grace)
@@ -336,6 +343,8 @@ class CommandLedger:
         )
         if updated is None:
             return None
+        if inflight is not None:
+            inflight.dispatched = True
         if command["status"] == lifecycle.QUEUED:
             self.metrics.command_dispatched(command, now)
         self._send(session, command, args, now, redacted=redacted)
@@ -413,21 +422,98 @@ class CommandLedger:
     # -- what agents report ---------------------------------------------------------------
 
     async def on_output(self, session: LiveSession, fields: dict) -> None:
-        """Store a chunk of live output (duplicates from a replay are ignored)."""
+        """Store a chunk of live output of a command running on this agent, up to
+        ``max_output_bytes`` per stream (duplicates from a replay are ignored).
+
+        Output for any other command (final, queued, another agent's, unknown) is
+        refused with a ``NOT_RUNNING`` error and stored nowhere.
+        """
         command_id = fields["command_id"]
-        if not (await self._ownership(session, command_id))[0]:
+        budget = await self._output_budget(session.agent_id, command_id)
+        if budget is None:
+            self.log.warn(
+                "agent {agent_id} sent output for command {command_id}, which is not"
+                " running there: refused",
+                agent_id=session.agent_id,
+                command_id=command_id,
+            )
+            self.metrics.frames_refused.labels("not_running").inc()
+            session.send_frame(
+                protocol.error_frame(
+                    protocol.NOT_RUNNING,
+                    "output refused: the command is not running on this agent",
+                    command_id,
+                )
+            )
             return
-        chunk = (fields["seq"], fields["stream"], fields["data"])
+        stream = fields["stream"]
+        data, first_cut = budget.take(stream, fields["data"])
+        if first_cut:
+            self.log.info(
+                "command {command_id}: {stream} cut at [backend] max_output_bytes = {limit}",
+                command_id=command_id,
+                stream=stream,
+                limit=budget.limit,
+                agent_id=session.agent_id,
+            )
+            self.metrics.output_cut.labels(stream).inc()
+            await self.store.mark_output_truncated(command_id, stream)
+        if not data:
+            return
+        chunk = (fields["seq"], stream, data)
         if await self.store.append_output(command_id, [chunk], self.clock.seconds()):
             self.hub.publish(
                 "command.output",
-                {
-                    "command_id": command_id,
-                    "seq": fields["seq"],
-                    "stream": fields["stream"],
-                    "data": fields["data"],
-                },
+                {"command_id": command_id, "seq": fields["seq"], "stream": stream, "data": data},
             )
+
+    async def _output_budget(self, agent_id: str, command_id: str) -> OutputBudget | None:
+        """The output budget of a command dispatched to or running on ``agent_id`` whose
+        result has not arrived; None for any other command."""
+        inflight = self._inflight.get(command_id)
+        if inflight is not None:
+            # Made by this process: memory knows its state.
+            if inflight.agent_id != agent_id or not inflight.dispatched or inflight.reported:
+                return None
+            budget = self._outputs.get(command_id)
+            if budget is None:
+                budget = self._outputs[command_id] = OutputBudget(agent_id, self.max_output_bytes)
+            return budget
+        budget = self._outputs.get(command_id)
+        if budget is None:
+            # Made before a restart: the store knows, and what it holds of the output counts.
+            command = await self.store.get_command(command_id)
+            if (
+                command is None
+                or command["agent_id"] != agent_id
+                or command["status"] not in (lifecycle.DISPATCHED, lifecycle.RUNNING)
+            ):
+                return None
+            stored = await self.store.output_text(command_id)
+            budget = self._outputs.setdefault(
+                command_id,
+                OutputBudget(
+                    agent_id,
+                    self.max_output_bytes,
+                    {stream: utf8_size(text) for stream, text in zip(STREAMS, stored, strict=True)},
+                    [stream for stream in STREAMS if command[f"{stream}_truncated"]],
+                ),
+            )
+        return budget if budget.agent_id == agent_id else None
+
+    def _result_output(self, command_id: str, fields: dict) -> dict:
+        """A result's stdout and stderr within ``max_output_bytes`` each; a stream is
+        truncated if the agent says so or the backend cut it (here or while streaming)."""
+        budget = self._outputs.get(command_id)
+        kept: dict[str, Any] = {}
+        for stream in STREAMS:
+            text, cut = cap_text(fields[stream], self.max_output_bytes)
+            if cut:
+                self.metrics.output_cut.labels(stream).inc()
+            streamed_cut = budget is not None and stream in budget.truncated
+            kept[stream] = text
+            kept[f"{stream}_truncated"] = fields[f"{stream}_truncated"] or cut or streamed_cut
+        return kept
 
     async def cancel(self, command_id: str) -> dict:
         """Cancel a command: a queued one at once, a running one through its agent."""
@@ -483,10 +569,7 @@ class CommandLedger:
             outcome = {
                 "exit_code": fields["exit_code"],
                 "result": fields["result"],
-                "stdout": fields["stdout"],
-                "stderr": fields["stderr"],
-                "stdout_truncated": fields["stdout_truncated"],
-                "stderr_truncated": fields["stderr_truncated"],
+                **self._result_output(command_id, fields),
                 "error": fields["error"],
                 "started_at": started_at or fields["started_at"],
                 "finished_at": self.clock.seconds(),
@@ -596,6 +679,7 @@ class CommandLedger:
     def _finished(self, command: dict, replaces: str | None = None) -> None:
         command_id = command["command_id"]
         self._inflight.pop(command_id, None)
+        self._outputs.pop(command_id, None)
         # Successes are the bulk of a busy fleet's traffic (the audit log, the events and
         # /metrics have every one): only outcomes that need a look are logged at info.
         emit = self.log.debug if command["status"] == lifecycle.SUCCEEDED else self.log.info

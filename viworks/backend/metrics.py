@@ -89,6 +89,26 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.frames_refused = Counter(
+            "viworks_frames_refused",
+            "Agent frames refused, by reason: not_running (output for a command not running"
+            " on that agent), too_large (telemetry over its size cap), too_often (telemetry"
+            " sooner than [backend] telemetry_min_interval).",
+            ["reason"],
+            registry=r,
+        )
+        self.output_cut = Counter(
+            "viworks_output_cut",
+            "Command output streams cut at [backend] max_output_bytes by the backend, by stream.",
+            ["stream"],
+            registry=r,
+        )
+        self.sse_dropped = Counter(
+            "viworks_sse_dropped",
+            "Event streams dropped because the client stopped reading (unsent data past"
+            " [api] sse_buffer_bytes).",
+            registry=r,
+        )
         self.store_latency = Histogram(
             "viworks_store_seconds",
             "Seconds spent in store calls made by the command ledger, by operation.",

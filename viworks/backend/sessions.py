@@ -54,6 +54,8 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
     cert_serial: str | None = None
     _frames: TokenBucket | None = None
     _drops: list[float] | None = None
+    # When this session's last telemetry report was stored.
+    _telemetry_at: float | None = None
 
     # -- Autobahn callbacks -------------------------------------------------
 
@@ -461,8 +463,25 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
 
     async def _on_telemetry(self, frame: protocol.Frame) -> None:
         factory = self.factory
+        now = factory.clock.seconds()
+        refusal = _telemetry_refusal(frame, now, self._telemetry_at, factory.telemetry_min_interval)
+        if refusal is not None:
+            reason, code, message = refusal
+            factory.metrics.frames_refused.labels(reason).inc()
+            self.log.warn(
+                "agent {agent_id}: telemetry refused: {message}",
+                agent_id=self.agent_id,
+                message=message,
+            )
+            self.send_frame(protocol.error_frame(code, message))
+            return
+        self._telemetry_at = now
         await factory.store.record_telemetry(
-            self.agent_id, factory.clock.seconds(), frame["metrics"], keep=factory.telemetry_keep
+            self.agent_id,
+            now,
+            frame["metrics"],
+            keep=factory.telemetry_keep,
+            max_bytes=factory.telemetry_history_bytes,
         )
 
     async def _on_result(self, frame: protocol.Frame) -> None:
@@ -502,6 +521,26 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         self.log.failure("agent {agent_id}: handling failed", failure, agent_id=self.agent_id)
 
 
+def _telemetry_refusal(
+    frame: protocol.Frame, now: float, last: float | None, min_interval: float
+) -> tuple[str, str, str] | None:
+    """Why a telemetry report is not stored, as (metric reason, error code, message)."""
+    if frame.size > protocol.MAX_TELEMETRY_BYTES:
+        return (
+            "too_large",
+            protocol.TOO_LARGE,
+            f"telemetry reports are limited to {protocol.MAX_TELEMETRY_BYTES} bytes"
+            f" (got {frame.size})",
+        )
+    if last is not None and now - last < min_interval:
+        return (
+            "too_often",
+            protocol.RATE_LIMITED,
+            f"telemetry is stored at most once every {min_interval:g} s",
+        )
+    return None
+
+
 class AgentSessionFactory(WebSocketServerFactory):
     """Builds ``AgentSession``s sharing the registry, store and ledger."""
 
@@ -522,6 +561,8 @@ class AgentSessionFactory(WebSocketServerFactory):
         handshake_rate: float = 200.0,
         handshake_burst: float = 200.0,
         telemetry_keep: int = 2880,
+        telemetry_history_bytes: int = 4 << 20,
+        telemetry_min_interval: float = 1.0,
         metrics: Metrics | None = None,
         agent_frame_rate: float = 50.0,
         cert_serial: Callable[[Any, Any], str | None] = peer_cert_serial,
@@ -547,7 +588,10 @@ class AgentSessionFactory(WebSocketServerFactory):
         self.heartbeat_interval = heartbeat_interval
         self.hello_timeout = hello_timeout
         self.admission = TokenBucket(handshake_rate, handshake_burst, clock)
+        # What one agent's telemetry may take: rows and bytes kept, one report per interval.
         self.telemetry_keep = telemetry_keep
+        self.telemetry_history_bytes = telemetry_history_bytes
+        self.telemetry_min_interval = telemetry_min_interval
         # Shared with the ledger (and the API) unless given.
         self.metrics = metrics or getattr(ledger, "metrics", None) or Metrics()
         self.metrics.watch_sessions(registry, lambda: self.admission)

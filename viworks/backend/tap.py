@@ -19,6 +19,7 @@ from viworks import signing
 from viworks.backend.api import BackendAPI
 from viworks.backend.audit import AuditLog
 from viworks.backend.authfailures import AuthFailures
+from viworks.backend.events import EventHub
 from viworks.backend.identity import ProxiedIdentity, tls_identity
 from viworks.backend.jobs import JobRunner
 from viworks.backend.ledger import CommandLedger
@@ -30,7 +31,7 @@ from viworks.config import BackendConfig, load_backend_config, parse_bind
 from viworks.logs import Logger, set_log_level
 from viworks.net import DrainingSite, ListenError, listen_service
 from viworks.reload import Reloader, install_sighup
-from viworks.runtime import tune_gc
+from viworks.runtime import release_large_buffers, tune_gc
 from viworks.service import build_or_exit
 from viworks.tls import ReloadableTLS, server_context_factory
 
@@ -153,6 +154,8 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         startup_grace=config.backend.startup_grace,
         signing_key=signing_key(config),
         audit=audit_log,
+        hub=EventHub(history_bytes=config.backend.event_history_bytes),
+        max_output_bytes=config.backend.max_output_bytes,
     )
     # Shared by the mutual-TLS listener and the one behind nginx (proxied_ws_bind).
     session_options = dict(
@@ -166,6 +169,8 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         handshake_rate=config.backend.handshake_rate,
         handshake_burst=config.backend.handshake_burst,
         agent_frame_rate=config.backend.agent_frame_rate,
+        telemetry_history_bytes=config.backend.telemetry_history_bytes,
+        telemetry_min_interval=config.backend.telemetry_min_interval,
         audit_log=audit_log,
     )
     sessions = AgentSessionFactory(identify=tls_identity, **session_options)
@@ -189,6 +194,7 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
             interval=config.api.auth_failure_audit_interval,
         ),
         trusted_proxies=_networks(config),
+        sse_buffer_bytes=config.api.sse_buffer_bytes,
     )
     # A JSON API: Twisted's parse of form bodies (an email-module Content-Type parse
     # on every POST, ~5% of the backend under load) has nothing to find.
@@ -283,4 +289,5 @@ def makeService(options: Any, reactor: Any = None) -> MultiService:
     service = build_or_exit(load_backend_config, build_backend, options, reactor)
     install_sighup(reactor, service.reloader)
     tune_gc()
+    release_large_buffers()
     return service

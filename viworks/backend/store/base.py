@@ -967,6 +967,15 @@ class SQLStore:
             added += txn.rowcount
         return added
 
+    async def mark_output_truncated(self, command_id: str, stream: str) -> None:
+        """Record that ``stream``'s output of the command was cut (``<stream>_truncated``)."""
+        if stream not in OUTPUT_STREAMS:
+            raise ValueError(f"output stream must be stdout or stderr, not {stream!r}")
+        column = f"{stream}_truncated"
+        await self._run(
+            self._update_command_txn, f"{column} = 1", [], ["command_id = ?"], [command_id]
+        )
+
     async def output_since(
         self, command_id: str, after_seq: int = -1, limit: int = 1000
     ) -> list[dict[str, Any]]:
@@ -1000,28 +1009,70 @@ class SQLStore:
     # -- telemetry ----------------------------------------------------------
 
     async def record_telemetry(
-        self, agent_id: str, at: float, data: Mapping[str, Any], keep: int = 2880
+        self,
+        agent_id: str,
+        at: float,
+        data: Mapping[str, Any],
+        keep: int = 2880,
+        max_bytes: int | None = None,
     ) -> None:
-        """Store one telemetry report and keep only the agent's newest ``keep`` rows.
+        """Store one telemetry report and keep only the agent's newest ``keep`` rows,
+        and of those no more than ``max_bytes`` of stored JSON (None: no byte limit;
+        the newest report is always kept).
 
         "Newest" is insertion order, not ``at``. ``keep`` must be >= 1.
         """
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be an integer >= 1, not {keep!r}")
+        for name, value in (("keep", keep), ("max_bytes", 1 if max_bytes is None else max_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
         if not isinstance(data, Mapping):
             raise ValueError(f"telemetry data must be a mapping, not {type(data).__name__}")
         await self._run(
-            self._record_telemetry_txn, agent_id, float(at), _encode_json(dict(data)), keep
+            self._record_telemetry_txn,
+            agent_id,
+            float(at),
+            _encode_json(dict(data)),
+            keep,
+            max_bytes,
         )
 
     def _record_telemetry_txn(
-        self, txn: Transaction, agent_id: str, at: float, data: str, keep: int
+        self,
+        txn: Transaction,
+        agent_id: str,
+        at: float,
+        data: str,
+        keep: int,
+        max_bytes: int | None,
     ) -> None:
+        # bytes_before: the bytes of all the agent's reports before this one (deleted
+        # ones too), so the reports beyond the byte budget are found through the index.
         self._execute(
             txn,
-            "INSERT INTO agent_telemetry (agent_id, at, data) VALUES (?, ?, ?)",
-            (agent_id, at, data),
+            "SELECT bytes_before + bytes FROM agent_telemetry WHERE agent_id = ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (agent_id,),
         )
+        row = txn.fetchone()
+        before = row[0] if row is not None else 0
+        size = len(data)  # ASCII: _encode_json escapes everything else
+        self._execute(
+            txn,
+            "INSERT INTO agent_telemetry (agent_id, at, data, bytes, bytes_before)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (agent_id, at, data, size, before),
+        )
+        if max_bytes is not None:
+            # Everything older than the oldest report that still fits the budget (the
+            # newest alone when it does not fit).
+            self._execute(
+                txn,
+                "DELETE FROM agent_telemetry WHERE agent_id = ? AND seq < COALESCE("
+                " (SELECT seq FROM agent_telemetry WHERE agent_id = ? AND bytes_before >= ?"
+                " ORDER BY seq LIMIT 1),"
+                " (SELECT MAX(seq) FROM agent_telemetry WHERE agent_id = ?))",
+                (agent_id, agent_id, before + size - max_bytes, agent_id),
+            )
         # The keep-th newest seq, found and deleted below through the
         # (agent_id, seq) index; NULL (nothing deleted) while fewer are stored.
         self._execute(

@@ -293,6 +293,27 @@ MIGRATIONS: list[tuple[str, ...]] = [
         FROM agents WHERE cert_serial IS NOT NULL
         """,
     ),
+    # 9: each agent's telemetry history bounded in bytes ([backend] telemetry_history_bytes).
+    # bytes: the stored JSON's length (ASCII); bytes_before: the bytes of the agent's
+    # earlier reports (a running sum), so the reports beyond the budget are found through
+    # the index instead of summing the history at every report.
+    (
+        "ALTER TABLE agent_telemetry ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE agent_telemetry ADD COLUMN bytes_before INTEGER NOT NULL DEFAULT 0",
+        """
+        UPDATE agent_telemetry SET bytes = sums.bytes, bytes_before = sums.bytes_before
+        FROM (
+            SELECT seq, LENGTH(data) AS bytes,
+                SUM(LENGTH(data)) OVER (PARTITION BY agent_id ORDER BY seq) - LENGTH(data)
+                    AS bytes_before
+            FROM agent_telemetry
+        ) AS sums
+        WHERE agent_telemetry.seq = sums.seq
+        """,
+        "CREATE INDEX agent_telemetry_bytes"
+        " ON agent_telemetry (agent_id, seq, bytes_before, bytes)",
+        "DROP INDEX agent_telemetry_agent",
+    ),
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
