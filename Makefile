@@ -4,9 +4,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 # Directories to lint; those that do not exist (yet) are skipped.
-LINT_DIRS := $(wildcard viworks tests twisted bench)
+LINT_DIRS := $(wildcard viworks tests twisted bench console)
 
-.PHONY: all test lint tools run clean bench bench-full
+.PHONY: all test lint tools run clean bench bench-full console-vendor
 
 all: test
 
@@ -49,6 +49,13 @@ bench: $(VENV)/.installed
 
 bench-full: $(VENV)/.installed
 	$(PY) -m bench.run --full $(BENCH_ARGS)
+
+# The web console's libraries (viworks/console/static/vendor/, committed): refreshed from
+# the npm registry at the versions console/package-lock.json pins. Needs npm; nothing
+# of Node.js is needed to install or run viworks.
+console-vendor:
+	cd console && npm ci --ignore-scripts --no-audit --no-fund
+	python3 console/vendor.py
 
 run: $(VENV)/.installed tools
 	$(VENV)/bin/viworks dev --dir .dev

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import queue
-import secrets
 import sys
 import threading
 import time
@@ -74,10 +73,6 @@ def cmd_pki(args: argparse.Namespace) -> int:
 # -- tokens ---------------------------------------------------------------------------
 
 
-def new_token() -> str:
-    return "vw_" + secrets.token_urlsafe(32)
-
-
 async def store_token(
     database: str,
     name: str,
@@ -92,30 +87,19 @@ async def store_token(
 
     The creation is written to the audit log (without the secret).
     """
-    from viworks.backend.api import hash_token
+    from viworks.backend.tokens import create_token
 
     async def create(store: Any) -> str:
-        token = new_token()
-        now = reactor.seconds()
-        expires_at = None if expires_in is None else now + expires_in
-        await store.create_token(
+        return await create_token(
+            store,
             name,
-            hash_token(token),
-            now,
+            cli_actor(),
+            reactor.seconds(),
             role=role,
             verbs=verbs,
             sites=sites,
-            expires_at=expires_at,
+            expires_in=expires_in,
         )
-        await store.append_audit(
-            now,
-            cli_actor(),
-            "token.create",
-            f"token:{name}",
-            "ok",
-            {"role": role, "verbs": verbs, "sites": sites, "expires_at": expires_at},
-        )
-        return token
 
     return await with_store(database, reactor, create)
 
@@ -220,22 +204,13 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def _token_list(config: Any, args: argparse.Namespace) -> int:
-    from viworks.timeutil import rfc3339
+    from viworks.backend.tokens import token_json
 
     async def fetch(store: Any) -> list[dict]:
         return await store.list_tokens()
 
-    tokens = _store_call(config, fetch)
     now = time.time()
-    for token in tokens:
-        if token["revoked_at"] is not None:
-            token["state"] = "revoked"
-        elif token["expires_at"] is not None and token["expires_at"] <= now:
-            token["state"] = "expired"
-        else:
-            token["state"] = "active"
-        for key in ("created_at", "expires_at", "revoked_at"):
-            token[key] = rfc3339(token[key])
+    tokens = [token_json(token, now) for token in _store_call(config, fetch)]
     if args.json:
         _print_json({"tokens": tokens})
         return EXIT_OK
@@ -256,13 +231,10 @@ def _token_list(config: Any, args: argparse.Namespace) -> int:
 
 
 def _token_revoke(config: Any, name: str) -> int:
+    from viworks.backend.tokens import revoke_token
+
     async def revoke(store: Any) -> bool:
-        now = time.time()
-        done = await store.revoke_token(name, now)
-        await store.append_audit(
-            now, cli_actor(), "token.revoke", f"token:{name}", "ok" if done else "refused"
-        )
-        return done
+        return await revoke_token(store, name, cli_actor(), time.time())
 
     if not _store_call(config, revoke):
         raise CLIError(f"no active token named {name!r} (unknown or already revoked)")
@@ -277,33 +249,15 @@ def cmd_pki_revoke(args: argparse.Namespace) -> int:
     """Revoke the agent's current certificate (the serial it last connected with)."""
     config = _backend_config(args.config)
 
-    async def revoke(store: Any) -> tuple[str, str | None, bool]:
-        agent = await store.get_agent(args.agent_id)
-        serial = None if agent is None else agent.get("cert_serial")
-        now = time.time()
-        if serial is None:
-            await store.append_audit(
-                now,
-                cli_actor(),
-                "certificate.revoke",
-                f"agent:{args.agent_id}",
-                "refused",
-                {"reason": "no certificate serial known"},
-            )
-            return "unknown", None, False
-        done = await store.revoke_certificate(serial, args.agent_id, now, args.reason)
-        await store.append_audit(
-            now,
-            cli_actor(),
-            "certificate.revoke",
-            f"agent:{args.agent_id}",
-            "ok" if done else "refused",
-            {"serial": serial, "reason": args.reason, "already": not done},
-        )
-        return "ok", serial, done
+    from viworks.backend.revocation import revoke_agent_certificate
 
-    state, serial, done = _store_call(config, revoke)
-    if state == "unknown":
+    async def revoke(store: Any) -> tuple[str | None, bool]:
+        return await revoke_agent_certificate(
+            store, args.agent_id, cli_actor(), time.time(), args.reason
+        )
+
+    serial, done = _store_call(config, revoke)
+    if serial is None:
         raise CLIError(
             f"no certificate is known for agent {args.agent_id!r}: it has never said HELLO"
             " to this backend (nothing to revoke)"
@@ -371,7 +325,7 @@ def _audit_verify(config: Any) -> int:
 
 
 def _audit_export(config: Any, output: str | None) -> int:
-    from viworks.timeutil import rfc3339
+    from viworks.backend.audit import export_record
 
     async def export(store: Any) -> list[dict]:
         return [row async for row in _audit_rows(store)]
@@ -380,12 +334,8 @@ def _audit_export(config: Any, output: str | None) -> int:
     out = sys.stdout if output in (None, "-") else open(output, "w", encoding="utf-8")  # noqa: SIM115
     try:
         for row in rows:
-            # The stored detail text is what the hash covers: keep it as it is,
-            # plus its parsed form for readers.
-            record = {**row, "time": rfc3339(row["at"])}
-            record["detail_json"] = record.pop("detail")
-            record["detail"] = None if row["detail"] is None else json.loads(row["detail"])
-            out.write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+            line = json.dumps(export_record(row), sort_keys=True, separators=(",", ":"))
+            out.write(line + "\n")
     finally:
         if out is not sys.stdout:
             out.close()

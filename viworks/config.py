@@ -801,6 +801,10 @@ class ApiSection:
     rate_limit_burst: int = _spec("integer", 40, _at_least(1))
     # GET /metrics (Prometheus) needs "Authorization: Bearer <metrics_token>" ("" = open).
     metrics_token: str = _spec("string", "")
+    # The web console at /ui/, and how long its login sessions last (seconds; capped by
+    # the token's own expiry).
+    console: bool = _spec("boolean", True)
+    session_ttl: float = _spec("number", 28800.0, _positive)
 
 
 @dataclass(frozen=True)

@@ -1492,6 +1492,7 @@ class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
                 "command_events",
                 "command_output",
                 "commands",
+                "console_sessions",
                 "idempotency_keys",
                 "job_targets",
                 "jobs",

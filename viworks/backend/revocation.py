@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
+from viworks.backend import audit
 from viworks.logs import Logger
 from viworks.tls import peer_certificate
 
@@ -28,15 +29,62 @@ def certificate_serial(cert: Any) -> str:
     return format(cert.serial_number, "x")
 
 
-def peer_cert_serial(transport: Any, request: Any = None) -> str | None:
-    """The serial of the agent's certificate: the TLS peer's, or the one a trusted
-    nginx forwarded (only called once the session's ``identify`` accepted it)."""
+def _agent_certificate(transport: Any, request: Any) -> Any:
+    """The agent's certificate: the TLS peer's, or the one a trusted nginx forwarded
+    (only asked once the session's ``identify`` accepted it)."""
     cert = peer_certificate(transport)
     if cert is None and request is not None:
         from viworks.backend.identity import forwarded_certificate
 
         cert = forwarded_certificate(request)
+    return cert
+
+
+def peer_cert_serial(transport: Any, request: Any = None) -> str | None:
+    """The serial of the agent's certificate (see ``_agent_certificate``)."""
+    cert = _agent_certificate(transport, request)
     return None if cert is None else certificate_serial(cert)
+
+
+def peer_cert_not_after(transport: Any, request: Any = None) -> float | None:
+    """The end of the agent certificate's validity, in epoch seconds (the console
+    lists certificates nearing it)."""
+    cert = _agent_certificate(transport, request)
+    return None if cert is None else cert.not_valid_after_utc.timestamp()
+
+
+async def revoke_agent_certificate(
+    store: Any, agent_id: str, actor: str, now: float, reason: str | None = None
+) -> tuple[str | None, bool]:
+    """Revoke the certificate ``agent_id`` last said HELLO with; audited as
+    ``certificate.revoke`` by ``actor``.
+
+    Returns ``(serial, done)``: serial None when no certificate is known for the
+    agent (nothing revoked), done False when it was already revoked. Running
+    backends drop the agent's session within ``POLL_INTERVAL``.
+    """
+    agent = await store.get_agent(agent_id)
+    serial = None if agent is None else agent.get("cert_serial")
+    if serial is None:
+        await store.append_audit(
+            now,
+            actor,
+            "certificate.revoke",
+            f"agent:{agent_id}",
+            audit.REFUSED,
+            {"reason": "no certificate serial known"},
+        )
+        return None, False
+    done = await store.revoke_certificate(serial, agent_id, now, reason)
+    await store.append_audit(
+        now,
+        actor,
+        "certificate.revoke",
+        f"agent:{agent_id}",
+        audit.OK if done else audit.REFUSED,
+        {"serial": serial, "reason": reason, "already": not done},
+    )
+    return serial, done
 
 
 class RevocationWatcher:

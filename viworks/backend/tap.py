@@ -169,6 +169,8 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         rate_limit_burst=config.api.rate_limit_burst,
         audit_log=audit_log,
         metrics_token=config.api.metrics_token,
+        console=config.api.console,
+        session_ttl=config.api.session_ttl,
     )
     # A JSON API: Twisted's parse of form bodies (an email-module Content-Type parse
     # on every POST, ~5% of the backend under load) has nothing to find.

@@ -271,6 +271,24 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # (deferred) foreign key of the key row written just before it: without this
     # index SQLite scanned every idempotency key (one per job target) per command.
     ("CREATE INDEX idempotency_keys_command ON idempotency_keys (command_id)",),
+    # 8: the web console. Sessions: the SHA-256 of a random session id (the cookie holds
+    # the id; the database never does) -> the token that logged in, until expires_at. In
+    # the store, so a restarted backend or another replica knows them. Agents keep their
+    # certificate's end of validity; the audit log is filtered by time.
+    (
+        """
+        CREATE TABLE console_sessions (
+            session_hash TEXT PRIMARY KEY,
+            token_name TEXT NOT NULL REFERENCES tokens (name),
+            created_at {real} NOT NULL,
+            expires_at {real} NOT NULL
+        )
+        """,
+        "CREATE INDEX console_sessions_expires ON console_sessions (expires_at)",
+        "CREATE INDEX console_sessions_token ON console_sessions (token_name)",
+        "ALTER TABLE agents ADD COLUMN cert_not_after {real}",
+        "CREATE INDEX audit_log_at ON audit_log (at)",
+    ),
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
