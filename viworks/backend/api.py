@@ -799,7 +799,12 @@ class BackendAPI:
 
     @app.route("/api/v1/session", methods=["POST"])
     async def create_session(self, request: Any) -> bytes:
-        """Trade an API token (``{"token": ...}``) for a console session cookie."""
+        """Trade an API token (``{"token": ...}``) for a console session cookie.
+
+        JSON only: another site's form cannot send it (no login CSRF)."""
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        if content_type.lower() != b"application/json":
+            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the token as application/json")
         body = self._body(request)
         unknown = set(body) - {"token"}
         if unknown:
@@ -1000,8 +1005,10 @@ class BackendAPI:
             raise ApiError(400, "BAD_REQUEST", f"role must be one of {authz.ROLES}", "role")
         limits = {key: _string_list(body, key) for key in ("verbs", "sites")}
         expires_in = body.get("expires_in")
-        if expires_in is not None and not (
-            isinstance(expires_in, (int, float)) and 0 < expires_in <= 10 * 365 * 86400
+        if expires_in is not None and (
+            isinstance(expires_in, bool)
+            or not isinstance(expires_in, (int, float))
+            or not 0 < expires_in <= 10 * 365 * 86400
         ):
             raise ApiError(400, "BAD_REQUEST", "expires_in: seconds > 0", "expires_in")
         request.viworks_audit = {"name": name, "role": role}

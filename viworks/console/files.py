@@ -90,7 +90,9 @@ class ConsoleFiles:
         if request.getHeader(b"if-none-match") == found.etag:
             request.setResponseCode(304)
             return b""
+        body = found.body
         if b"gzip" in (request.getHeader(b"accept-encoding") or b""):
             request.setHeader(b"content-encoding", b"gzip")
-            return found.gzipped
-        return found.body
+            body = found.gzipped
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
