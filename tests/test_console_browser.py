@@ -20,6 +20,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -167,17 +168,27 @@ class _Fixture:
 
     @staticmethod
     def seed_agents(database: str) -> None:
-        """5,000 more (offline) agents with gw-1's verbs, as a large fleet would have."""
+        """5,000 more (offline) agents with gw-1's verbs, as a large fleet would have (their
+        ids sort after gw-*, so the first page of agents shows the live ones)."""
+        sites = ("ams2", "fra1", "lon1", "nyc3", "sfo2", "sgp1", "syd1")
         with sqlite3.connect(database, timeout=30) as db:
-            verbs, labels = db.execute(
-                "SELECT verbs, labels FROM agents WHERE agent_id = 'gw-1'"
-            ).fetchone()
+            (verbs,) = db.execute("SELECT verbs FROM agents WHERE agent_id = 'gw-1'").fetchone()
+            seen = time.time() - 3600
             db.executemany(
                 "INSERT INTO agents (agent_id, status, version, site, hostname, protocol,"
                 " verbs, labels, connected_at, last_seen, peer)"
-                " VALUES (?, 'offline', '0.1.0', ?, ?, 1, ?, ?, 1000.0, 1000.0, NULL)",
+                " VALUES (?, 'offline', ?, ?, ?, 1, ?, ?, ?, ?, NULL)",
                 [
-                    (f"zz-sim-{n:05d}", f"site-{n % 7}", f"sim{n}", verbs, labels)
+                    (
+                        f"sim-{sites[n % 7]}-{n:04d}",
+                        "0.1.0" if n % 5 else "0.0.9",
+                        sites[n % 7],
+                        f"gw{n:04d}.{sites[n % 7]}.example",
+                        verbs,
+                        json.dumps({"role": "core" if n % 10 == 0 else "edge"}),
+                        seen - n,
+                        seen - n,
+                    )
                     for n in range(SEEDED)
                 ],
             )
@@ -473,12 +484,21 @@ class ConsoleBrowserTests(unittest.TestCase):
         self.in_browser(scenario)
 
     def test_fleet_and_tokens_pages(self) -> None:
-        """The fleet page counts agents by site and version; an admin creates a token (the
-        secret shown once) and revokes it."""
+        """The fleet page counts agents by site and version and lists a failed command; an
+        admin creates a token (the secret shown once) and revokes it."""
+
+        failed = self.api.post(
+            "/api/v1/agents/gw-2/commands?wait=10",
+            {"verb": "delete_panel_user", "args": {"username": "nobody"}},
+        )[1]
+        self.assertEqual(failed["status"], "failed")
 
         def scenario(page: Any) -> None:
             self.login(page, "admin")
             self.nav(page, "Fleet")
+            expect(page.locator("tr", has_text="delete_panel_user").first).to_contain_text(
+                "NOT_FOUND"
+            )
             # gw-1, gw-2 and the seeded agents; gw-live too once its test has run.
             expect(page.locator(".cards")).to_contain_text(re.compile(r"5,00[23]\s*agents"))
             self.shot(page, "fleet")
@@ -499,6 +519,45 @@ class ConsoleBrowserTests(unittest.TestCase):
 
         self.in_browser(scenario)
 
+    def test_command_page_cancel_and_new_job_form(self) -> None:
+        """The command page follows a running verb's output and cancels it; the agent's
+        Commands tab lists it; a new job's form asks a secret as a password field and its
+        command line refers to a shell variable instead."""
+        code, command = self.api.post(
+            "/api/v1/agents/gw-1/commands",
+            {"verb": "tick", "args": {"count": 200, "interval": 0.1}},
+        )
+        self.assertEqual(code, 201, command)
+
+        def scenario(page: Any) -> None:
+            self.login(page, "admin")
+            page.goto(f"{self.base}/ui/#/commands/{command['command_id']}")
+            status = page.locator(".command .status").first
+            expect(status).to_have_text("running")
+            expect(page.locator("pre.output")).to_contain_text("tick 3")
+            self.shot(page, "command-running")
+            page.get_by_role("button", name="Cancel command").click()
+            page.get_by_role("button", name="Cancel it").click()
+            expect(status).to_have_text("cancelled")
+            expect(page.locator("ol.timeline .status").last).to_have_text("cancelled")
+            page.goto(f"{self.base}/ui/#/agents/gw-1?tab=commands")
+            expect(
+                page.locator("table.list tr", has_text="tick").filter(has_text="cancelled").first
+            ).to_be_visible()
+            self.shot(page, "agent-commands")
+            page.goto(f"{self.base}/ui/#/jobs/new")
+            page.get_by_label("Selector").fill("id=gw-1")
+            expect(page.locator(".preview")).to_contain_text("1 agent matches")
+            page.get_by_label("Verb").select_option("create_panel_user")
+            expect(page.locator("input[data-param=password]")).to_have_attribute("type", "password")
+            page.locator("input[data-param=username]").fill("dave")
+            expect(page.locator(".cli-text")).to_have_value(
+                re.compile(r"job start create_panel_user username=dave password=\"\$PASSWORD\"")
+            )
+            self.shot(page, "new-job")
+
+        self.in_browser(scenario)
+
     def test_logout(self) -> None:
         """Logging out ends the session: the login page shows, and the old cookie no longer
         opens the API."""
@@ -512,6 +571,7 @@ class ConsoleBrowserTests(unittest.TestCase):
             )
             page.get_by_role("button", name="Log out").click()
             expect(page.locator("input[type=password]")).to_be_visible()
+            self.shot(page, "login")
             page.context.add_cookies([cookie])
             return page.request.get(self.base + "/api/v1/agents").status
 

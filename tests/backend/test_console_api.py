@@ -6,8 +6,11 @@ StubTreq over a real SQLite store, with a fake clock.
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import gzip
 import json
+import os
 import re
 from html.parser import HTMLParser
 
@@ -148,6 +151,24 @@ class ConsoleFilesTests(ConsoleAPITestCase):
             if name.endswith((".js", ".mjs")):
                 for specifier in re.findall(rb"""\bfrom\s*["']([^"']+)["']""", found.body):
                     self.assertTrue(specifier.startswith((b"./", b"../")), (name, specifier))
+
+    def test_every_file_is_packaged(self):
+        """setup.py's package_data ships every file of the console (pip install . works
+        without the source tree)."""
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        with open(os.path.join(root, "setup.py")) as f:
+            tree = ast.parse(f.read())
+        [patterns] = [
+            ast.literal_eval(k.value)["viworks.console"]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            for k in node.keywords
+            if k.arg == "package_data"
+        ]
+        static = os.path.join(root, "viworks", "console")
+        for name in load():
+            self.assertTrue(any(fnmatch.fnmatch("static/" + name, p) for p in patterns), name)
+        self.assertTrue(os.path.isdir(os.path.join(static, "static", "vendor")))
 
 
 class _InlineChecker(HTMLParser):

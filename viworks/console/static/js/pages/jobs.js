@@ -134,7 +134,7 @@ export function NewJob() {
         <small>Targets: the agents it matches when the job starts, in agent-id order.</small></div>
       <div class="preview">
         ${matched.error && html`<${ErrorText} error=${matched.error} />`}
-        ${matched.data && html`<p><strong>${matched.data.total}</strong> agents match${matched.data.total ? ":" : "."}
+        ${matched.data && html`<p><strong>${matched.data.total}</strong> ${matched.data.total === 1 ? "agent matches" : "agents match"}${matched.data.total ? ":" : "."}
           ${matched.data.agents.map((a) => html` <a href=${link(["agents", a.agent_id])}>${a.agent_id}</a>`)}${matched.data.total > matched.data.agents.length ? " …" : ""}</p>`}
       </div>
       <div class="field"><label for="job-verb">Verb</label>
