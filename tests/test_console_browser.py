@@ -356,7 +356,11 @@ class ConsoleBrowserTests(unittest.TestCase):
             expect(verbs.filter(has_text="create_panel_user")).to_have_count(1)
             expect(page.locator("figure.graph canvas").first).to_be_visible()
             self.shot(page, "agent")
-            page.get_by_text("ping", exact=True).click()
+            # However a check picks them (substring, any case), "ping" and then "Run" and
+            # "succeeded" each name one element only.
+            expect(page.get_by_text("ping")).to_have_count(1)
+            page.get_by_text("ping").click()
+            expect(page.get_by_text("Run")).to_have_count(1)
             self.shot(page, "run")
             page.get_by_role("button", name="Run").click()
             expect(page.get_by_text("succeeded")).to_be_visible()

@@ -71,8 +71,9 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the token's name, the token itself (never stored), its
-    role and, for operators, the verbs and sites it is limited to (None: any)."""
+    """Who sent a request: the token's name, the secret that authenticated the request
+    (the token, or a console session id; never stored), its role and, for operators,
+    the verbs and sites it is limited to (None: any)."""
 
     name: str
     token: str
@@ -360,17 +361,18 @@ class BackendAPI:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <token>")
-            caller = await self._token_caller(request, token.strip())
+            caller = self._caller(request, await self._token_row(token.strip()), token.strip())
         else:
             caller = await self._session_caller(request, session_id)
         self._admit(request, caller)
         return caller
 
-    async def _token_caller(self, request: Any, token: str) -> Caller:
+    async def _token_row(self, token: str) -> dict:
+        """The token's row (cached); 401 for an unknown token."""
         row = await self._tokens.get(hash_token(token), self.store.token_for_hash)
         if row is None:
             raise ApiError(401, "UNAUTHORIZED", "the token is not valid")
-        return self._caller(request, row, token)
+        return row
 
     async def _session_caller(self, request: Any, session_id: str) -> Caller:
         row = await self._sessions.get(
@@ -813,12 +815,12 @@ class BackendAPI:
         token = body.get("token")
         if not isinstance(token, str) or not token.strip():
             raise ApiError(400, "BAD_REQUEST", 'the body needs the token: {"token": "vw_..."}')
-        caller = await self._token_caller(request, token.strip())
+        row = await self._token_row(token.strip())
+        caller = self._caller(request, row, token.strip())
         self._admit(request, caller)
-        row = await self._tokens.get(hash_token(token.strip()), self.store.token_for_hash)
         now = self.clock.seconds()
         expires_at = now + self.session_ttl
-        if row is not None and row["expires_at"] is not None:
+        if row["expires_at"] is not None:
             expires_at = min(expires_at, row["expires_at"])
         session_id = websession.new_session_id()
         await self.store.create_console_session(

@@ -103,19 +103,36 @@ export function useLive(types, fn) {
   useEffect(() => onLive(types, (data, type) => latest.current(data, type)), [types.join()]);
 }
 
-/** A function that runs ``fn`` once, ``delay`` ms after its first call since the last run
- * (a burst of live events makes one reload). */
-export function useSoon(fn, delay) {
+/** A throttled ``fn``: called when idle it runs at once; calls within ``interval`` ms of
+ * a run make one more run at the end of it (a burst of live events, one reload). */
+export function useSoon(fn, interval) {
+  const latest = useRef(fn);
+  latest.current = fn;
+  const state = useRef({ last: 0, timer: null });
+  useEffect(() => () => clearTimeout(state.current.timer), []);
+  return () => {
+    const s = state.current;
+    if (s.timer !== null) return;
+    const wait = s.last + interval - Date.now();
+    const run = () => {
+      s.timer = null;
+      s.last = Date.now();
+      latest.current();
+    };
+    if (wait <= 0) run();
+    else s.timer = setTimeout(run, wait);
+  };
+}
+
+/** ``fn`` once calls stop coming for ``delay`` ms (typing). */
+export function useDebounced(fn, delay) {
   const latest = useRef(fn);
   latest.current = fn;
   const timer = useRef(null);
   useEffect(() => () => clearTimeout(timer.current), []);
   return () => {
-    if (timer.current !== null) return;
-    timer.current = setTimeout(() => {
-      timer.current = null;
-      latest.current();
-    }, delay);
+    clearTimeout(timer.current);
+    timer.current = setTimeout(() => latest.current(), delay);
   };
 }
 

@@ -17,10 +17,10 @@ export function Agents() {
     () => api("GET", "agents" + query({ selector, status, limit: PAGE, offset })),
     [selector, status, offset],
   );
-  // Live rows: a status change of a row shown is applied at once; anything else
-  // (a new agent, the counts) is re-read, at most every 300 ms.
+  // Live rows: a status change of a row shown is applied at once; the page (new agents,
+  // the counts) is re-read at once too, then at most every 500 ms during a storm.
   const live = useSignal({});
-  const soon = useSoon(reload, 300);
+  const soon = useSoon(reload, 500);
   useLive(["agent.online", "agent.offline"], (event, type) => {
     live.value = { ...live.value, [event.agent_id]: type === "agent.online" ? "online" : "offline" };
     soon();

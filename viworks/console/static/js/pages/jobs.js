@@ -5,7 +5,7 @@ import { argWords, viworks } from "../cli.js";
 import { clearSecrets, publicArgs, readArgs, SchemaFields } from "../forms.js";
 import { html, useEffect, useMemo, useRef, useSignal } from "../lib.js";
 import { go, link } from "../router.js";
-import { Cli, Confirm, Counts, ErrorText, Progress, Status, Time, shortId, useAsync, useLive, useSoon } from "../ui.js";
+import { Cli, Confirm, Counts, ErrorText, Progress, Status, Time, shortId, useAsync, useDebounced, useLive, useSoon } from "../ui.js";
 
 const DONE = new Set(["completed", "cancelled"]);
 const BAD = new Set(["failed", "timed_out", "rejected", "cancelled", "expired", "lost"]);
@@ -67,7 +67,7 @@ export function NewJob() {
     () => (selector.value.trim() ? api("GET", `agents?selector=${encodeURIComponent(selector.value.trim())}&limit=20&offset=0`) : null),
     [],
   );
-  const soon = useSoon(rematch, 400);
+  const soon = useDebounced(rematch, 400);
   const first = matched.data?.agents?.[0];
   const [schemas] = useAsync(() => (first ? api("GET", `agents/${encodeURIComponent(first.agent_id)}/verbs`) : null), [first?.agent_id]);
   // Verbs every previewed target offers, with the first one's schemas.
