@@ -1,6 +1,6 @@
 // Jobs: one verb fanned out to the agents a selector matches, with canary, concurrency
 // and max_errors; live progress, per-target status, pause/resume/cancel, rerun failed.
-import { api, isOperator, newKey } from "../api.js";
+import { api, isOperator } from "../api.js";
 import { argWords, viworks } from "../cli.js";
 import { clearSecrets, publicArgs, readArgs, SchemaFields } from "../forms.js";
 import { html, useEffect, useMemo, useRef, useSignal } from "../lib.js";
@@ -98,7 +98,7 @@ export function NewJob() {
     if (!job) return;
     clearSecrets(form.current);
     try {
-      const created = await api("POST", "jobs", job, { idempotencyKey: newKey() });
+      const created = await api("POST", "jobs", job);
       go(["jobs", created.job_id]);
     } catch (e) {
       error.value = e;
