@@ -106,6 +106,15 @@ export function readArgs(form, params) {
   return { args, errors };
 }
 
+/** The arguments typed so far for the command-line preview: secrets by name only. */
+export function typedArgs(form, params) {
+  if (!form) return {};
+  const plain = Object.fromEntries(Object.entries(params).filter(([, spec]) => spec.type !== "secret"));
+  const { args } = readArgs(form, plain);
+  for (const [name, spec] of Object.entries(params)) if (spec.type === "secret") args[name] = "";
+  return args;
+}
+
 export function clearSecrets(form) {
   form.querySelectorAll('input[data-type="secret"]').forEach((input) => {
     input.value = "";

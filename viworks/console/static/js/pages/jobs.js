@@ -2,7 +2,7 @@
 // and max_errors; live progress, per-target status, pause/resume/cancel, rerun failed.
 import { api, isOperator } from "../api.js";
 import { argWords, viworks } from "../cli.js";
-import { clearSecrets, publicArgs, readArgs, SchemaFields } from "../forms.js";
+import { clearSecrets, publicArgs, readArgs, SchemaFields, typedArgs } from "../forms.js";
 import { html, useEffect, useMemo, useRef, useSignal } from "../lib.js";
 import { go, link } from "../router.js";
 import { Cli, Confirm, Counts, ErrorText, Progress, Status, Time, shortId, useAsync, useDebounced, useLive, useSoon } from "../ui.js";
@@ -119,12 +119,7 @@ export function NewJob() {
     <form ref=${form} class="card" noValidate onSubmit=${(e) => {
       e.preventDefault();
       if (body()) confirming.value = true;
-    }} onInput=${() => {
-      const plain = Object.fromEntries(Object.entries(params).filter(([, p]) => p.type !== "secret"));
-      const { args } = readArgs(form.current, plain);
-      for (const [name, p] of Object.entries(params)) if (p.type === "secret") args[name] = "";
-      preview.value = argWords(args, params);
-    }}>
+    }} onInput=${() => (preview.value = argWords(typedArgs(form.current, params), params))}>
       <div class="field"><label for="job-selector">Selector</label>
         <input id="job-selector" type="text" spellcheck="false" placeholder="site=prod,role=edge|core" value=${selector.value}
           onInput=${(e) => {

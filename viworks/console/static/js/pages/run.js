@@ -1,7 +1,7 @@
 // Run: one verb on one agent, from a form generated from the verb's schema.
 import { api, ApiError, mayRun, me, newKey } from "../api.js";
 import { argWords, viworks } from "../cli.js";
-import { clearSecrets, publicArgs, readArgs, SchemaFields } from "../forms.js";
+import { clearSecrets, publicArgs, readArgs, SchemaFields, typedArgs } from "../forms.js";
 import { html, useMemo, useRef, useSignal } from "../lib.js";
 import { link } from "../router.js";
 import { Cli, Confirm, ErrorText, Status, useAsync, useLive } from "../ui.js";
@@ -11,15 +11,6 @@ import { CommandView } from "./command.js";
 let prefill = null;
 export function rerun(args, params) {
   prefill = publicArgs(args, params);
-}
-
-/** The words of the CLI preview: the values typed so far, secrets as shell variables. */
-function previewWords(form, params) {
-  if (!form) return [];
-  const plain = Object.fromEntries(Object.entries(params).filter(([, spec]) => spec.type !== "secret"));
-  const { args } = readArgs(form, plain);
-  for (const [name, spec] of Object.entries(params)) if (spec.type === "secret") args[name] = "";
-  return argWords(args, params);
 }
 
 /** POST a command; a network failure is retried once with the same Idempotency-Key,
@@ -108,7 +99,7 @@ export function Run({ agentId, verb }) {
       <p>Agent <a href=${link(["agents", agentId])}>${agentId}</a> <${Status} value=${status} />
         ${status === "offline" && html` <span class="muted">the command will wait in the queue until the agent connects, up to its TTL.</span>`}</p>
       <form ref=${form} class="card verb-form" noValidate onSubmit=${onSubmit}
-        onInput=${() => (preview.value = previewWords(form.current, params))}>
+        onInput=${() => (preview.value = argWords(typedArgs(form.current, params), params))}>
         <${SchemaFields} params=${params} initial=${initial} errors=${errors.value} />
         <details class="options"><summary>Options</summary>
           <div class="field"><label for="option-timeout">timeout (seconds)</label>
