@@ -135,6 +135,15 @@ class _Fixture:
     def __init__(self) -> None:
         self.scope = _ClassScope()
         self.processes: list[Twistd] = []
+        self.browser: BrowserThread | None = None
+        self.budgets: dict[str, Any] = {}
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         stack = self.stack = Stack(self.scope)
         pki.issue_agent(stack.pki["ours"], "gw-live")
         backend_toml = stack.backend_config().path
@@ -159,7 +168,6 @@ class _Fixture:
         self.shots = os.path.abspath(os.environ.get("VIWORKS_SCREENSHOTS") or "console-screenshots")
         os.makedirs(self.shots, exist_ok=True)
         print(f"\nconsole screenshots and budgets: {self.shots}")
-        self.budgets: dict[str, Any] = {}
         self.browser = BrowserThread()
 
     def start(self, process: Twistd) -> Twistd:
@@ -196,7 +204,8 @@ class _Fixture:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
-        self.browser.stop()
+        if self.browser is not None:
+            self.browser.stop()
         if self.budgets:
             with open(os.path.join(self.shots, "budgets.json"), "w") as f:
                 json.dump(self.budgets, f, indent=2)
