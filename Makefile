@@ -4,9 +4,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 # Directories to lint; those that do not exist (yet) are skipped.
-LINT_DIRS := $(wildcard viworks tests twisted bench)
+LINT_DIRS := $(wildcard viworks tests twisted bench console)
 
-.PHONY: all test lint tools run clean bench bench-full constraints
+.PHONY: all test lint tools run clean bench bench-full constraints console-vendor
 
 all: test
 
@@ -53,6 +53,13 @@ bench-full: $(VENV)/.installed
 # upgrading the venv's packages and running the tests on them).
 constraints: $(VENV)/.installed
 	$(PY) etc/constraints.py > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+# The web console's libraries (viworks/console/static/vendor/, committed): refreshed from
+# the npm registry at the versions console/package-lock.json pins. Needs npm; nothing
+# of Node.js is needed to install or run viworks.
+console-vendor:
+	cd console && npm ci --ignore-scripts --no-audit --no-fund
+	python3 console/vendor.py
 
 # The local stack (no root, no system packages): see `viworks dev --help` for its ports.
 run: $(VENV)/.installed

@@ -27,6 +27,19 @@ setup(
     version=read_version(),
     description="ViWorkS control plane: a backend and gateway agents over mutual-TLS WebSockets",
     packages=find_packages(include=["viworks", "viworks.*"]) + ["twisted.plugins"],
+    # The web console's static files (served at /ui/; no Node.js needed to install or run).
+    package_data={
+        "viworks.console": [
+            "static/*.html",
+            "static/*.css",
+            "static/js/*.js",
+            "static/js/pages/*.js",
+            "static/vendor/*.mjs",
+            "static/vendor/*.css",
+            "static/vendor/*.json",
+            "static/vendor/licenses/*.LICENSE",
+        ]
+    },
     python_requires=">=3.11",
     install_requires=[
         "twisted[tls]>=24.7",
@@ -45,7 +58,9 @@ setup(
         "google-re2>=1.1",
     ],
     extras_require={
-        "test": ["ruff", "hypothesis"],
+        # playwright drives the system's Chromium in tests/test_console_browser.py
+        # (never `playwright install`: no browser is downloaded).
+        "test": ["ruff", "hypothesis", "playwright"],
     },
     entry_points={
         "console_scripts": ["viworks=viworks.cli:main"],

@@ -56,9 +56,9 @@ def viworks(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def create_token(backend_toml: str, name: str = "tests") -> str:
+def create_token(backend_toml: str, name: str = "tests", role: str = "operator") -> str:
     """A new API token, made with the CLI against the backend's database."""
-    created = viworks("token", "create", "--config", backend_toml, "--name", name)
+    created = viworks("token", "create", "--config", backend_toml, "--name", name, "--role", role)
     if created.returncode != 0:
         raise AssertionError(f"viworks token create failed: {created.stderr}")
     return created.stdout.strip().splitlines()[-1]

@@ -27,7 +27,8 @@ from bench.common import rss_bytes
 from tests.processes import Api, Twistd, create_token
 from tests.rogue_agent import connect_rogue
 from tests.stack import Stack, eventually, poll
-from viworks.backend.api import hash_token
+from viworks.backend import websession
+from viworks.backend.tokens import hash_token
 
 MIB = 1 << 20
 # Frames of just under [backend] max_message_size (1 MiB) once encoded.
@@ -56,14 +57,22 @@ def scrape(base: str) -> dict[str, float]:
     return {sample: float(value) for sample, value in samples}
 
 
-def stalled_viewer(testcase: unittest.TestCase, port: int, token: str) -> socket.socket:
+def stalled_viewer(
+    testcase: unittest.TestCase, port: int, token: str, session_id: str | None = None
+) -> socket.socket:
     """A GET /api/v1/events on a socket with a small receive buffer that nothing reads
-    (unless the test does); closed at cleanup."""
+    (unless the test does); closed at cleanup. With ``session_id`` it is authenticated as
+    the web console's EventSource is, by the session cookie, instead of the token."""
     sock = socket.socket()
     testcase.addCleanup(sock.close)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     sock.connect(("127.0.0.1", port))
-    request = f"GET /api/v1/events HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {token}\r\n\r\n"
+    credentials = (
+        f"Authorization: Bearer {token}"
+        if session_id is None
+        else f"Cookie: viworks_session={session_id}"
+    )
+    request = f"GET /api/v1/events HTTP/1.1\r\nHost: api\r\n{credentials}\r\n\r\n"
     sock.sendall(request.encode())
     return sock
 
@@ -221,7 +230,8 @@ class StalledViewerTests(unittest.TestCase):
     timeout = 60
 
     async def test_stalled_event_stream_dropped(self):
-        """A client of GET /api/v1/events that stops reading is dropped (logged, counted in
+        """A client of GET /api/v1/events that stops reading (here the web console's,
+        authenticated by its session cookie) is dropped (logged, counted in
         viworks_sse_dropped_total) once its unsent data passes [api] sse_buffer_bytes,
         and the backend lets go of its stream; a client that reads keeps its stream.
         Today the backend buffered everything for it, without end."""
@@ -229,11 +239,15 @@ class StalledViewerTests(unittest.TestCase):
         backend = await stack.start_backend()
         api, hub = backend.api, backend.ledger.hub
         await backend.store.create_token("viewer", hash_token("vw_viewer"), 1.0)
+        now = reactor.seconds()
+        await backend.store.create_console_session(
+            websession.session_hash("console-tab"), "viewer", now, now + 3600
+        )
         logged: list[dict] = []
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
 
-        stalled_viewer(self, stack.http_port, "vw_viewer")
+        stalled_viewer(self, stack.http_port, "vw_viewer", session_id="console-tab")
         reader = stalled_viewer(self, stack.http_port, "vw_viewer")  # read below
         received = self.read_all(reader)
         await eventually(lambda: len(api._streams) == 2)

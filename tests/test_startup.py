@@ -192,7 +192,8 @@ class DevStackTests(unittest.TestCase):
         self.assertNotIn("Traceback", output)
 
     def test_banner_lists_unavailable_verbs(self) -> None:
-        """The banner names each missing tool with its verbs, and how to get them."""
+        """The banner names each missing tool with its verbs, and how to get them, and
+        where the web console is."""
 
         class Catalog:
             def missing_tools(self) -> dict[str, list[str]]:
@@ -202,6 +203,7 @@ class DevStackTests(unittest.TestCase):
         self.assertIn("  /x/htpasswd: create_panel_user, delete_panel_user\n", text)
         self.assertIn("`make tools`", text)
         self.assertIn("TOOL_NOT_FOUND", text)
+        self.assertIn("  console: http://127.0.0.1:1/ui/", text)
 
 
 class MakefileTests(unittest.TestCase):

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import queue
-import secrets
 import sys
 import threading
 import time
@@ -75,10 +74,6 @@ def cmd_pki(args: argparse.Namespace) -> int:
 # -- tokens ---------------------------------------------------------------------------
 
 
-def new_token() -> str:
-    return "vw_" + secrets.token_urlsafe(32)
-
-
 async def store_token(
     database: str,
     name: str,
@@ -93,30 +88,19 @@ async def store_token(
 
     The creation is written to the audit log (without the secret).
     """
-    from viworks.backend.api import hash_token
+    from viworks.backend.tokens import create_token
 
     async def create(store: Any) -> str:
-        token = new_token()
-        now = reactor.seconds()
-        expires_at = None if expires_in is None else now + expires_in
-        await store.create_token(
+        return await create_token(
+            store,
             name,
-            hash_token(token),
-            now,
+            cli_actor(),
+            reactor.seconds(),
             role=role,
             verbs=verbs,
             sites=sites,
-            expires_at=expires_at,
+            expires_in=expires_in,
         )
-        await store.append_audit(
-            now,
-            cli_actor(),
-            "token.create",
-            f"token:{name}",
-            "ok",
-            {"role": role, "verbs": verbs, "sites": sites, "expires_at": expires_at},
-        )
-        return token
 
     return await with_store(database, reactor, create)
 
@@ -221,22 +205,13 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def _token_list(config: Any, args: argparse.Namespace) -> int:
-    from viworks.timeutil import rfc3339
+    from viworks.backend.tokens import token_json
 
     async def fetch(store: Any) -> list[dict]:
         return await store.list_tokens()
 
-    tokens = _store_call(config, fetch)
     now = time.time()
-    for token in tokens:
-        if token["revoked_at"] is not None:
-            token["state"] = "revoked"
-        elif token["expires_at"] is not None and token["expires_at"] <= now:
-            token["state"] = "expired"
-        else:
-            token["state"] = "active"
-        for key in ("created_at", "expires_at", "revoked_at"):
-            token[key] = rfc3339(token[key])
+    tokens = [token_json(token, now) for token in _store_call(config, fetch)]
     if args.json:
         _print_json({"tokens": tokens})
         return EXIT_OK
@@ -257,13 +232,10 @@ def _token_list(config: Any, args: argparse.Namespace) -> int:
 
 
 def _token_revoke(config: Any, name: str) -> int:
+    from viworks.backend.tokens import revoke_token
+
     async def revoke(store: Any) -> bool:
-        now = time.time()
-        done = await store.revoke_token(name, now)
-        await store.append_audit(
-            now, cli_actor(), "token.revoke", f"token:{name}", "ok" if done else "refused"
-        )
-        return done
+        return await revoke_token(store, name, cli_actor(), time.time())
 
     if not _store_call(config, revoke):
         raise CLIError(f"no active token named {name!r} (unknown or already revoked)")
@@ -291,32 +263,11 @@ def cmd_pki_revoke(args: argparse.Namespace) -> int:
 
 
 def _revoke_agent(config: Any, agent_id: str, reason: str | None) -> int:
-    async def revoke(store: Any) -> list[tuple[dict, bool]]:
-        seen = {c["serial"]: c for c in await store.agent_certificates(agent_id=agent_id)}
-        agent = await store.get_agent(agent_id)
-        if agent is not None and agent.get("cert_serial") and agent["cert_serial"] not in seen:
-            seen[agent["cert_serial"]] = {"serial": agent["cert_serial"]}
-        now = time.time()
-        done = [
-            (cert, await store.revoke_certificate(cert["serial"], agent_id, now, reason))
-            for cert in seen.values()
-        ]
-        new = [cert["serial"] for cert, revoked in done if revoked]
-        await store.append_audit(
-            now,
-            cli_actor(),
-            "certificate.revoke",
-            f"agent:{agent_id}",
-            "ok" if new else "refused",
-            {
-                "serials": new,
-                "already": [cert["serial"] for cert, revoked in done if not revoked],
-                "reason": reason if done else "no certificate serial known",
-            },
-        )
-        return done
-
+    from viworks.backend.revocation import revoke_agent_certificates
     from viworks.timeutil import rfc3339
+
+    async def revoke(store: Any) -> list[tuple[dict, bool]]:
+        return await revoke_agent_certificates(store, agent_id, cli_actor(), time.time(), reason)
 
     done = _store_call(config, revoke)
     if not done:
@@ -341,21 +292,10 @@ def _revoke_agent(config: Any, agent_id: str, reason: str | None) -> int:
 
 
 def _revoke_serial(config: Any, serial: str, reason: str | None) -> int:
+    from viworks.backend.revocation import revoke_serial
+
     async def revoke(store: Any) -> tuple[str, bool]:
-        seen = await store.agent_certificates(serial=serial)
-        # A serial never seen is revoked all the same (a stolen certificate not used yet).
-        agent_id = seen[0]["agent_id"] if seen else ""
-        now = time.time()
-        done = await store.revoke_certificate(serial, agent_id, now, reason)
-        await store.append_audit(
-            now,
-            cli_actor(),
-            "certificate.revoke",
-            f"certificate:{serial}",
-            "ok" if done else "refused",
-            {"serial": serial, "agent_id": agent_id or None, "reason": reason, "already": not done},
-        )
-        return agent_id, done
+        return await revoke_serial(store, serial, cli_actor(), time.time(), reason)
 
     agent_id, done = _store_call(config, revoke)
     whose = f"of agent {agent_id!r}" if agent_id else "(never seen by this backend)"
@@ -443,7 +383,7 @@ def _audit_verify(config: Any, expected: tuple[int, str] | None = None) -> int:
 
 
 def _audit_export(config: Any, output: str | None) -> int:
-    from viworks.timeutil import rfc3339
+    from viworks.backend.audit import export_record
 
     async def export(store: Any) -> list[dict]:
         return [row async for row in _audit_rows(store)]
@@ -452,12 +392,8 @@ def _audit_export(config: Any, output: str | None) -> int:
     out = sys.stdout if output in (None, "-") else open(output, "w", encoding="utf-8")  # noqa: SIM115
     try:
         for row in rows:
-            # The stored detail text is what the hash covers: keep it as it is,
-            # plus its parsed form for readers.
-            record = {**row, "time": rfc3339(row["at"])}
-            record["detail_json"] = record.pop("detail")
-            record["detail"] = None if row["detail"] is None else json.loads(row["detail"])
-            out.write(json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n")
+            line = json.dumps(export_record(row), sort_keys=True, separators=(",", ":"))
+            out.write(line + "\n")
     finally:
         if out is not sys.stdout:
             out.close()

@@ -825,6 +825,10 @@ class ApiSection:
     auth_failure_audit_interval: float = _spec("number", 60.0, _positive)
     # An event stream whose client stops reading is dropped past this many unsent bytes.
     sse_buffer_bytes: int = _spec("integer", 1 << 20, _at_least(1 << 16))
+    # The web console at /ui/, and how long its login sessions last (seconds; capped by
+    # the token's own expiry).
+    console: bool = _spec("boolean", True)
+    session_ttl: float = _spec("number", 28800.0, _positive)
 
 
 @dataclass(frozen=True)

@@ -98,8 +98,7 @@ def prepare(directory: str, http_port: int, ws_port: int, api_port: int) -> tupl
 
 async def dev_token(store: Any, directory: str, clock: Any) -> str:
     """Reuse the token saved in DIR/token while the store still knows it; else make one."""
-    from viworks.backend.api import hash_token
-    from viworks.cli import new_token
+    from viworks.backend.tokens import hash_token, new_token
 
     path = os.path.join(directory, "token")
     if os.path.exists(path):
@@ -184,6 +183,7 @@ def banner(directory: str, http_port: int, api_port: int, token: str, catalog: A
     text = (
         f"\nViWorkS dev stack is up (files in {directory})\n"
         f"  API:   {url}   (health: {url}/health)\n"
+        f"  console: {url}/ui/   (log in with the token)\n"
         f"  token: {token}\n"
         f"  agent: {DEV_AGENT}, local API http://127.0.0.1:{api_port}/api/v1/health\n\n"
         f"Try:\n"

@@ -1212,10 +1212,13 @@ class StoreTestsMixin:
         old = self.make_store()
         self.addCleanup(old.close)
         self.assertEqual(await old.open(), 7)
-        await old.upsert_agent_online(
-            "gw1", version="1", site="s", hostname="h", protocol=1, verbs={}, peer=None,
-            session_id="s1", labels={}, now=3.0, cert_serial="a1",
-        )  # fmt: skip
+        # Written as version 7 wrote it (today's upsert sets columns added later).
+        await old._run(
+            old._update_count_txn,
+            "INSERT INTO agents (agent_id, status, connected_at, last_seen, cert_serial)"
+            " VALUES (?, 'online', ?, ?, ?)",
+            ("gw1", 3.0, 3.0, "a1"),
+        )
         await old.close()
         patcher.restore()
 
@@ -1257,6 +1260,96 @@ class StoreTestsMixin:
         self.assertEqual(await store.audit_records(after_seq=1), [second])
         self.assertEqual(await store.audit_seq_of_hash(second["hash"]), 2)
         self.assertIsNone(await store.audit_seq_of_hash("ff" * 32))
+
+    async def test_console_sessions(self) -> None:
+        """Console sessions are found by hash with their token's row, end when deleted or
+        when their token is revoked, and expired ones are purged by the next login."""
+        store = await self.open_store()
+        await store.create_token("ops", "aa" * 32, 1.0, role="operator", sites=["paris"])
+        await store.create_console_session("s1" * 32, "ops", 10.0, 100.0)
+        await store.create_console_session("s2" * 32, "ops", 10.0, 20.0)
+        session = await store.console_session("s1" * 32)
+        self.assertEqual(
+            {k: session[k] for k in ("session_expires_at", "name", "role", "sites", "revoked_at")},
+            {
+                "session_expires_at": 100.0,
+                "name": "ops",
+                "role": "operator",
+                "sites": ["paris"],
+                "revoked_at": None,
+            },
+        )
+        self.assertIsNone(await store.console_session("zz" * 32))
+        await store.create_console_session("s3" * 32, "ops", 30.0, 200.0)  # purges s2
+        self.assertIsNone(await store.console_session("s2" * 32))
+        self.assertTrue(await store.delete_console_session("s3" * 32))
+        self.assertFalse(await store.delete_console_session("s3" * 32))
+        self.assertTrue(await store.revoke_token("ops", 40.0))
+        self.assertIsNone(await store.console_session("s1" * 32))
+
+    async def test_agent_keys_and_pages(self) -> None:
+        """agent_keys lists every agent's filterable fields in id order; agents_by_id reads
+        whole rows for a page (ids unknown are left out), with the certificate's end."""
+        store = await self.open_store()
+        for agent_id in ("gw3", "gw1", "gw2"):
+            await self.online(store, agent_id, session_id="s-" + agent_id)
+        keys = await store.agent_keys()
+        self.assertEqual([k["agent_id"] for k in keys], ["gw1", "gw2", "gw3"])
+        self.assertEqual(
+            keys[0],
+            {
+                "agent_id": "gw1",
+                "site": "paris",
+                "labels": {"rack": "a1"},
+                "version": "1.2.3",
+                "cert_serial": None,
+                "cert_not_after": None,
+            },
+        )
+        agents = await store.agents_by_id(["gw3", "nope", "gw2"])
+        self.assertEqual([a["agent_id"] for a in agents], ["gw2", "gw3"])
+        self.assertEqual(agents[0]["verbs"], VERBS)
+        self.assertEqual(await store.agents_by_id([]), [])
+        agent = await store.upsert_agent_online(
+            "gw4",
+            version="1",
+            site="s",
+            hostname="h",
+            protocol=1,
+            verbs={},
+            peer=None,
+            session_id="s4",
+            labels={},
+            now=1.0,
+            cert_serial="ab",
+            cert_not_after=1e9,
+        )
+        self.assertEqual(agent["cert_not_after"], 1e9)
+
+    async def test_audit_search(self) -> None:
+        """audit_search filters by actor, action (exact or prefix), agent, outcome and time,
+        pages by seq both ways, and treats LIKE wildcards in values literally."""
+        store = await self.open_store()
+        append = store.append_audit
+        await append(10.0, "ci", "api.post", "/api/v1/agents/gw_1/commands", "ok")
+        await append(20.0, "gw1", "command.finished", "command:c1", "failed", {"agent_id": "gw1"})
+        await append(30.0, "ci", "api.delete", "/api/v1/tokens/x", "refused")
+        await append(40.0, "gw1", "connection.refused", "agent:gw1", "refused")
+
+        async def seqs(**filters: Any) -> list[int]:
+            return [r["seq"] for r in await store.audit_search(**filters)]
+
+        self.assertEqual(await seqs(), [4, 3, 2, 1])
+        self.assertEqual(await seqs(newest_first=False, after_seq=2), [3, 4])
+        self.assertEqual(await seqs(actor="ci"), [3, 1])
+        self.assertEqual(await seqs(action="api.*"), [3, 1])
+        self.assertEqual(await seqs(action="api.post"), [1])
+        self.assertEqual(await seqs(agent_id="gw1"), [4, 2])
+        self.assertEqual(await seqs(agent_id="gw_1"), [1])
+        self.assertEqual(await seqs(action="api%"), [])
+        self.assertEqual(await seqs(outcome="refused", since=35.0), [4])
+        self.assertEqual(await seqs(until=20.0), [1])
+        self.assertEqual(await seqs(before_seq=3, limit=1), [2])
 
     async def test_audit_concurrent_writers(self) -> None:
         """Appends from concurrent transactions (and a second store) never fork the chain."""
@@ -1632,6 +1725,7 @@ class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
                 "command_events",
                 "command_output",
                 "commands",
+                "console_sessions",
                 "idempotency_keys",
                 "job_targets",
                 "jobs",

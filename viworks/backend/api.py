@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
 from viworks import __version__, lifecycle
-from viworks.backend import audit, authz
+from viworks.backend import audit, authz, tokens, websession
 from viworks.backend.authfailures import AuthFailures, request_source
 from viworks.backend.events import Event, sse_frame
 from viworks.backend.health import StoreHealth
@@ -27,6 +27,10 @@ from viworks.backend.ledger import CommandLedger, Idempotency, LedgerError
 from viworks.backend.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from viworks.backend.metrics import Metrics
 from viworks.backend.registry import SessionRegistry
+from viworks.backend.revocation import revoke_agent_certificates
+from viworks.backend.store import DuplicateToken
+from viworks.backend.tokens import hash_token
+from viworks.console.files import ConsoleFiles
 from viworks.logs import Logger
 from viworks.ratelimit import TokenBucket
 from viworks.selectors import SelectorError
@@ -43,6 +47,12 @@ SSE_KEEPALIVE = 15.0
 SSE_BUFFER_BYTES = 1 << 20
 TOKEN_CACHE_SECONDS = 2.0
 TOKEN_CACHE_SIZE = 10000
+# Console sessions last this long (capped by the token's own expiry): [api] session_ttl.
+SESSION_TTL = 8 * 3600.0
+# The fleet summary lists agent certificates ending within this many days.
+CERT_WARNING_DAYS = 30
+# Final statuses the fleet summary lists as recent failures.
+_FAILED = ("failed", "timed_out", "lost", "rejected", "expired")
 
 
 class ApiError(Exception):
@@ -66,8 +76,9 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the token's name, the token itself (never stored), its
-    role and, for operators, the verbs and sites it is limited to (None: any)."""
+    """Who sent a request: the token's name, the secret that authenticated the request
+    (the token, or a console session id; never stored), its role and, for operators,
+    the verbs and sites it is limited to (None: any)."""
 
     name: str
     token: str
@@ -78,11 +89,6 @@ class Caller:
     def refusal(self, verb: str | None, site: str | None) -> str | None:
         """Why this caller may not act with ``verb`` on site ``site`` (None: it may)."""
         return authz.scope_refusal(self.role, self.verbs, self.sites, verb, site)
-
-
-def hash_token(token: str) -> str:
-    """Tokens are stored as SHA-256 hex digests only (they are random, so no salt is needed)."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def agent_json(agent: dict, online: bool) -> dict:
@@ -198,6 +204,29 @@ def _chunk_json(chunk: dict) -> dict:
 
 def _telemetry_json(row: dict) -> dict:
     return {"at": rfc3339(row["at"]), "metrics": row["data"]}
+
+
+class _RowCache:
+    """Rows by key (a missing row too) for ``TOKEN_CACHE_SECONDS``, at most
+    ``TOKEN_CACHE_SIZE`` of them."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._rows: dict[str, tuple[float, dict | None]] = {}
+
+    async def get(self, key: str, load: Callable[[str], Awaitable[dict | None]]) -> dict | None:
+        now = self.clock.seconds()
+        cached = self._rows.get(key)
+        if cached is not None and now - cached[0] < TOKEN_CACHE_SECONDS:
+            return cached[1]
+        row = await load(key)
+        if len(self._rows) >= TOKEN_CACHE_SIZE:
+            self._rows.clear()
+        self._rows[key] = (now, row)
+        return row
+
+    def forget(self, key: str) -> None:
+        self._rows.pop(key, None)
 
 
 @implementer(IPushProducer)
@@ -355,6 +384,8 @@ class BackendAPI:
         auth_failures: AuthFailures | None = None,
         trusted_proxies: Iterable[Any] = (),
         sse_buffer_bytes: int = SSE_BUFFER_BYTES,
+        session_ttl: float = SESSION_TTL,
+        console: bool = True,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -363,7 +394,13 @@ class BackendAPI:
         # One token bucket per token name ([api] rate_limit_per_token / _burst).
         self.rate_limit = (rate_limit_per_token, rate_limit_burst)
         self._buckets: dict[str, TokenBucket] = {}
-        self._token_cache: dict[str, tuple[float, dict | None]] = {}
+        # Token and console-session rows by hash; a revocation takes effect within
+        # TOKEN_CACHE_SECONDS (a store read per request dominated the API's cost).
+        self._tokens = _RowCache(clock)
+        self._sessions = _RowCache(clock)
+        self.session_ttl = session_ttl
+        # GET /ui/: the web console ([api] console = false leaves it out).
+        self.console = ConsoleFiles() if console else None
         # Every request that changes something (or tries to) is audited.
         self.audit = audit_log or getattr(ledger, "audit", None) or audit.AuditLog(store, clock)
         # Failed authentications: limited per source, audited in aggregate (authfailures).
@@ -382,6 +419,7 @@ class BackendAPI:
         self.sse_buffer_bytes = sse_buffer_bytes
         # Fan-out jobs (started with the backend service; see viworks.backend.jobs).
         self.jobs = jobs or JobRunner(store, ledger, registry, clock)
+        self.chain = audit.ChainStatus(store, clock)
 
     def resource(self):
         return self.app.resource()
@@ -417,45 +455,34 @@ class BackendAPI:
             detail,
         )
 
-    async def _token_row(self, token_hash: str) -> dict | None:
-        """The token's row, cached for ``TOKEN_CACHE_SECONDS`` (a store read per request
-        dominated the API's cost); a revocation or expiry takes effect within that time."""
-        now = self.clock.seconds()
-        cached = self._token_cache.get(token_hash)
-        if cached is not None and now - cached[0] < TOKEN_CACHE_SECONDS:
-            return cached[1]
-        row = await self.store.token_for_hash(token_hash)
-        if len(self._token_cache) >= TOKEN_CACHE_SIZE:
-            self._token_cache.clear()
-        self._token_cache[token_hash] = (now, row)
-        return row
-
     async def _authenticate(self, request: Any) -> Caller:
-        """The caller, if its token is valid, within its rate and its role allows the route.
+        """The caller, if its credentials are valid, within its rate and its role allows the route.
 
-        401 without a valid token (unknown, expired, revoked), or 429 once its
-        source address has failed too often (``_failed_authentication``); 429 over
-        the token's rate, 403 when the role does not allow the route (authz.ROUTES).
+        Credentials: ``Authorization: Bearer <token>``, else the console's session
+        cookie (plus ``X-CSRF-Token`` on requests that change something). 401
+        without valid credentials of either kind (unknown, expired, revoked), or 429
+        once its source address has failed too often (``_failed_authentication``);
+        403 without the CSRF token, 429 over the token's rate, 403 when the role does
+        not allow the route (authz.ROUTES).
         """
         try:
-            caller = await self._token_caller(request)
+            caller = await self._credentials_caller(request)
         except ApiError as refusal:
             raise self._failed_authentication(request, refusal) from None
         request.viworks_caller = caller
-        bucket = self._buckets.get(caller.name)
-        if bucket is None:
-            bucket = self._buckets[caller.name] = TokenBucket(*self.rate_limit, self.clock)
-        if not bucket.take():
-            raise _rate_limited("too many requests for this token", bucket.wait_time())
-        method = request.method.decode("latin-1")
-        path = request.path.decode("utf-8", "replace")
-        if not authz.role_allows(caller.role, method, path):
+        session = getattr(request, "viworks_session", None)
+        if (
+            session is not None
+            and request.method not in _READ_METHODS
+            and not websession.csrf_ok(request, session[0])
+        ):
             raise ApiError(
                 403,
-                "FORBIDDEN",
-                f"a {caller.role} token may not {method} {path}"
-                f" (needs {authz.required_role(method, path)})",
+                "CSRF_REQUIRED",
+                "requests authenticated by the console cookie that change something need"
+                " the X-CSRF-Token header (its value: GET /api/v1/session)",
             )
+        self._admit(request, caller)
         return caller
 
     def _failed_authentication(self, request: Any, refusal: ApiError) -> ApiError:
@@ -473,15 +500,41 @@ class BackendAPI:
             return refusal
         return _rate_limited("too many failed authentications from this address", wait)
 
-    async def _token_caller(self, request: Any) -> Caller:
-        """The caller its bearer token names; 401 if the token is missing or not valid."""
+    async def _credentials_caller(self, request: Any) -> Caller:
+        """The caller its bearer token, else its console session cookie, names; 401 if
+        neither is sent or the one sent is not valid."""
         header = (request.getHeader(b"authorization") or b"").decode("latin-1")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <token>")
-        row = await self._token_row(hash_token(token.strip()))
+        session_id = websession.session_cookie(request)
+        if header or session_id is None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(401, "UNAUTHORIZED", "send Authorization: Bearer <token>")
+            return self._caller(request, await self._token_row(token.strip()), token.strip())
+        return await self._session_caller(request, session_id)
+
+    async def _token_row(self, token: str) -> dict:
+        """The token's row (cached); 401 for an unknown token."""
+        row = await self._tokens.get(hash_token(token), self.store.token_for_hash)
         if row is None:
             raise ApiError(401, "UNAUTHORIZED", "the token is not valid")
+        return row
+
+    async def _session_caller(self, request: Any, session_id: str) -> Caller:
+        """The caller of a live console session (``request.viworks_session`` set); 401
+        (and the cookie cleared) once it has ended."""
+        row = await self._sessions.get(
+            websession.session_hash(session_id), self.store.console_session
+        )
+        if row is None or row["session_expires_at"] <= self.clock.seconds():
+            websession.clear_cookie(request)
+            raise ApiError(401, "UNAUTHORIZED", "the console session has ended; log in again")
+        caller = self._caller(request, row, session_id)
+        request.viworks_session = (session_id, row["session_expires_at"])
+        return caller
+
+    def _caller(self, request: Any, row: dict, secret: str) -> Caller:
+        """The caller a valid token row stands for; ``secret`` authenticated it (the
+        token, or a console session id) and keys its idempotency digests."""
         if row["revoked_at"] is not None:
             request.viworks_actor = row["name"]
             raise ApiError(401, "UNAUTHORIZED", "the token was revoked")
@@ -490,11 +543,28 @@ class BackendAPI:
             raise ApiError(401, "UNAUTHORIZED", "the token has expired")
         return Caller(
             row["name"],
-            token.strip(),
+            secret,
             row["role"],
             None if row["verbs"] is None else tuple(row["verbs"]),
             None if row["sites"] is None else tuple(row["sites"]),
         )
+
+    def _admit(self, request: Any, caller: Caller) -> None:
+        """429 over the token's rate; 403 when its role does not allow the route."""
+        bucket = self._buckets.get(caller.name)
+        if bucket is None:
+            bucket = self._buckets[caller.name] = TokenBucket(*self.rate_limit, self.clock)
+        if not bucket.take():
+            raise _rate_limited("too many requests for this token", bucket.wait_time())
+        method = request.method.decode("latin-1")
+        path = request.path.decode("utf-8", "replace")
+        if not authz.role_allows(caller.role, method, path):
+            raise ApiError(
+                403,
+                "FORBIDDEN",
+                f"a {caller.role} token may not {method} {path}"
+                f" (needs {authz.required_role(method, path)})",
+            )
 
     async def _check_scope(self, caller: Caller, verb: Any, agent_id: str) -> None:
         """403 when an operator limited to verbs/sites may not act with ``verb`` on the agent."""
@@ -567,24 +637,55 @@ class BackendAPI:
 
     @app.route("/api/v1/agents", methods=["GET"])
     async def list_agents(self, request: Any) -> bytes:
+        """Every agent, or (``?limit=``/``?offset=``) one page of them with ``total``.
+
+        ``?selector=`` keeps the agents it matches (a job's dry run); ``?status=``
+        keeps the online or offline ones. A page is read without the other
+        agents' verb schemas, so large fleets page quickly.
+        """
         await self._authenticate(request)
-        agents = await self.store.list_agents()
         raw_selector = _query(request, "selector")
+        selector = None
         if raw_selector is not None:
-            # ?selector=: a dry run of what a job with this selector would target.
             try:
                 selector = parse_selector(raw_selector)
             except SelectorError as e:
                 raise ApiError(400, "BAD_SELECTOR", str(e), "selector") from None
-            agents = [a for a in agents if selector.matches(a)]
+        status = _query(request, "status")
+        if status not in (None, "online", "offline"):
+            raise ApiError(400, "BAD_REQUEST", "status must be online or offline", "status")
+        limit = _number(request, "limit", 1, 1000)
+        offset = _number(request, "offset", 0, 1e9)
+
+        def wanted(agent: dict) -> bool:
+            if selector is not None and not selector.matches(agent):
+                return False
+            return status is None or (self._online(agent["agent_id"]) == (status == "online"))
+
+        if limit is None and offset is None:
+            agents = [a for a in await self.store.list_agents() if wanted(a)]
+            return self._json(
+                request,
+                {"agents": [agent_json(a, self._online(a["agent_id"])) for a in agents]},
+            )
+        matching = [a for a in await self.store.agent_keys() if wanted(a)]
+        start, count = int(offset or 0), int(limit or 100)
+        page = await self.store.agents_by_id(
+            [a["agent_id"] for a in matching[start : start + count]]
+        )
         return self._json(
             request,
             {
-                "agents": [
-                    agent_json(a, self.registry.get(a["agent_id"]) is not None) for a in agents
-                ]
+                "agents": [agent_json(a, self._online(a["agent_id"])) for a in page],
+                "total": len(matching),
+                "online": sum(1 for a in matching if self._online(a["agent_id"])),
+                "offset": start,
+                "limit": count,
             },
         )
+
+    def _online(self, agent_id: str) -> bool:
+        return self.registry.get(agent_id) is not None
 
     async def _agent(self, agent_id: str) -> dict:
         agent = await self.store.get_agent(agent_id)
@@ -596,7 +697,14 @@ class BackendAPI:
     async def get_agent(self, request: Any, agent_id: str) -> bytes:
         await self._authenticate(request)
         agent = await self._agent(agent_id)
-        return self._json(request, agent_json(agent, self.registry.get(agent_id) is not None))
+        body = agent_json(agent, self._online(agent_id))
+        # The certificate it last said HELLO with, and how many sessions it has had.
+        body["certificate"] = {
+            "serial": agent.get("cert_serial"),
+            "not_after": rfc3339(agent.get("cert_not_after")),
+        }
+        body["sessions"] = agent.get("epoch", 0)
+        return self._json(request, body)
 
     @app.route("/api/v1/agents/<agent_id>/verbs", methods=["GET"])
     async def get_verbs(self, request: Any, agent_id: str) -> bytes:
@@ -818,6 +926,283 @@ class BackendAPI:
         targets = {c["agent_id"] for c in job["commands"]}
         return [a for a in await self.store.list_agents() if a["agent_id"] in targets]
 
+    # -- the web console: its files, sessions, and what its pages need ---------------------
+
+    @app.route("/ui", methods=["GET"])
+    def console_root(self, request: Any) -> bytes:
+        if self.console is None:
+            raise ApiError(404, "NOT_FOUND", "the web console is off ([api] console = false)")
+        request.redirect(b"/ui/")
+        return b""
+
+    @app.route("/ui/", branch=True, methods=["GET"])
+    def console_file(self, request: Any) -> bytes:
+        if self.console is None:
+            raise ApiError(404, "NOT_FOUND", "the web console is off ([api] console = false)")
+        return self.console.render(request, request.path.decode("utf-8", "replace")[len("/ui/") :])
+
+    @app.route("/api/v1/session", methods=["POST"])
+    async def create_session(self, request: Any) -> bytes:
+        """Trade an API token (``{"token": ...}``) for a console session cookie.
+
+        JSON only: another site's form cannot send it (no login CSRF)."""
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        if content_type.lower() != b"application/json":
+            raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", "send the token as application/json")
+        body = self._body(request)
+        unknown = set(body) - {"token"}
+        if unknown:
+            field = sorted(unknown)[0]
+            raise ApiError(400, "BAD_REQUEST", f"unknown field {field!r}", field)
+        token = body.get("token")
+        if not isinstance(token, str) or not token.strip():
+            raise ApiError(400, "BAD_REQUEST", 'the body needs the token: {"token": "vw_..."}')
+        try:
+            row = await self._token_row(token.strip())
+            caller = self._caller(request, row, token.strip())
+        except ApiError as refusal:
+            raise self._failed_authentication(request, refusal) from None
+        request.viworks_caller = caller
+        self._admit(request, caller)
+        now = self.clock.seconds()
+        expires_at = now + self.session_ttl
+        if row["expires_at"] is not None:
+            expires_at = min(expires_at, row["expires_at"])
+        session_id = websession.new_session_id()
+        await self.store.create_console_session(
+            websession.session_hash(session_id), caller.name, now, expires_at
+        )
+        websession.set_cookie(request, session_id, expires_at - now)
+        request.viworks_audit = {"session": "created"}
+        return self._json(request, self._session_json(caller, session_id, expires_at), 201)
+
+    @app.route("/api/v1/session", methods=["GET"])
+    async def get_session(self, request: Any) -> bytes:
+        """Who the page is logged in as, what it may do, and its CSRF token."""
+        caller = await self._authenticate(request)
+        session_id, expires_at = getattr(request, "viworks_session", (None, None))
+        return self._json(request, self._session_json(caller, session_id, expires_at))
+
+    @app.route("/api/v1/session", methods=["DELETE"])
+    async def delete_session(self, request: Any) -> bytes:
+        """Log out: the session ends on every replica within TOKEN_CACHE_SECONDS."""
+        await self._authenticate(request)
+        session_id, _ = getattr(request, "viworks_session", (None, None))
+        if session_id is None:
+            raise ApiError(400, "BAD_REQUEST", "no console session: this request carried a token")
+        digest = websession.session_hash(session_id)
+        await self.store.delete_console_session(digest)
+        self._sessions.forget(digest)
+        websession.clear_cookie(request)
+        return self._json(request, {"ended": True})
+
+    def _session_json(
+        self, caller: Caller, session_id: str | None, expires_at: float | None
+    ) -> dict:
+        return {
+            "name": caller.name,
+            "role": caller.role,
+            "verbs": None if caller.verbs is None else list(caller.verbs),
+            "sites": None if caller.sites is None else list(caller.sites),
+            "via": "bearer" if session_id is None else "cookie",
+            "expires_at": rfc3339(expires_at),
+            "csrf_token": None if session_id is None else websession.csrf_token(session_id),
+            "version": __version__,
+        }
+
+    @app.route("/api/v1/fleet", methods=["GET"])
+    async def fleet(self, request: Any) -> bytes:
+        """The fleet at a glance: online/offline by site and version, certificates
+        ending within ``?cert_days=`` (default 30), the latest failed commands."""
+        await self._authenticate(request)
+        cert_days = _number(request, "cert_days", 0, 3650)
+        horizon = self.clock.seconds() + 86400 * (
+            CERT_WARNING_DAYS if cert_days is None else cert_days
+        )
+        keys = await self.store.agent_keys()
+        sites: dict[str, dict[str, int]] = {}
+        versions: dict[str, dict[str, int]] = {}
+        online = 0
+        for agent in keys:
+            state = "online" if self._online(agent["agent_id"]) else "offline"
+            online += state == "online"
+            for table, key in ((sites, agent["site"]), (versions, agent["version"])):
+                counts = table.setdefault(str(key), {"online": 0, "offline": 0})
+                counts[state] += 1
+        ending = sorted(
+            (a for a in keys if a["cert_not_after"] is not None and a["cert_not_after"] <= horizon),
+            key=lambda a: a["cert_not_after"],
+        )
+        failed: list[dict] = []
+        for status in _FAILED:
+            failed += await self.store.list_commands(status=status, limit=10)
+        failed.sort(key=lambda c: c["created_at"], reverse=True)
+        return self._json(
+            request,
+            {
+                "agents": len(keys),
+                "online": online,
+                "sites": [{"site": k, **v} for k, v in sorted(sites.items())],
+                "versions": [{"version": k, **v} for k, v in sorted(versions.items())],
+                "certificates": [
+                    {
+                        "agent_id": a["agent_id"],
+                        "serial": a["cert_serial"],
+                        "not_after": rfc3339(a["cert_not_after"]),
+                    }
+                    for a in ending[:100]
+                ],
+                "failed_commands": [_command_summary(c) for c in failed[:10]],
+                "backend": {"version": __version__, "agents_online": len(self.registry)},
+            },
+        )
+
+    @app.route("/api/v1/agents/<agent_id>/certificate/revoke", methods=["POST"])
+    async def revoke_certificate(self, request: Any, agent_id: str) -> bytes:
+        """Revoke every certificate the agent id has connected with (admin), as ``viworks
+        pki revoke AGENT_ID`` does; sessions using them are dropped within seconds.
+
+        ``serial``: the one of its last HELLO (else the last seen); ``already_revoked``:
+        nothing was left to revoke; ``serials``: each one, first seen first."""
+        caller = await self._authenticate(request)
+        body = self._body(request)
+        reason = body.get("reason")
+        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+            raise ApiError(400, "BAD_REQUEST", "reason must be a string of up to 500", "reason")
+        agent = await self._agent(agent_id)
+        request.viworks_audit = {"agent_id": agent_id}
+        done = await revoke_agent_certificates(
+            self.store, agent_id, caller.name, self.clock.seconds(), reason
+        )
+        if not done:
+            raise ApiError(409, "NO_CERTIFICATE", f"no certificate is known for {agent_id!r}")
+        serials = [cert["serial"] for cert, _ in done]
+        current = agent.get("cert_serial")
+        return self._json(
+            request,
+            {
+                "agent_id": agent_id,
+                "serial": current if current in serials else serials[-1],
+                "already_revoked": not any(revoked for _, revoked in done),
+                "serials": [
+                    {
+                        "serial": cert["serial"],
+                        "first_seen": rfc3339(cert.get("first_seen")),
+                        "last_seen": rfc3339(cert.get("last_seen")),
+                        "already_revoked": not revoked,
+                    }
+                    for cert, revoked in done
+                ],
+            },
+        )
+
+    @app.route("/api/v1/audit", methods=["GET"])
+    async def audit_records(self, request: Any) -> bytes:
+        """Audit records newest first, filtered; ``next_before`` pages to older ones."""
+        await self._authenticate(request)
+        limit = int(_number(request, "limit", 1, 1000) or 100)
+        before = _number(request, "before", 1, 2**62)
+        rows = await self.store.audit_search(
+            **_audit_filters(request),
+            before_seq=None if before is None else int(before),
+            limit=limit + 1,
+        )
+        return self._json(
+            request,
+            {
+                "records": [_audit_json(row) for row in rows[:limit]],
+                "next_before": rows[limit - 1]["seq"] if len(rows) > limit else None,
+            },
+        )
+
+    @app.route("/api/v1/audit/verify", methods=["GET"])
+    async def audit_verify(self, request: Any) -> bytes:
+        """How far the hash chain is verified (``?full=1`` re-reads it all)."""
+        await self._authenticate(request)
+        status = await self.chain.check(full=_query(request, "full") in ("1", "true"))
+        return self._json(request, {**status, "checked_at": rfc3339(status["checked_at"])})
+
+    @app.route("/api/v1/audit/export", methods=["GET"])
+    async def audit_export(self, request: Any) -> bytes:
+        """The filtered records as JSON lines, oldest first (``viworks audit export``'s format)."""
+        await self._authenticate(request)
+        filters = _audit_filters(request)
+        request.setHeader(b"content-type", b"application/x-ndjson")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-disposition", b'attachment; filename="viworks-audit.jsonl"')
+        after = 0
+        while rows := await self.store.audit_search(
+            **filters, after_seq=after, newest_first=False, limit=1000
+        ):
+            request.write(
+                b"".join(
+                    json.dumps(
+                        audit.export_record(r), sort_keys=True, separators=(",", ":")
+                    ).encode("utf-8")
+                    + b"\n"
+                    for r in rows
+                )
+            )
+            after = rows[-1]["seq"]
+        return b""
+
+    @app.route("/api/v1/tokens", methods=["GET"])
+    async def list_tokens(self, request: Any) -> bytes:
+        await self._authenticate(request)
+        now = self.clock.seconds()
+        return self._json(
+            request, {"tokens": [tokens.token_json(t, now) for t in await self.store.list_tokens()]}
+        )
+
+    @app.route("/api/v1/tokens", methods=["POST"])
+    async def create_token(self, request: Any) -> bytes:
+        """A new token; its secret is in this answer (``token``) and nowhere else, ever."""
+        caller = await self._authenticate(request)
+        body = self._body(request)
+        unknown = set(body) - {"name", "role", "verbs", "sites", "expires_in"}
+        if unknown:
+            field = sorted(unknown)[0]
+            raise ApiError(400, "BAD_REQUEST", f"unknown field {field!r}", field)
+        name, role = body.get("name"), body.get("role", authz.OPERATOR)
+        if not isinstance(name, str) or not tokens.NAME.fullmatch(name):
+            raise ApiError(
+                400, "BAD_REQUEST", "name: 1-100 of A-Z a-z 0-9 . _ @ : - (not first)", "name"
+            )
+        if role not in authz.ROLES:
+            raise ApiError(400, "BAD_REQUEST", f"role must be one of {authz.ROLES}", "role")
+        limits = {key: _string_list(body, key) for key in ("verbs", "sites")}
+        expires_in = body.get("expires_in")
+        if expires_in is not None and (
+            isinstance(expires_in, bool)
+            or not isinstance(expires_in, (int, float))
+            or not 0 < expires_in <= 10 * 365 * 86400
+        ):
+            raise ApiError(400, "BAD_REQUEST", "expires_in: seconds > 0", "expires_in")
+        request.viworks_audit = {"name": name, "role": role}
+        now = self.clock.seconds()
+        try:
+            secret = await tokens.create_token(
+                self.store, name, caller.name, now, role=role, expires_in=expires_in, **limits
+            )
+        except DuplicateToken:
+            raise ApiError(409, "TOKEN_EXISTS", f"a token named {name!r} exists", "name") from None
+        row = await self.store.token_for_hash(hash_token(secret))
+        return self._json(request, {**tokens.token_json(row or {}, now), "token": secret}, 201)
+
+    @app.route("/api/v1/tokens/<name>", methods=["DELETE"])
+    async def revoke_token(self, request: Any, name: str) -> bytes:
+        """Revoke a token (and end its console sessions) on every replica within 2 s."""
+        caller = await self._authenticate(request)
+        request.viworks_audit = {"name": name}
+        known = {t["name"]: t for t in await self.store.list_tokens()}
+        if name not in known:
+            raise ApiError(404, "TOKEN_NOT_FOUND", f"no token named {name!r}")
+        now = self.clock.seconds()
+        if not await tokens.revoke_token(self.store, name, caller.name, now):
+            raise ApiError(409, "ALREADY_REVOKED", f"token {name!r} was already revoked")
+        row = {**known[name], "revoked_at": now}
+        return self._json(request, tokens.token_json(row, now))
+
     # -- live events and metrics ----------------------------------------------------------
 
     @app.route("/api/v1/events", methods=["GET"])
@@ -917,10 +1302,60 @@ def _rate_limited(why: str, wait: float) -> ApiError:
         f"{why}; retry after {seconds} s",
         headers={b"retry-after": str(seconds).encode()},
     )
+
+
 def _peer(request: Any) -> str:
     address = request.getClientAddress()
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     return str(address) if host is None else f"{host}:{port}"
+
+
+def _command_summary(command: dict) -> dict:
+    """A command without its output (for lists)."""
+    body = command_json(command)
+    for key in ("stdout", "stderr", "result"):
+        body.pop(key)
+    return body
+
+
+def _audit_json(row: dict) -> dict:
+    return {
+        "seq": row["seq"],
+        "at": rfc3339(row["at"]),
+        "actor": row["actor"],
+        "action": row["action"],
+        "target": row["target"],
+        "outcome": row["outcome"],
+        "detail": None if row["detail"] is None else json.loads(row["detail"]),
+        "hash": row["hash"],
+        "prev_hash": row["prev_hash"],
+    }
+
+
+def _audit_filters(request: Any) -> dict[str, Any]:
+    """``?actor=&action=&agent=&outcome=&since=&until=`` (times in epoch seconds)."""
+    filters: dict[str, Any] = {
+        "actor": _query(request, "actor"),
+        "action": _query(request, "action"),
+        "agent_id": _query(request, "agent"),
+        "outcome": _query(request, "outcome"),
+        "since": _number(request, "since", 0, 1e11),
+        "until": _number(request, "until", 0, 1e11),
+    }
+    for name, value in filters.items():
+        if isinstance(value, str) and (not value or len(value) > 200):
+            raise ApiError(400, "BAD_REQUEST", f"{name}: 1-200 characters", name)
+    return filters
+
+
+def _string_list(body: dict, key: str) -> list[str] | None:
+    """``body[key]``: absent or null (no limit), else a list of non-empty strings."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ApiError(400, "BAD_REQUEST", f"{key} must be a list of names, or null", key)
+    return value
 
 
 def _sse_headers(request: Any) -> None:

@@ -223,6 +223,81 @@ def verify_chain(rows: Iterable[Mapping[str, Any]]) -> int:
     return verifier.count
 
 
+def export_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A record as exported (``viworks audit export``, ``GET /api/v1/audit/export``): the
+    stored detail text, which the hash covers, as ``detail_json``; its parsed form as
+    ``detail``; ``time`` in RFC 3339."""
+    from viworks.timeutil import rfc3339
+
+    record = {**row, "time": rfc3339(row["at"])}
+    record["detail_json"] = record.pop("detail")
+    record["detail"] = None if row["detail"] is None else json.loads(row["detail"])
+    return record
+
+
+class ChainStatus:
+    """How far the chain is verified, for the console's badge ("chain verified to record N").
+
+    The first check reads the whole log a page at a time; later checks verify only the
+    records appended since, after making sure the last verified record still carries the
+    hash it was verified with. ``full=True`` starts again from the first record (an edit
+    of an older record that did not recompute the later hashes shows only then, or with
+    ``viworks audit verify``). One check runs at a time; a break is remembered until a
+    full check.
+    """
+
+    PAGE = 1000
+
+    def __init__(self, store: Any, clock: IReactorTime) -> None:
+        self.store = store
+        self.clock = clock
+        self._lock = DeferredLock()
+        self._page_hashes: dict[str, int] = {}
+        self._verifier: ChainVerifier | None = None
+        self._broken: ChainBroken | None = None
+        self._checked_at: float | None = None
+
+    def check(self, full: bool = False) -> Deferred:
+        """A Deferred firing with the status dict (see ``status``)."""
+        return self._lock.run(lambda: Deferred.fromCoroutine(self._check(full)))
+
+    async def _check(self, full: bool) -> dict[str, Any]:
+        verifier = self._verifier
+        if full or verifier is None or not await self._checkpoint_holds(verifier):
+            verifier = self._verifier = ChainVerifier(self._page_hashes.get)
+            self._broken = None
+        if self._broken is None:
+            try:
+                while rows := await self.store.audit_records(verifier.prev_seq, self.PAGE):
+                    # A break is told apart (reordered, removed) within the page at hand.
+                    self._page_hashes.clear()
+                    self._page_hashes.update((row["hash"], row["seq"]) for row in rows)
+                    for row in rows:
+                        verifier.feed(row)
+            except ChainBroken as e:
+                self._broken = e
+            self._page_hashes.clear()
+        self._checked_at = self.clock.seconds()
+        return self.status()
+
+    async def _checkpoint_holds(self, verifier: ChainVerifier) -> bool:
+        if verifier.prev_seq == 0:
+            return True
+        return await self.store.audit_seq_of_hash(verifier.prev_hash) == verifier.prev_seq
+
+    def status(self) -> dict[str, Any]:
+        """``verified`` (no break found), ``verified_to`` (the last record of the intact
+        prefix), ``broken_at`` and ``message`` when broken, ``checked_at`` (epoch s)."""
+        verifier = self._verifier
+        return {
+            "verified": self._broken is None,
+            "verified_to": verifier.prev_seq if verifier is not None else 0,
+            "broken_at": None if self._broken is None else self._broken.seq,
+            "message": None if self._broken is None else self._broken.message,
+            "checked_at": self._checked_at,
+        }
+
+
 class AuditLog:
     """Appends records through the store; remembers writes in flight (``flush``).
 

@@ -28,6 +28,12 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/api/v1/commands/[^/]+/cancel"), OPERATOR),
     # Jobs (fan-out): the route also checks the token's verbs/sites on every target.
     ("POST", re.compile(r"/api/v1/jobs(/[^/]+/(pause|resume|cancel))?"), OPERATOR),
+    # The web console's login and logout: any valid token.
+    ("POST", re.compile(r"/api/v1/session"), VIEWER),
+    ("DELETE", re.compile(r"/api/v1/session"), VIEWER),
+    # Tokens are listed, made and revoked by admins only (reads included).
+    ("*", re.compile(r"/api/v1/tokens(/[^/]+)?"), ADMIN),
+    ("POST", re.compile(r"/api/v1/agents/[^/]+/certificate/revoke"), ADMIN),
     ("GET", re.compile(r".*"), VIEWER),
     ("HEAD", re.compile(r".*"), VIEWER),
     ("*", re.compile(r".*"), ADMIN),

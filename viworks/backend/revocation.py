@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
+from viworks.backend import audit
 from viworks.logs import Logger
 from viworks.tls import peer_certificate
 
@@ -38,15 +39,86 @@ def parse_serial(text: str) -> str:
     return format(int(digits, 16), "x")
 
 
-def peer_cert_serial(transport: Any, request: Any = None) -> str | None:
-    """The serial of the agent's certificate: the TLS peer's, or the one a trusted
-    nginx forwarded (only called once the session's ``identify`` accepted it)."""
+
+def _agent_certificate(transport: Any, request: Any) -> Any:
+    """The agent's certificate: the TLS peer's, or the one a trusted nginx forwarded
+    (only asked once the session's ``identify`` accepted it)."""
     cert = peer_certificate(transport)
     if cert is None and request is not None:
         from viworks.backend.identity import forwarded_certificate
 
         cert = forwarded_certificate(request)
+    return cert
+
+
+def peer_cert_serial(transport: Any, request: Any = None) -> str | None:
+    """The serial of the agent's certificate (see ``_agent_certificate``)."""
+    cert = _agent_certificate(transport, request)
     return None if cert is None else certificate_serial(cert)
+
+
+def peer_cert_not_after(transport: Any, request: Any = None) -> float | None:
+    """The end of the agent certificate's validity, in epoch seconds (the console
+    lists certificates nearing it)."""
+    cert = _agent_certificate(transport, request)
+    return None if cert is None else cert.not_valid_after_utc.timestamp()
+
+
+async def revoke_agent_certificates(
+    store: Any, agent_id: str, actor: str, now: float, reason: str | None = None
+) -> list[tuple[dict[str, Any], bool]]:
+    """Revoke every certificate ``agent_id`` ever connected with (``agent_certificates``,
+    and the one of its last HELLO); audited as one ``certificate.revoke`` by ``actor``.
+
+    Returns ``(certificate, revoked)`` pairs, first seen first: each certificate
+    ``{serial[, agent_id, first_seen, last_seen]}`` and False when it was already
+    revoked; empty when no certificate is known for the agent (nothing revoked).
+    Running backends drop the sessions using them within ``POLL_INTERVAL``.
+    """
+    seen = {c["serial"]: c for c in await store.agent_certificates(agent_id=agent_id)}
+    agent = await store.get_agent(agent_id)
+    if agent is not None and agent.get("cert_serial") and agent["cert_serial"] not in seen:
+        seen[agent["cert_serial"]] = {"serial": agent["cert_serial"]}
+    done = [
+        (cert, await store.revoke_certificate(cert["serial"], agent_id, now, reason))
+        for cert in seen.values()
+    ]
+    new = [cert["serial"] for cert, revoked in done if revoked]
+    await store.append_audit(
+        now,
+        actor,
+        "certificate.revoke",
+        f"agent:{agent_id}",
+        audit.OK if new else audit.REFUSED,
+        {
+            "serials": new,
+            "already": [cert["serial"] for cert, revoked in done if not revoked],
+            "reason": reason if done else "no certificate serial known",
+        },
+    )
+    return done
+
+
+async def revoke_serial(
+    store: Any, serial: str, actor: str, now: float, reason: str | None = None
+) -> tuple[str, bool]:
+    """Revoke one certificate by serial, audited as ``certificate.revoke`` by ``actor``.
+
+    Returns ``(agent_id, revoked)``: the agent seen with it ("" when none was: a stolen
+    certificate not used yet is revoked all the same), False when already revoked.
+    """
+    seen = await store.agent_certificates(serial=serial)
+    agent_id = seen[0]["agent_id"] if seen else ""
+    done = await store.revoke_certificate(serial, agent_id, now, reason)
+    await store.append_audit(
+        now,
+        actor,
+        "certificate.revoke",
+        f"certificate:{serial}",
+        audit.OK if done else audit.REFUSED,
+        {"serial": serial, "agent_id": agent_id or None, "reason": reason, "already": not done},
+    )
+    return agent_id, done
 
 
 class RevocationWatcher:

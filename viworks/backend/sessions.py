@@ -24,7 +24,7 @@ from viworks.backend import audit
 from viworks.backend.ledger import CommandLedger
 from viworks.backend.metrics import Metrics
 from viworks.backend.registry import LiveSession, SessionRegistry
-from viworks.backend.revocation import peer_cert_serial
+from viworks.backend.revocation import peer_cert_not_after, peer_cert_serial
 from viworks.backend.store.batch import StoreClosed
 from viworks.logs import Logger
 from viworks.net import SkipPeerCertificateDetails, no_delay
@@ -50,8 +50,9 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
     _identity: str | None = None
     _hello_timer = None
     _refused = False
-    # Hex serial of the agent's certificate (None when unknown).
+    # Hex serial of the agent's certificate and the end of its validity (None when unknown).
     cert_serial: str | None = None
+    cert_not_after: float | None = None
     _frames: TokenBucket | None = None
     _drops: list[float] | None = None
     # When this session's last telemetry report was stored.
@@ -117,6 +118,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             # Every certificate an agent id connects with, not only the one whose HELLO
             # wins: `pki revoke AGENT_ID` revokes them all (a stolen second certificate too).
             self._run(factory.store.record_certificate(identity, serial, factory.clock.seconds()))
+        self.cert_not_after = factory.cert_not_after(self.transport, request)
 
     def onOpen(self) -> None:
         factory = self.factory
@@ -422,6 +424,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             # Older agents do not say: they verify nothing.
             signing="on" if hello.get("signing") == "on" else "off",
             cert_serial=self.cert_serial,
+            cert_not_after=self.cert_not_after,
             now=factory.clock.seconds(),
         )
         if not factory.registry.is_current(self):
@@ -566,6 +569,7 @@ class AgentSessionFactory(WebSocketServerFactory):
         metrics: Metrics | None = None,
         agent_frame_rate: float = 50.0,
         cert_serial: Callable[[Any, Any], str | None] = peer_cert_serial,
+        cert_not_after: Callable[[Any, Any], float | None] = peer_cert_not_after,
         audit_log: audit.AuditLog | None = None,
     ) -> None:
         super().__init__(reactor=clock)
@@ -577,6 +581,7 @@ class AgentSessionFactory(WebSocketServerFactory):
         # Revocation: the serial of a connecting agent's certificate, and the serials
         # refused (kept current by viworks.backend.revocation.RevocationWatcher).
         self.cert_serial = cert_serial
+        self.cert_not_after = cert_not_after
         self.revoked_serials: set[str] = set()
         self.audit = audit_log or getattr(ledger, "audit", None) or audit.AuditLog(store, clock)
         self.registry = registry

@@ -195,6 +195,8 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         ),
         trusted_proxies=_networks(config),
         sse_buffer_bytes=config.api.sse_buffer_bytes,
+        console=config.api.console,
+        session_ttl=config.api.session_ttl,
     )
     # A JSON API: Twisted's parse of form bodies (an email-module Content-Type parse
     # on every POST, ~5% of the backend under load) has nothing to find.

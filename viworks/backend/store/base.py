@@ -26,7 +26,7 @@ from viworks.backend.store.batch import BatchRunner
 from viworks.logs import Logger
 
 AGENT_JSON = frozenset({"verbs", "labels"})
-AGENT_REAL = frozenset({"connected_at", "last_seen"})
+AGENT_REAL = frozenset({"connected_at", "last_seen", "cert_not_after"})
 
 COMMAND_COLUMNS = (
     "command_id",
@@ -280,6 +280,11 @@ def _statuses(statuses: Sequence[str]) -> tuple[str, ...]:
     return result
 
 
+def _like_escape(text: str) -> str:
+    """``text`` matched literally by ``LIKE ... ESCAPE '\\'``."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 def _marks(count: int) -> str:
     """``?, ?, ...``: ``count`` placeholders."""
     return ", ".join(["?"] * count)
@@ -413,13 +418,15 @@ class SQLStore:
         now: float,
         cert_serial: str | None = None,
         signing: str = "off",
+        cert_not_after: float | None = None,
     ) -> dict[str, Any]:
         """Record a (re)connected agent as online under ``session_id``.
 
         Each call increments the agent's ``epoch`` (1 after the first
         connection), a fencing counter for the session; the returned agent
         carries the new value. ``cert_serial`` is the (hex) serial of the
-        certificate it connected with (what ``viworks pki revoke`` revokes);
+        certificate it connected with (what ``viworks pki revoke`` revokes) and
+        ``cert_not_after`` (epoch seconds) the end of that certificate's validity;
         ``signing`` is what its HELLO said: ``"on"`` if it verifies command
         signatures, else ``"off"``.
         """
@@ -437,6 +444,7 @@ class SQLStore:
             _encode_json(dict(labels or {})),
             cert_serial,
             signing,
+            cert_not_after,
         )
         return await self._run(self._upsert_agent_txn, params)
 
@@ -446,8 +454,8 @@ class SQLStore:
             """
             INSERT INTO agents (agent_id, status, version, site, hostname,
                 protocol, verbs, connected_at, last_seen, peer, session_id,
-                labels, cert_serial, signing, epoch)
-            VALUES (?, 'online', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
+                labels, cert_serial, signing, cert_not_after, epoch)
+            VALUES (?, 'online', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
             ON CONFLICT (agent_id) DO UPDATE SET
                 status = excluded.status,
                 version = excluded.version,
@@ -462,6 +470,7 @@ class SQLStore:
                 labels = excluded.labels,
                 cert_serial = excluded.cert_serial,
                 signing = excluded.signing,
+                cert_not_after = excluded.cert_not_after,
                 epoch = agents.epoch + 1
             RETURNING *
             """,
@@ -527,6 +536,32 @@ class SQLStore:
     def _list_agents_txn(self, txn: Transaction) -> list[dict[str, Any]]:
         self._execute(txn, "SELECT * FROM agents ORDER BY agent_id")
         return [_agent_from_row(row) for row in _rows(txn)]
+
+    async def agent_keys(self) -> list[dict[str, Any]]:
+        """Every agent's ``agent_id``, ``site``, ``labels``, ``version``, ``cert_serial``
+        and ``cert_not_after``, ordered by id: enough to filter, count and page a fleet
+        without decoding each agent's verb schemas."""
+        rows = await self._run_long(
+            self._select_txn,
+            "SELECT agent_id, site, labels, version, cert_serial, cert_not_after"
+            " FROM agents ORDER BY agent_id",
+            (),
+        )
+        return [_loaded(row, ("labels",), ("cert_not_after",)) for row in rows]
+
+    async def agents_by_id(self, agent_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The agents with these ids (unknown ids left out), ordered by id."""
+        return await self._run_long(self._agents_by_id_txn, list(agent_ids))
+
+    def _agents_by_id_txn(self, txn: Transaction, agent_ids: list[str]) -> list[dict[str, Any]]:
+        agents: list[dict[str, Any]] = []
+        for start in range(0, len(agent_ids), _EVENT_BATCH):
+            batch = agent_ids[start : start + _EVENT_BATCH]
+            self._execute(
+                txn, f"SELECT * FROM agents WHERE agent_id IN ({_marks(len(batch))})", batch
+            )
+            agents.extend(_agent_from_row(row) for row in _rows(txn))
+        return sorted(agents, key=lambda agent: agent["agent_id"])
 
     def _update_count_txn(self, txn: Transaction, sql: str, params: Sequence[Any]) -> int:
         self._execute(txn, sql, params)
@@ -1319,15 +1354,68 @@ class SQLStore:
         return [_token_from_row(row) for row in rows]
 
     async def revoke_token(self, name: str, now: float) -> bool:
-        """Revoke the token ``name`` (once: the first revocation time stays).
+        """Revoke the token ``name`` (once: the first revocation time stays) and end
+        its console sessions.
 
         Returns False when no token has this name or it was already revoked.
         """
+        return await self._run(self._revoke_token_txn, name, now)
+
+    def _revoke_token_txn(self, txn: Transaction, name: str, now: float) -> bool:
+        self._execute(
+            txn,
+            "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+            (now, name),
+        )
+        revoked = txn.rowcount > 0
+        self._execute(txn, "DELETE FROM console_sessions WHERE token_name = ?", (name,))
+        return revoked
+
+    # -- web console sessions -------------------------------------------------
+
+    async def create_console_session(
+        self, session_hash: str, token_name: str, now: float, expires_at: float
+    ) -> None:
+        """Store a console session (the hash of its id) for ``token_name`` until
+        ``expires_at``; sessions that have expired are deleted on the way."""
+        await self._run(self._create_session_txn, session_hash, token_name, now, expires_at)
+
+    def _create_session_txn(
+        self, txn: Transaction, session_hash: str, token_name: str, now: float, expires_at: float
+    ) -> None:
+        self._execute(txn, "DELETE FROM console_sessions WHERE expires_at <= ?", (now,))
+        self._execute(
+            txn,
+            "INSERT INTO console_sessions (session_hash, token_name, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?)",
+            (session_hash, token_name, now, expires_at),
+        )
+
+    async def console_session(self, session_hash: str) -> dict[str, Any] | None:
+        """The session with this hash and its token: ``{session_expires_at, name,
+        created_at, role, verbs, sites, expires_at, revoked_at}``, or None. Validity
+        (expiry, the token's revocation) is the caller's to judge."""
+        rows = await self._run(
+            self._select_txn,
+            "SELECT s.expires_at AS session_expires_at,"
+            f" {', '.join('t.' + c.strip() for c in _TOKEN_COLUMNS.split(','))}"
+            " FROM console_sessions s JOIN tokens t ON t.name = s.token_name"
+            " WHERE s.session_hash = ?",
+            (session_hash,),
+        )
+        if not rows:
+            return None
+        row = _token_from_row(rows[0])
+        _floats(row, ("session_expires_at",))
+        return row
+
+    async def delete_console_session(self, session_hash: str) -> bool:
+        """End a console session; False when there was none."""
         return (
             await self._run(
                 self._update_count_txn,
-                "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                (now, name),
+                "DELETE FROM console_sessions WHERE session_hash = ?",
+                (session_hash,),
             )
             > 0
         )
@@ -1505,6 +1593,72 @@ class SQLStore:
             " FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
             (int(after_seq), int(limit)),
         )
+        for row in rows:
+            _floats(row, ("at",))
+        return rows
+
+    async def audit_search(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        agent_id: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        newest_first: bool = True,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Audit records matching every filter given, up to ``limit``, as ``audit_records``.
+
+        ``action`` is exact, or a prefix when it ends with ``*`` (``api.*``);
+        ``agent_id`` matches records about the agent (its connections, its commands'
+        outcomes, API calls on its paths); ``since`` <= at < ``until``;
+        ``before_seq``/``after_seq`` page through the results.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if actor is not None:
+            where.append("actor = ?")
+            params.append(actor)
+        if action is not None and action.endswith("*"):
+            where.append("action LIKE ? ESCAPE '\\'")
+            params.append(_like_escape(action[:-1]) + "%")
+        elif action is not None:
+            where.append("action = ?")
+            params.append(action)
+        if agent_id is not None:
+            path = "/api/v1/agents/" + agent_id
+            where.append(
+                "(target = ? OR target = ? OR target LIKE ? ESCAPE '\\'"
+                " OR detail LIKE ? ESCAPE '\\')"
+            )
+            params += [
+                "agent:" + agent_id,
+                path,
+                _like_escape(path + "/") + "%",
+                "%" + _like_escape('"agent_id":' + json.dumps(agent_id)) + "%",
+            ]
+        for clause, value in (
+            ("outcome = ?", outcome),
+            ("at >= ?", since),
+            ("at < ?", until),
+            ("seq < ?", before_seq),
+            ("seq > ?", after_seq),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = (
+            "SELECT seq, at, actor, action, target, outcome, detail, prev_hash, hash"
+            " FROM audit_log"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + (" ORDER BY seq DESC" if newest_first else " ORDER BY seq")
+            + " LIMIT ?"
+        )
+        rows = await self._run_long(self._select_txn, sql, [*params, int(limit)])
         for row in rows:
             _floats(row, ("at",))
         return rows

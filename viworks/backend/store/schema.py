@@ -314,6 +314,24 @@ MIGRATIONS: list[tuple[str, ...]] = [
         " ON agent_telemetry (agent_id, seq, bytes_before, bytes)",
         "DROP INDEX agent_telemetry_agent",
     ),
+    # 10: the web console. Sessions: the SHA-256 of a random session id (the cookie holds
+    # the id; the database never does) -> the token that logged in, until expires_at. In
+    # the store, so a restarted backend or another replica knows them. Agents keep their
+    # certificate's end of validity; the audit log is filtered by time.
+    (
+        """
+        CREATE TABLE console_sessions (
+            session_hash TEXT PRIMARY KEY,
+            token_name TEXT NOT NULL REFERENCES tokens (name),
+            created_at {real} NOT NULL,
+            expires_at {real} NOT NULL
+        )
+        """,
+        "CREATE INDEX console_sessions_expires ON console_sessions (expires_at)",
+        "CREATE INDEX console_sessions_token ON console_sessions (token_name)",
+        "ALTER TABLE agents ADD COLUMN cert_not_after {real}",
+        "CREATE INDEX audit_log_at ON audit_log (at)",
+    ),
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
