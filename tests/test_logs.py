@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from twisted.internet.task import Clock
 from twisted.logger import (
     eventAsJSON,
     formatEvent,
@@ -15,7 +16,9 @@ from twisted.trial import unittest
 from viworks import logs
 
 
-class LevelTests(unittest.TestCase):
+class _Observed(unittest.TestCase):
+    """Collects the events logged by this module's Logger."""
+
     def setUp(self) -> None:
         self.events: list[dict] = []
         globalLogPublisher.addObserver(self.events.append)
@@ -26,6 +29,8 @@ class LevelTests(unittest.TestCase):
     def seen(self) -> list[str]:
         return [e["log_format"] for e in self.events if e.get("log_namespace") == __name__]
 
+
+class LevelTests(_Observed):
     def test_levels_below_the_configured_one_are_dropped(self) -> None:
         """info drops debug; warn drops info too; debug lets everything through."""
         logs.set_log_level("info")
@@ -41,6 +46,32 @@ class LevelTests(unittest.TestCase):
     def test_namespace_is_the_calling_module(self) -> None:
         self.log.info("hello")
         self.assertEqual(self.seen(), ["hello"])
+
+
+class ThrottledWarningsTests(_Observed):
+    def test_a_source_logs_at_most_its_burst_per_window_then_a_count(self) -> None:
+        """Past the burst, warnings are counted, and the next window starts with one
+        line saying how many were left out (an agent cannot fill the disk with logs)."""
+        clock = Clock()
+        warnings = logs.ThrottledWarnings(self.log, clock, "agent gw-1", burst=3, window=60)
+        for i in range(1000):
+            warnings.warn("refused frame {i}", i=i)
+        self.assertEqual(self.seen(), ["refused frame {i}"] * 3)
+        clock.advance(60)
+        warnings.warn("refused frame {i}", i=1000)
+        texts = [formatEvent(e) for e in self.events if e.get("log_namespace") == __name__]
+        self.assertIn("997 more warnings caused by agent gw-1 left out", texts[3])
+        self.assertEqual(texts[4], "refused frame 1000")
+
+    def test_flush_reports_what_is_left_out_once(self) -> None:
+        """A session that closes says what it left out; nothing when nothing was."""
+        warnings = logs.ThrottledWarnings(self.log, Clock(), "agent gw-1", burst=1)
+        warnings.flush()
+        warnings.warn("a")
+        warnings.warn("b")
+        warnings.flush()
+        warnings.flush()
+        self.assertEqual(len(self.seen()), 2)
 
 
 class AutobahnDebugTests(unittest.TestCase):
@@ -92,5 +123,5 @@ class EscapingTests(unittest.TestCase):
 
     def test_printable_text_unchanged(self) -> None:
         """Printable text (accents, non-Latin scripts, quotes, backslashes) is written as is."""
-        text = "héllo Привет 日本 \"q\" C:\\path"
+        text = 'héllo Привет 日本 "q" C:\\path'
         self.assertIs(logs.escape_controls(text), text)

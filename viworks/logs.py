@@ -154,3 +154,49 @@ def set_log_level(name: str) -> None:
     _below.clear()
     _below.update(_ORDER[: _ORDER.index(level)])
     txaio.set_global_log_level(name)
+
+
+class ThrottledWarnings:
+    """Warnings one untrusted source causes, at most ``burst`` per ``window`` seconds.
+
+    An agent can make the backend refuse frames all day within its frame budget;
+    logging each refusal would let it fill the disk with log lines. Past the burst,
+    refusals are counted, and one line per window says how many were left out.
+    """
+
+    def __init__(
+        self, log: _TwistedLogger, clock: Any, source: str, burst: int = 10, window: float = 60.0
+    ) -> None:
+        self.log = log
+        self.clock = clock
+        self.source = source
+        self.burst = burst
+        self.window = window
+        self._until = -1.0
+        self._logged = 0
+        self._suppressed = 0
+
+    def warn(self, log_format: str, **fields: Any) -> None:
+        now = self.clock.seconds()
+        if now >= self._until:
+            self.flush()
+            self._until = now + self.window
+            self._logged = 0
+        if self._logged < self.burst:
+            self._logged += 1
+            self.log.warn(log_format, **fields)
+        else:
+            self._suppressed += 1
+
+    def flush(self) -> None:
+        """Say how many warnings were left out since the last line (if any)."""
+        if self._suppressed:
+            self.log.warn(
+                "{suppressed} more warnings caused by {source} left out of the log in"
+                " {window:g} s (at most {burst} per window)",
+                suppressed=self._suppressed,
+                source=self.source,
+                window=self.window,
+                burst=self.burst,
+            )
+            self._suppressed = 0

@@ -40,12 +40,16 @@ class FakeSession:
         self.agent_protocol = protocol.HELLO_PROTOCOL
         self.sent: list[protocol.Frame] = []
         self.replaced = False
+        self.complaints: list[str] = []
 
     def send_frame(self, payload: bytes) -> None:
         self.sent.append(protocol.decode(payload))
 
     def close_replaced(self) -> None:
         self.replaced = True
+
+    def complain(self, log_format: str, **fields: object) -> None:
+        self.complaints.append(log_format.format(**fields))
 
     def commands(self) -> list[protocol.Frame]:
         return [f for f in self.sent if f.type == "command"]

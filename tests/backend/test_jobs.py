@@ -56,6 +56,9 @@ class FleetSession:
     def close_replaced(self) -> None:
         pass
 
+    def complain(self, log_format: str, **fields: object) -> None:
+        pass
+
     def close_going_away(self, retry_after: float) -> None:
         pass
 

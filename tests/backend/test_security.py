@@ -8,7 +8,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.backend import test_sessions
@@ -335,6 +335,45 @@ class FloodTests(InMemorySessions, unittest.TestCase):
             if r["action"] == "connection.refused"
         ]
         self.assertEqual(reasons, ["certificate revoked"])
+
+
+class RefusalLogTests(InMemorySessions, unittest.TestCase):
+    """What a hostile agent makes the backend log, within its frame budget."""
+
+    async def _setUp(self) -> None:
+        await self._base_setUp()
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    async def test_refusals_within_the_budget_do_not_flood_the_log(self):
+        """Hundreds of refused frames (output for unknown commands, bad frames, agent
+        error reports) an agent sends within its rate make at most a burst of log
+        lines per minute, then one line counting the rest."""
+        client = await self.welcomed()
+        for i in range(300):
+            self.clock.advance(0.05)
+            if i % 3 == 0:
+                client.send("output", command_id=f"c{i}", seq=0, stream="stdout", data="x")
+            elif i % 3 == 1:
+                client.send("ack")  # no command_id: INVALID_FRAME
+            else:
+                client.send("error", code="X", message="y")
+            self.flush()
+        await self.until(lambda: len(client.error_codes()) >= 200)
+        self.assertTrue(client.live)
+        warnings = [
+            e
+            for e in self.events
+            if e.get("log_level") == LogLevel.warn and "gw-1" in formatEvent(e)
+        ]
+        self.assertLessEqual(len(warnings), 11, [formatEvent(e) for e in warnings])
+        client.sendClose(1000)
+        self.flush()
+        await self.until(lambda: self.registry.get("gw-1") is None)
+        summary = [formatEvent(e) for e in self.events if "left out of the log" in formatEvent(e)]
+        self.assertEqual(len(summary), 1, summary)
+        self.assertIn("290 more warnings caused by agent gw-1", summary[0])
 
 
 class StolenCertificateTests(InMemorySessions, unittest.TestCase):

@@ -431,7 +431,7 @@ class CommandLedger:
         command_id = fields["command_id"]
         budget = await self._output_budget(session.agent_id, command_id)
         if budget is None:
-            self.log.warn(
+            session.complain(
                 "agent {agent_id} sent output for command {command_id}, which is not"
                 " running there: refused",
                 agent_id=session.agent_id,
@@ -641,7 +641,7 @@ class CommandLedger:
             return True, inflight.started_at
         command = await self.store.get_command(command_id)
         if command is None or command["agent_id"] != session.agent_id:
-            self.log.warn(
+            session.complain(
                 "agent {agent_id} reported on command {command_id} that is not its own",
                 agent_id=session.agent_id,
                 command_id=command_id,

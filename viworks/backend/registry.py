@@ -15,6 +15,9 @@ class LiveSession(Protocol):
 
     def send_frame(self, payload: bytes) -> None: ...
 
+    def complain(self, log_format: str, **fields: object) -> None:
+        """Log a warning this agent caused (throttled: an agent must not flood the log)."""
+
     def close_replaced(self) -> None: ...
 
     def close_going_away(self, retry_after: float) -> None: ...

@@ -26,7 +26,7 @@ from viworks.backend.metrics import Metrics
 from viworks.backend.registry import LiveSession, SessionRegistry
 from viworks.backend.revocation import peer_cert_not_after, peer_cert_serial
 from viworks.backend.store.batch import StoreClosed
-from viworks.logs import Logger
+from viworks.logs import Logger, ThrottledWarnings
 from viworks.net import SkipPeerCertificateDetails, no_delay
 from viworks.ratelimit import TokenBucket
 from viworks.schema import SchemaError, validate_verbs
@@ -55,6 +55,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
     cert_not_after: float | None = None
     _frames: TokenBucket | None = None
     _drops: list[float] | None = None
+    _complaints: ThrottledWarnings | None = None
     # When this session's last telemetry report was stored.
     _telemetry_at: float | None = None
 
@@ -125,6 +126,9 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         self._hello_timer = factory.clock.callLater(factory.hello_timeout, self._no_hello)
         self._frames = TokenBucket(factory.frame_rate, factory.frame_burst, factory.clock)
         self._drops = []
+        self._complaints = ThrottledWarnings(
+            self.log, factory.clock, f"agent {self._identity} from {self.peer}"
+        )
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self._refused:
@@ -135,7 +139,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         except protocol.FrameError as e:
             if not self._within_rate():
                 return
-            self.log.warn(
+            self.complain(
                 "bad frame from {agent_id}: {code} {message}",
                 agent_id=self.agent_id or self._identity,
                 code=e.code,
@@ -163,6 +167,8 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         self._run(handler(self, frame))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._complaints is not None:
+            self._complaints.flush()
         if self._hello_timer is not None and self._hello_timer.active():
             self._hello_timer.cancel()
         if self.agent_id is None:
@@ -185,6 +191,13 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             )
 
     # -- what the registry and the ledger call -------------------------------
+
+    def complain(self, log_format: str, **fields: object) -> None:
+        """A warning this agent caused, throttled (``ThrottledWarnings``)."""
+        if self._complaints is None:
+            self.log.warn(log_format, **fields)
+        else:
+            self._complaints.warn(log_format, **fields)
 
     def send_frame(self, payload: bytes) -> None:
         if self.state == self.STATE_OPEN:
@@ -471,7 +484,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         if refusal is not None:
             reason, code, message = refusal
             factory.metrics.frames_refused.labels(reason).inc()
-            self.log.warn(
+            self.complain(
                 "agent {agent_id}: telemetry refused: {message}",
                 agent_id=self.agent_id,
                 message=message,
@@ -493,7 +506,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             await self.factory.ledger.on_result(self, frame.fields)
 
     async def _on_error(self, frame: protocol.Frame) -> None:
-        self.log.warn(
+        self.complain(
             "agent {agent_id} reports {code}: {message}",
             agent_id=self.agent_id,
             code=frame["code"],
