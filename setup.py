@@ -56,6 +56,9 @@ setup(
         "prometheus-client>=0.17",
         # Agent-announced patterns: linear-time matching (viworks.schema).
         "google-re2>=1.1",
+        # The bus between backend replicas (viworks.backend.cluster.redisbus: its own
+        # connections around the 1.6 protocol classes).
+        "txredisapi>=1.6",
     ],
     extras_require={
         # playwright drives the system's Chromium in tests/test_console_browser.py

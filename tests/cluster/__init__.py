@@ -1,0 +1,1 @@
+"""Several backend replicas, their bus and the proxy in front (issue 15): helpers and tests."""
