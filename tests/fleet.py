@@ -48,7 +48,8 @@ class Fleet:
     """``size`` agents named ``<prefix>-NNN``, all pointed at ``wss://localhost:<port>``.
 
     ``ca_dir`` is a ``viworks pki`` CA directory the backend trusts; the agents'
-    certificates are issued into it (once; an existing one is reused).
+    certificates are issued into it (once; an existing one is reused). ``catalog``:
+    the verbs they all offer (default ``ping_catalog``).
     """
 
     def __init__(
@@ -59,12 +60,13 @@ class Fleet:
         port: int,
         size: int,
         prefix: str = "fleet",
+        catalog: VerbCatalog | None = None,
         **link_options: Any,
     ) -> None:
         self.reactor = reactor
         self.ids = [f"{prefix}-{i:03d}" for i in range(size)]
         self.events: dict[str, list[Event]] = {agent_id: [] for agent_id in self.ids}
-        catalog = ping_catalog(reactor)
+        catalog = catalog or ping_catalog(reactor)
         os.makedirs(directory, exist_ok=True)
         self.links = [
             self._link(agent_id, directory, ca_dir, port, catalog, link_options)
