@@ -53,6 +53,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from viworks.files import read_bytes
+
 __all__ = [
     "ENVELOPE_VERSION",
     "EXPIRED",
@@ -424,11 +426,7 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
 
 
 def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise SigningKeyError(f"{path}: cannot read: {e.strerror or e}") from None
+    return read_bytes(path, lambda reason: SigningKeyError(f"{path}: {reason}"))
 
 
 def load_private_key(path: str) -> Ed25519PrivateKey:

@@ -44,7 +44,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from viworks import __version__, lifecycle, protocol, signing
-from viworks.config import parse_wss_url
 from viworks.gateway import outage
 from viworks.gateway.journal import Journal
 from viworks.gateway.output import OutputBuffer
@@ -52,6 +51,7 @@ from viworks.gateway.procgroups import ProcessGroups
 from viworks.gateway.telemetry import TelemetryCollector
 from viworks.logs import Logger
 from viworks.net import SkipPeerCertificateDetails, no_delay
+from viworks.netaddr import parse_wss_url
 from viworks.tls import enforce_pins
 
 STOP_GRACE = 10.0

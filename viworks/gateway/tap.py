@@ -16,13 +16,8 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from viworks import signing
-from viworks.config import (
-    AgentConfig,
-    ConfigError,
-    ensure_private_dir,
-    load_agent_config,
-    parse_bind,
-)
+from viworks.config import AgentConfig, ConfigError, load_agent_config
+from viworks.files import ensure_private_dir
 from viworks.gateway.catalog import catalog_from_config
 from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
@@ -31,6 +26,7 @@ from viworks.gateway.procgroups import ProcessGroups
 from viworks.gateway.runner import ProcessRunner
 from viworks.logs import Logger, set_log_level
 from viworks.net import ConnectionLimit, listen_service
+from viworks.netaddr import parse_bind
 from viworks.pki import agent_id_of
 from viworks.reload import Reloader, install_sighup
 from viworks.runtime import tune_gc
