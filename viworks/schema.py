@@ -320,9 +320,9 @@ def _check_value(name: str, spec: Mapping[str, Any], value: object) -> Any:
             raise ArgsError(name, "must be an integer")
         if kind == "number" and not _is_number(value):
             raise ArgsError(name, "must be a finite number")
-        if "min" in spec and value < spec["min"]:  # type: ignore[operator]
+        if "min" in spec and value < spec["min"]:
             raise ArgsError(name, f"must be >= {spec['min']}")
-        if "max" in spec and value > spec["max"]:  # type: ignore[operator]
+        if "max" in spec and value > spec["max"]:
             raise ArgsError(name, f"must be <= {spec['max']}")
         return value
     if kind == "enum":

@@ -78,9 +78,7 @@ class BackendSection:
     # output stored per command and stream, the bytes of telemetry history per agent and
     # the spacing of stored reports, the encoded bytes of the in-memory event history.
     max_output_bytes: int = spec("integer", 1 << 20, checks.at_least(1024))
-    telemetry_history_bytes: int = spec(
-        "integer", 4 << 20, checks.at_least(MAX_TELEMETRY_BYTES)
-    )
+    telemetry_history_bytes: int = spec("integer", 4 << 20, checks.at_least(MAX_TELEMETRY_BYTES))
     telemetry_min_interval: float = spec("number", 1.0, checks.at_least(0))
     event_history_bytes: int = spec("integer", 16 << 20, checks.at_least(1 << 16))
     # Agents through a TLS-terminating nginx: a plain-TCP WebSocket listener ("" = off) that

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from viworks.config.spec import Check, Ctx, Invalid
 from viworks.netaddr import parse_bind, parse_networks, parse_wss_url
@@ -25,11 +25,15 @@ __all__ = [
     "optional",
     "optional_bind",
     "optional_path",
+    "parsed",
     "path",
     "positive",
     "readable_file",
     "wss_url",
 ]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # -- numbers and words
 
@@ -117,12 +121,17 @@ def readable_file(value: str, ctx: Ctx) -> str:
 # -- network addresses (viworks.netaddr)
 
 
-def bind(value: str, ctx: Ctx) -> str:
-    """A ``host:port`` or ``[v6addr]:port`` to listen on."""
+def parsed(parse: Callable[[T], R], value: T) -> R:
+    """``parse(value)``, its ``ValueError`` made ``Invalid`` (the message unchanged)."""
     try:
-        parse_bind(value)
+        return parse(value)
     except ValueError as e:
         raise Invalid(str(e)) from None
+
+
+def bind(value: str, ctx: Ctx) -> str:
+    """A ``host:port`` or ``[v6addr]:port`` to listen on."""
+    parsed(parse_bind, value)
     return value
 
 
@@ -133,16 +142,10 @@ def optional_bind(value: str, ctx: Ctx) -> str:
 
 def networks(value: tuple[str, ...], ctx: Ctx) -> tuple[str, ...]:
     """IP addresses or CIDR networks, normalised (``10.0.0.0/8``, ``::1/128``)."""
-    try:
-        return parse_networks(value)
-    except ValueError as e:
-        raise Invalid(str(e)) from None
+    return parsed(parse_networks, value)
 
 
 def wss_url(value: str, ctx: Ctx) -> str:
     """A ``wss://host[:port][/path]`` URL."""
-    try:
-        parse_wss_url(value)
-    except ValueError as e:
-        raise Invalid(str(e)) from None
+    parsed(parse_wss_url, value)
     return value

@@ -31,10 +31,7 @@ _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 def _template(value: str | None, ctx: Ctx) -> str | None:
     if value is not None:
-        try:
-            parse_template(value)
-        except ValueError as e:
-            raise Invalid(str(e)) from None
+        checks.parsed(parse_template, value)
     return value
 
 

@@ -33,7 +33,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -183,9 +183,11 @@ class Journal:
 
     def __init__(self, path: str, clock: IReactorTime | None = None) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self.path = path
-        self.clock = clock
+        self.clock: IReactorTime = clock
         self._db: sqlite3.Connection | None = None
         # (st_dev, st_ino) of the file opened: the path must keep naming it.
         self._identity: tuple[int, int] | None = None
