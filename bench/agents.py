@@ -29,12 +29,14 @@ from twisted.internet.task import LoopingCall
 
 from bench.common import client_tls
 from viworks import protocol
-from viworks.config import VerbConfig
+from viworks.config.verbs import VerbConfig
 from viworks.gateway import telemetry
 from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import Verb, VerbCatalog, declared_verb
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.declared import declared_verb
+from viworks.gateway.verbs.model import Verb
 
 # Agents connecting at the same time at most (see Fleet.start).
 IN_FLIGHT = 1000

@@ -46,7 +46,7 @@ rate_limit_burst = 1000000
 
 def _has_api_rate_limit() -> bool:
     try:
-        from viworks.config import ApiSection
+        from viworks.config.backend import ApiSection
     except ImportError:
         return False
     return "rate_limit_per_token" in getattr(ApiSection, "__dataclass_fields__", {})

@@ -458,11 +458,12 @@ async def main(reactor: Any, argv: list[str]) -> None:
         # Payload of the same size as a real result frame of the in-process verb.
         from viworks import protocol
         from viworks.gateway.link import outcome_fields
+        from viworks.gateway.verbs.model import VerbOutcome
 
         now = time.time()
         payload = protocol.encode(
             "result", command_id=uuid.uuid4().hex,
-            **outcome_fields("succeeded", now, now, None, type("O", (), {"result": {"pong": True}})),
+            **outcome_fields("succeeded", now, now, None, VerbOutcome("succeeded", result={"pong": True})),
         )  # fmt: skip
 
         # -- baseline

@@ -18,7 +18,8 @@ from viworks import pki
 from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import Verb, VerbCatalog
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.model import Verb
 from viworks.tls import client_tls_options
 
 

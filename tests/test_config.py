@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import shutil
 import stat
@@ -11,18 +12,17 @@ from twisted.trial import unittest
 
 from viworks import pki
 from viworks.config import (
-    BUILTIN_VERBS,
     AgentConfig,
     BackendConfig,
     ConfigError,
-    VerbConfig,
-    ensure_private_dir,
     load_agent_config,
     load_backend_config,
-    parse_bind,
-    parse_template,
-    parse_wss_url,
 )
+from viworks.config.verbs import VerbConfig
+from viworks.files import ensure_private_dir
+from viworks.gateway.verbs.builtin import BUILTIN_VERBS
+from viworks.gateway.verbs.template import parse_template
+from viworks.netaddr import parse_bind, parse_wss_url
 
 ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc")
 
@@ -135,18 +135,18 @@ class ShippedFilesTests(_ConfigTestCase):
         """The shipped examples spell out every key, with the loader's default values."""
         import tomllib
 
-        from viworks import config as mod
+        from viworks.config import agent, backend
 
         for name, sections in (
             # [signing] is optional (a table loader), and the examples turn it on.
-            ("agent.toml", {**mod._AGENT_SECTIONS, "signing": (mod.AgentSigning, ())}),
-            ("backend.toml", {**mod._BACKEND_SECTIONS, "signing": (mod.BackendSigning, ())}),
+            ("agent.toml", {**agent.AGENT_SECTIONS, "signing": (agent.AgentSigning, ())}),
+            ("backend.toml", {**backend.BACKEND_SECTIONS, "signing": (backend.BackendSigning, ())}),
         ):
             with open(os.path.join(ETC, name), "rb") as f:
                 data = tomllib.load(f)
             self.assertEqual(set(data), set(sections), name)
             for section, (cls, _checks) in sections.items():
-                keys = {f.name for f in mod.dataclasses.fields(cls)}
+                keys = {f.name for f in dataclasses.fields(cls)}
                 self.assertEqual(set(data[section]), keys, f"{name} [{section}]")
 
     def test_default_units_are_the_packages_units(self):

@@ -107,6 +107,31 @@ class LinkTests(unittest.TestCase):
         )  # fmt: skip
 
 
+#: A path into the package (``viworks/gateway/link.py``), not ``/etc/viworks/...``.
+CODE_PATH = re.compile(r"(?<![/\w.-])viworks/[\w/.-]*[\w/]")
+
+
+class CodePathTests(unittest.TestCase):
+    def test_code_paths_exist(self):
+        """Every file or directory of the package the documents name exists (modules move;
+        the documents must follow)."""
+        missing = {
+            os.path.relpath(path, REPO): sorted(
+                name
+                for name in set(CODE_PATH.findall(open(path, encoding="utf-8").read()))
+                if not os.path.exists(os.path.join(REPO, name))
+            )
+            for path in documents()
+        }
+        self.assertEqual({doc: names for doc, names in missing.items() if names}, {})
+        self.assertIn(
+            "viworks/gateway/verbs/builtin/", CODE_PATH.findall("`viworks/gateway/verbs/builtin/`")
+        )
+        self.assertEqual(
+            CODE_PATH.findall("/etc/viworks/pki/ca.crt viworks/x.py."), ["viworks/x.py"]
+        )
+
+
 class ReadmeTests(unittest.TestCase):
     def test_front_door(self):
         """README.md starts with the two set-up commands, stays under 15 KB and points

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from viworks import protocol
-from viworks.schema import REDACTED, ArgsError, redact, validate_args, validate_schema
+from viworks.redaction import REDACTED, redact_args
+from viworks.schema import ArgsError, validate_args, validate_schema
 
 FUZZ = settings(
     max_examples=250,
@@ -324,7 +325,7 @@ class SchemaFuzz(unittest.TestCase):
         for key, value in unknown.items():
             if key not in schema:
                 args[key] = marker + value
-        out = redact(schema, args)
+        out = redact_args(schema, args)
         self.assertEqual(set(out), set(args))
         self.assertNotIn(marker, json.dumps(out))
         for key, value in out.items():

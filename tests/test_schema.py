@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from viworks.schema import ArgsError, redact, validate_args, validate_schema
+from viworks.redaction import redact_args
+from viworks.schema import ArgsError, validate_args, validate_schema
 
 SCHEMA = {
     "name": {"type": "string", "pattern": "[a-z]+", "min_length": 2, "max_length": 5},
@@ -160,9 +161,9 @@ class RedactTests(unittest.TestCase):
     def test_secrets_replaced(self) -> None:
         """Secret values become *** and other values are kept; input untouched."""
         args = ok_args(count=2)
-        self.assertEqual(redact(SCHEMA, args), {"name": "abc", "password": "***", "count": 2})
+        self.assertEqual(redact_args(SCHEMA, args), {"name": "abc", "password": "***", "count": 2})
         self.assertEqual(args["password"], "s3cretpassw")
 
     def test_unknown_keys_redacted(self) -> None:
         """Values of keys the schema does not know are redacted too."""
-        self.assertEqual(redact(SCHEMA, {"pasword": "x"}), {"pasword": "***"})
+        self.assertEqual(redact_args(SCHEMA, {"pasword": "x"}), {"pasword": "***"})

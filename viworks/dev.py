@@ -15,7 +15,8 @@ from twisted.logger import (
 )
 
 from viworks import pki
-from viworks.config import ensure_private_dir, load_agent_config, load_backend_config
+from viworks.config import load_agent_config, load_backend_config
+from viworks.files import ensure_private_dir
 from viworks.net import ListenError, check_listeners
 
 DEV_AGENT = "dev-agent-1"

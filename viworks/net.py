@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,8 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.server import Site
+
+from viworks.netaddr import is_ipv6
 
 LISTEN_BACKLOG = 4096
 
@@ -86,7 +87,7 @@ class ListenService(StreamServerEndpointService):
         return ListenError(self.host, self.port, self.key, reason)
 
     def check(self) -> None:
-        family = socket.AF_INET6 if _is_v6(self.host) else socket.AF_INET
+        family = socket.AF_INET6 if is_ipv6(self.host) else socket.AF_INET
         try:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 # As Twisted's listening sockets do, so that both agree.
@@ -132,13 +133,6 @@ def check_listeners(service: IService, path: str = "") -> None:
             raise
 
 
-def _is_v6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).version == 6
-    except ValueError:
-        return False
-
-
 def _quiet(factory: Any) -> None:
     """No "Starting factory" / "Stopping factory" lines (the port logs its own start)."""
     while factory is not None:
@@ -160,7 +154,7 @@ def listen_service(
     TLS wraps the factory rather than using an ``ssl:`` endpoint because the
     endpoint string cannot express client-certificate verification.
     """
-    endpoint_class = TCP6ServerEndpoint if _is_v6(host) else TCP4ServerEndpoint
+    endpoint_class = TCP6ServerEndpoint if is_ipv6(host) else TCP4ServerEndpoint
     # A deep accept queue: after a backend restart thousands of agents connect
     # at once, and overflowing the default (50) costs each of them a TCP retry.
     endpoint = endpoint_class(reactor, port, backlog=LISTEN_BACKLOG, interface=host)

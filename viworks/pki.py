@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from viworks.files import read_bytes
+
 __all__ = [
     "PKIError",
     "agent_id_of",
@@ -298,11 +300,7 @@ def _parse_cert(pem: bytes, source: str) -> x509.Certificate:
 
 
 def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise PKIError(f"{path}: cannot read: {e.strerror}") from None
+    return read_bytes(path, lambda reason: PKIError(f"{path}: {reason}"))
 
 
 def _name(common_name: str) -> x509.Name:

@@ -22,6 +22,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from viworks.files import one_line
 from viworks.logs import Logger
 
 __all__ = ["Reloader", "install_sighup"]
@@ -50,7 +51,7 @@ class Reloader:
         except Exception as e:
             self.log.error(
                 "reload: configuration not reloaded, everything kept as it was: {error}",
-                error=_one_line(e),
+                error=one_line(e),
             )
             return ["configuration"]
         failed = []
@@ -62,7 +63,7 @@ class Reloader:
                 self.log.error(
                     "reload: {name} not reloaded, the previous one stays in use: {error}",
                     name=name,
-                    error=_one_line(e),
+                    error=one_line(e),
                 )
         self.log.info(
             "reload: done{failures}",
@@ -84,7 +85,3 @@ def install_sighup(reactor: Any, reloader: Reloader) -> None:
         signal.signal(signal.SIGHUP, handler)
 
     reactor.addSystemEventTrigger("after", "startup", install)
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -15,6 +15,7 @@ A schema is a JSON-able dict ``{param_name: spec}``. Every spec has a
 - ``ip``: an IPv4 or IPv6 address (normalised by :mod:`ipaddress`)
 - ``boolean``
 
+Redacting secret arguments for storage is :func:`viworks.redaction.redact_args`.
 Error messages never contain argument values, so they are safe to log and to
 send back to callers even when the value was a secret.
 
@@ -39,15 +40,11 @@ import re2
 
 __all__ = [
     "ArgsError",
-    "REDACTED",
     "SchemaError",
-    "redact",
     "validate_args",
     "validate_schema",
     "validate_verbs",
 ]
-
-REDACTED = "***"
 
 #: Longest ``pattern`` accepted, in characters.
 MAX_PATTERN_LENGTH = 1000
@@ -323,9 +320,9 @@ def _check_value(name: str, spec: Mapping[str, Any], value: object) -> Any:
             raise ArgsError(name, "must be an integer")
         if kind == "number" and not _is_number(value):
             raise ArgsError(name, "must be a finite number")
-        if "min" in spec and value < spec["min"]:  # type: ignore[operator]
+        if "min" in spec and value < spec["min"]:
             raise ArgsError(name, f"must be >= {spec['min']}")
-        if "max" in spec and value > spec["max"]:  # type: ignore[operator]
+        if "max" in spec and value > spec["max"]:
             raise ArgsError(name, f"must be <= {spec['max']}")
         return value
     if kind == "enum":
@@ -346,20 +343,3 @@ def _check_value(name: str, spec: Mapping[str, Any], value: object) -> Any:
         return value
     raise ArgsError(name, "has an unknown type in the schema")
 
-
-def redact(params: Mapping[str, Any], args: Mapping[str, Any]) -> dict[str, Any]:
-    """Return a copy of ``args`` safe to log or store.
-
-    Secret-typed values become ``"***"``. Values of keys the schema does not
-    know are redacted too: a misspelt secret parameter must not leak.
-    """
-    if not isinstance(args, Mapping):
-        return {}
-    out: dict[str, Any] = {}
-    for key, value in args.items():
-        spec = params.get(key)
-        if not isinstance(spec, Mapping) or spec.get("type") == "secret":
-            out[key] = REDACTED
-        else:
-            out[key] = copy.deepcopy(value)
-    return out

@@ -6,12 +6,14 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
+from twisted.application.service import IService
+
 from viworks.config import ConfigError
 from viworks.net import ListenError, check_listeners
 from viworks.tls import TLSConfigError
 
 C = TypeVar("C")
-T = TypeVar("T")
+T = TypeVar("T", bound=IService)
 
 
 def build_or_exit(

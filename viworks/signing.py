@@ -44,7 +44,7 @@ import math
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -52,6 +52,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+
+from viworks.files import read_bytes
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -245,6 +248,12 @@ def _delivery(fields: Mapping[str, Any], signature: Any) -> tuple[str, str, floa
     return agent_id, nonce, issued_at
 
 
+def _sent(fields: Mapping[str, Any], name: str, default: Any = None) -> Any:
+    """A received frame's field as it was sent, of any type: the signature check refuses
+    an envelope whose fields are not of the declared types (``_well_typed``)."""
+    return fields.get(name, default)
+
+
 def envelope_of_frame(fields: Mapping[str, Any], signature: Any) -> Envelope | None:
     """Rebuild the signed (version 2) envelope from a received ``command`` frame's fields.
 
@@ -256,15 +265,15 @@ def envelope_of_frame(fields: Mapping[str, Any], signature: Any) -> Envelope | N
         return None
     agent_id, nonce, issued_at = delivery
     return Envelope(
-        command_id=fields.get("command_id"),
+        command_id=_sent(fields, "command_id"),
         agent_id=agent_id,
-        verb=fields.get("verb"),
-        args=fields.get("args"),
+        verb=_sent(fields, "verb"),
+        args=_sent(fields, "args"),
         issued_at=issued_at,
-        expires_at=fields.get("expires_at"),
+        expires_at=_sent(fields, "expires_at"),
         nonce=nonce,
-        timeout=fields.get("timeout"),
-        redacted=fields.get("redacted", False),
+        timeout=_sent(fields, "timeout"),
+        redacted=_sent(fields, "redacted", False),
     )
 
 
@@ -275,7 +284,7 @@ def cancel_envelope_of_frame(fields: Mapping[str, Any], signature: Any) -> Cance
         return None
     agent_id, nonce, issued_at = delivery
     return CancelEnvelope(
-        command_id=fields.get("command_id"), agent_id=agent_id, issued_at=issued_at, nonce=nonce
+        command_id=_sent(fields, "command_id"), agent_id=agent_id, issued_at=issued_at, nonce=nonce
     )
 
 
@@ -379,7 +388,7 @@ class Verifier:
         return envelope
 
 
-def _number(value: Any) -> bool:
+def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -424,11 +433,7 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
 
 
 def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise SigningKeyError(f"{path}: cannot read: {e.strerror or e}") from None
+    return read_bytes(path, lambda reason: SigningKeyError(f"{path}: {reason}"))
 
 
 def load_private_key(path: str) -> Ed25519PrivateKey:
@@ -445,6 +450,7 @@ def load_private_key(path: str) -> Ed25519PrivateKey:
 def load_public_key(path: str) -> Ed25519PublicKey:
     """A verification key: PEM SubjectPublicKeyInfo (``signing.pub``) or an OpenSSH line."""
     data = _read(path)
+    key: PublicKeyTypes
     try:
         if data.lstrip().startswith(b"ssh-ed25519 "):
             key = serialization.load_ssh_public_key(data.strip())

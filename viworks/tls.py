@@ -32,6 +32,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from viworks.files import one_line, read_bytes
 from viworks.pki import agent_id_of, spki_pin_of_certificate
 
 __all__ = [
@@ -67,7 +68,7 @@ def load_pem_certificate(path: str | os.PathLike[str]) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(_read(path))
     except ValueError as e:
-        raise TLSConfigError(path, f"not a PEM certificate ({_one_line(e)})") from None
+        raise TLSConfigError(path, f"not a PEM certificate ({one_line(e)})") from None
 
 
 def load_pem_private_key(path: str | os.PathLike[str]) -> PrivateKeyTypes:
@@ -76,7 +77,7 @@ def load_pem_private_key(path: str | os.PathLike[str]) -> PrivateKeyTypes:
         return serialization.load_pem_private_key(_read(path), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         # TypeError: the key is encrypted (we never prompt for passwords).
-        raise TLSConfigError(path, f"not an unencrypted PEM private key ({_one_line(e)})") from None
+        raise TLSConfigError(path, f"not an unencrypted PEM private key ({one_line(e)})") from None
 
 
 def server_context_factory(
@@ -228,15 +229,7 @@ def enforce_pins(transport: Any, pins: Iterable[str]) -> bool:
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise TLSConfigError(path, f"cannot read: {e.strerror}") from None
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    return read_bytes(path, lambda reason: TLSConfigError(path, reason))
 
 
 def _load_pair(
@@ -258,7 +251,7 @@ def load_pem_certificates(path: str | os.PathLike[str]) -> list[x509.Certificate
     try:
         return x509.load_pem_x509_certificates(_read(path))
     except ValueError as e:
-        raise TLSConfigError(path, f"not a PEM certificate ({_one_line(e)})") from None
+        raise TLSConfigError(path, f"not a PEM certificate ({one_line(e)})") from None
 
 
 def _trust_root(ca_path: str | os.PathLike[str]) -> Any:

@@ -21,11 +21,14 @@ from twisted.internet.defer import gatherResults
 from twisted.trial import unittest
 
 from tests.gateway.fake_engine import FakeEngine
-from viworks.config import ContainersSection, load_agent_config
-from viworks.gateway import container_verbs, containers
+from viworks.config import load_agent_config
+from viworks.config.agent import ContainersSection
 from viworks.gateway.catalog import catalog_from_config
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import VerbCatalog, VerbError, VerbOutcome
+from viworks.gateway.verbs.builtin import container_engine
+from viworks.gateway.verbs.builtin import containers as container_verbs
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.model import VerbError, VerbOutcome
 
 IMAGE = "registry.example/viworks/workspace:1.4"
 OTHER_IMAGE = "registry.example/viworks/desktop:2"
@@ -505,7 +508,7 @@ class ParsingTests(unittest.TestCase):
     def test_docker_ps_line(self) -> None:
         """A docker ``ps`` JSON line gives id, name, labels, port, state and status, with
         the creation time converted to RFC 3339."""
-        (c,) = containers.parse_ps(self.DOCKER_PS + "\n")
+        (c,) = container_engine.parse_ps(self.DOCKER_PS + "\n")
         self.assertEqual(c.id, "a" * 64)
         self.assertEqual(
             (c.name, c.user, c.session, c.port), ("viworks-alice-s1", "alice", "s1", 20007)
@@ -516,7 +519,7 @@ class ParsingTests(unittest.TestCase):
 
     def test_podman_ps_line(self) -> None:
         """A podman ``ps`` JSON line (lists and objects, epoch time) parses the same way."""
-        (c,) = containers.parse_ps(self.PODMAN_PS)
+        (c,) = container_engine.parse_ps(self.PODMAN_PS)
         self.assertEqual(
             (c.id, c.name, c.user, c.session), ("b" * 64, "viworks-bob-s2", "bob", "s2")
         )
@@ -527,7 +530,7 @@ class ParsingTests(unittest.TestCase):
         """Output that is not JSON objects raises UNEXPECTED_OUTPUT."""
         for text in ("Error: oops", "[1, 2]", '"x"'):
             with self.assertRaises(VerbError) as cm:
-                containers.parse_ps(text)
+                container_engine.parse_ps(text)
             self.assertEqual(cm.exception.code, "UNEXPECTED_OUTPUT")
 
     def test_inspect(self) -> None:
@@ -547,17 +550,17 @@ class ParsingTests(unittest.TestCase):
                 }
             ]
         )
-        (c,) = containers.parse_inspect(text)
+        (c,) = container_engine.parse_inspect(text)
         self.assertEqual((c.name, c.port, c.managed, c.state), ("web", 8081, False, "running"))
         self.assertEqual(c.created, "2025-05-30T12:34:56.987Z")
-        self.assertEqual(containers.parse_inspect("[]\n"), [])
+        self.assertEqual(container_engine.parse_inspect("[]\n"), [])
 
     def test_allocate_port(self) -> None:
         """The lowest free port wins; a full range raises PORTS_EXHAUSTED."""
-        self.assertEqual(containers.allocate_port((10, 13), {10, 12}), 11)
-        self.assertEqual(containers.allocate_port((10, 10), ()), 10)
+        self.assertEqual(container_engine.allocate_port((10, 13), {10, 12}), 11)
+        self.assertEqual(container_engine.allocate_port((10, 10), ()), 10)
         with self.assertRaises(VerbError) as cm:
-            containers.allocate_port((10, 12), {10, 11, 12, 99})
+            container_engine.allocate_port((10, 12), {10, 11, 12, 99})
         self.assertEqual(cm.exception.code, "PORTS_EXHAUSTED")
 
 

@@ -23,20 +23,23 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.gateway.spawn import RecordingSpawner
-from viworks.config import (
-    BUILTIN_VERBS,
+from viworks.config import load_agent_config
+from viworks.config.agent import (
     BootstrapSection,
     FwknopSection,
     LogsSection,
     PanelSection,
     ServicesSection,
     VPNSection,
-    load_agent_config,
 )
-from viworks.gateway import bootstrap_verbs, host_verbs, panel_verbs
 from viworks.gateway.catalog import builtin_verbs, catalog_from_config
 from viworks.gateway.runner import SETSID, ProcessRunner
-from viworks.gateway.verbs import VerbCatalog, VerbOutcome
+from viworks.gateway.verbs.builtin import BUILTIN_VERBS
+from viworks.gateway.verbs.builtin import bootstrap as bootstrap_verbs
+from viworks.gateway.verbs.builtin import host as host_verbs
+from viworks.gateway.verbs.builtin import panel as panel_verbs
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.model import VerbOutcome
 
 FAKES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fakes")
 HTPASSWD = "/usr/bin/htpasswd"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import stat
 from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from viworks.gateway import journal as journal_module
 from viworks.gateway.journal import (
     SCHEMA_VERSION,
     Journal,
@@ -196,8 +199,11 @@ class JournalTests(unittest.TestCase):
         self.journal.accept("d", "v")
         self.journal.finish("d", _result())
         self.assertEqual([e.command_id for e in self.journal.unacked()], ["b", "d"])
-        version = self.journal._conn().execute("PRAGMA user_version").fetchone()[0]
-        self.assertEqual(version, SCHEMA_VERSION)
+        db = self.journal._conn()
+        versions = [row[0] for row in db.execute("SELECT version FROM schema_version")]
+        self.assertEqual(versions, list(range(1, SCHEMA_VERSION + 1)))
+        # Mirrored for a gateway rolled back to a release that reads only user_version.
+        self.assertEqual(db.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
 
     def test_prune(self) -> None:
         """Only acked entries older than max_age and outside the newest `keep` go."""
@@ -272,14 +278,75 @@ class JournalTests(unittest.TestCase):
 
     def test_newer_schema_refused(self) -> None:
         """A journal written by a newer agent is not silently downgraded."""
-        self.journal._conn().execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        self.journal._conn().execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, 0)", (SCHEMA_VERSION + 1,)
+        )
         self.journal.close()
         exc = self.assertRaises(JournalError, Journal(self.path, clock=self.clock).open)
         self.assertIn(self.path, str(exc))
-        self.assertIn("newer", str(exc))
+        self.assertIn(f"schema version {SCHEMA_VERSION + 1}, newer", str(exc))
 
     def test_closed_journal(self) -> None:
         """Using a closed journal is a clear error, not an AttributeError."""
         self.journal.close()
         exc = self.assertRaises(JournalError, self.journal.accept, "c1", "v")
         self.assertIn("not open", str(exc))
+
+
+class LegacyJournalTests(unittest.TestCase):
+    """Journals of releases that kept their schema version in ``PRAGMA user_version``."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.path = self.mktemp()
+
+    def legacy(self, version: int) -> None:
+        """A journal as a release before schema_version wrote it, at ``version``."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        for statements in journal_module._MIGRATIONS[:version]:
+            for statement in statements:
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {version}")
+        db.execute(
+            "INSERT INTO commands (command_id, verb, state, result, received_at, finished_at,"
+            " finish_seq, acked) VALUES ('c1', 'ping', 'finished', ?, 5.0, 6.0, 1, 0)",
+            (json.dumps(_result()),),
+        )
+        db.close()
+
+    def test_current_legacy_journal_adopted(self) -> None:
+        """A journal at the latest version opens as it is: its versions are recorded in
+        schema_version, nothing runs again, and its unacknowledged result is kept."""
+        self.legacy(SCHEMA_VERSION)
+        journal = Journal(self.path, clock=self.clock)
+        self.addCleanup(journal.close)
+        journal.open()
+        self.assertEqual([e.command_id for e in journal.unacked()], ["c1"])
+        rows = journal._conn().execute("SELECT version, applied_at FROM schema_version")
+        self.assertEqual(list(rows), [(v, 1000.0) for v in range(1, SCHEMA_VERSION + 1)])
+
+    def test_older_legacy_journal_migrated(self) -> None:
+        """A journal at version 1 (no nonces, no process groups) gets the migrations it
+        lacks, and keeps its entries."""
+        self.legacy(1)
+        journal = Journal(self.path, clock=self.clock)
+        self.addCleanup(journal.close)
+        journal.open()
+        self.assertEqual(journal.get("c1").result, _result())
+        self.assertTrue(journal.remember_nonce("n", 2000.0, 1000.0))
+        versions = [r[0] for r in journal._conn().execute("SELECT version FROM schema_version")]
+        self.assertEqual(versions, list(range(1, SCHEMA_VERSION + 1)))
+        self.assertEqual(
+            journal._conn().execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION
+        )
+
+    def test_newer_legacy_journal_refused(self) -> None:
+        """A user_version past this release's migrations is refused, naming the file."""
+        self.legacy(SCHEMA_VERSION)
+        db = sqlite3.connect(self.path)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        db.close()
+        exc = self.assertRaises(JournalError, Journal(self.path, clock=self.clock).open)
+        self.assertIn(self.path, str(exc))
+        self.assertIn("newer", str(exc))

@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from viworks import protocol
 from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
-from viworks.gateway.verbs import VerbOutcome
+from viworks.gateway.verbs.model import VerbOutcome
 
 
 class FakeConnection:

@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from viworks.gateway.link import ReconnectPolicy
 from viworks.gateway.localapi import GatewayAPI
+from viworks.gateway.reconnect import ReconnectPolicy
 from viworks.net import ConnectionLimit
 
 

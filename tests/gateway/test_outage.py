@@ -17,7 +17,8 @@ from twisted.trial import unittest
 from viworks import protocol
 from viworks.gateway import outage
 from viworks.gateway.journal import Journal
-from viworks.gateway.link import BackendLink, _ReportingEndpoint
+from viworks.gateway.link import BackendLink
+from viworks.gateway.reconnect import ReportingEndpoint
 
 
 class Captured:
@@ -148,7 +149,7 @@ class LinkOutageTests(unittest.TestCase):
             def connect(self, factory: Any) -> Any:
                 return fail(error.ConnectionRefusedError())
 
-        endpoint = _ReportingEndpoint(Refusing(), self.link._connect_failed)
+        endpoint = ReportingEndpoint(Refusing(), self.link._connect_failed)
         self.failureResultOf(endpoint.connect(None), error.ConnectionRefusedError)
         self.assertEqual(self.link._retry_delay(1), 2.0)
         [line] = self.captured.lines(LogLevel.warn)

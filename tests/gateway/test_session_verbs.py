@@ -28,18 +28,15 @@ from twisted.trial import unittest
 
 from tests.gateway import test_vpn_verbs
 from tests.gateway.fake_engine import FakeEngine
-from viworks.config import (
-    BUILTIN_VERBS,
-    BootstrapSection,
-    ContainersSection,
-    FwknopSection,
-    VPNSection,
-    load_agent_config,
-)
-from viworks.gateway import bootstrap_verbs, session_verbs
+from viworks.config import load_agent_config
+from viworks.config.agent import BootstrapSection, ContainersSection, FwknopSection, VPNSection
 from viworks.gateway.catalog import catalog_from_config
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import VerbCatalog, VerbError, VerbOutcome
+from viworks.gateway.verbs.builtin import BUILTIN_VERBS
+from viworks.gateway.verbs.builtin import bootstrap as bootstrap_verbs
+from viworks.gateway.verbs.builtin import sessions as session_verbs
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.model import VerbError, VerbOutcome
 
 FAKES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fakes")
 HUB_PASSWORD = "hub-admin-pw-7"

@@ -15,11 +15,14 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.gateway.spawn import RecordingSpawner
-from viworks.config import FwknopSection, PanelSection, VPNSection
-from viworks.gateway import panel_verbs, vpn_verbs, vpncmd
+from viworks.config.agent import FwknopSection, PanelSection, VPNSection
 from viworks.gateway.runner import ProcessRunner
 from viworks.gateway.telemetry import TelemetryCollector
-from viworks.gateway.verbs import TOOL_NOT_FOUND, Verb, VerbCatalog, VerbError
+from viworks.gateway.verbs.builtin import panel as panel_verbs
+from viworks.gateway.verbs.builtin import vpn as vpn_verbs
+from viworks.gateway.verbs.builtin import vpncmd
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.model import TOOL_NOT_FOUND, Verb, VerbError
 
 ALICE = {"username": "alice", "password": "correct horse battery"}
 

@@ -1,4 +1,4 @@
-"""Tests for viworks.gateway.verbs (real htpasswd and real children)."""
+"""Tests for viworks.gateway.verbs and its catalog (real htpasswd and real children)."""
 
 from __future__ import annotations
 
@@ -15,18 +15,16 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.gateway.spawn import RecordingSpawner
-from viworks.config import BUILTIN_VERBS, AgentConfig, PanelSection, load_agent_config
-from viworks.gateway import host_verbs, panel_verbs
-from viworks.gateway import verbs as verbs_module
-from viworks.gateway.catalog import builtin_verbs, catalog_from_config
+from viworks.config import AgentConfig, load_agent_config
+from viworks.config.agent import PanelSection
+from viworks.gateway.catalog import builtin_families, builtin_verbs, catalog_from_config
 from viworks.gateway.runner import DEFAULT_ENV, ProcessRunner
-from viworks.gateway.verbs import (
-    Invocation,
-    Verb,
-    VerbCatalog,
-    VerbError,
-    VerbOutcome,
-)
+from viworks.gateway.verbs.builtin import BUILTIN_VERBS, FAMILIES
+from viworks.gateway.verbs.builtin import host as host_verbs
+from viworks.gateway.verbs.builtin import panel as panel_verbs
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.model import TOOL_NOT_FOUND, Invocation, Verb, VerbError, VerbOutcome
+from viworks.gateway.verbs.redaction import ScrubbedStream, SecretRedactor
 
 HTPASSWD = "/usr/bin/htpasswd"
 PY = sys.executable
@@ -341,7 +339,13 @@ class ConfigCatalogTests(Base):
         return f"[verbs.{name}]\nargv = {json.dumps([PY, self.echo, *argv])}\n{rest}"
 
     def test_builtin_names_match_config(self) -> None:
-        """viworks.config.BUILTIN_VERBS names exactly the built-in verbs."""
+        """builtin.FAMILIES names exactly the verbs each family builds, so BUILTIN_VERBS
+        (what the config loader checks [verbs.NAME] tables against) is every built-in."""
+        families = builtin_families(self.load(), self.runner)
+        self.assertEqual(
+            {family: tuple(verb.name for verb in verbs) for family, verbs in families.items()},
+            dict(FAMILIES),
+        )
         self.assertEqual(set(builtin_verbs(self.load(), self.runner)), BUILTIN_VERBS)
 
     async def test_declared_verb_program_missing(self) -> None:
@@ -350,7 +354,7 @@ class ConfigCatalogTests(Base):
         program = os.path.join(self.tmp, "rotate")
         catalog = self.fake(f"[verbs.rotate]\nargv = {json.dumps([program, '--now'])}\n")
         outcome = await catalog.execute("rotate", {})
-        self.assertError(outcome, "failed", verbs_module.TOOL_NOT_FOUND)
+        self.assertError(outcome, "failed", TOOL_NOT_FOUND)
         self.assertIn(program, outcome.error["message"])
         self.assertEqual(catalog.missing_tools()[program], ["rotate"])
         self.assertEqual(self.spawner.calls, [])
@@ -913,9 +917,9 @@ class StreamingTests(unittest.TestCase):
             secrets.append("".join(rng.choice("abc") for _ in range(rng.randint(2, 6))))
             text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 40)))
             truncated = rng.random() < 0.3
-            redactor = verbs_module._Redactor(secrets)
+            redactor = SecretRedactor(secrets)
             pieces: list[str] = []
-            stream = verbs_module._ScrubbedStream(
+            stream = ScrubbedStream(
                 redactor, "stdout", lambda _s, t, pieces=pieces: pieces.append(t)
             )
             pos = 0

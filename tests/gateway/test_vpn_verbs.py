@@ -1,4 +1,4 @@
-"""Tests for the VPN user verbs (viworks.gateway.vpn_verbs, vpncmd, fwknop).
+"""Tests for the VPN user verbs (viworks.gateway.verbs.builtin: vpn, vpncmd, fwknop).
 
 Three layers:
 
@@ -31,10 +31,12 @@ from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from viworks.config import BUILTIN_VERBS, FwknopSection, VPNSection
-from viworks.gateway import fwknop, vpn_verbs, vpncmd
+from viworks.config.agent import FwknopSection, VPNSection
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import VerbCatalog, VerbOutcome
+from viworks.gateway.verbs.builtin import BUILTIN_VERBS, fwknop, vpncmd
+from viworks.gateway.verbs.builtin import vpn as vpn_verbs
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.model import VerbOutcome
 
 FAKES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fakes")
 FWKNOPD = "/usr/sbin/fwknopd"

@@ -22,9 +22,9 @@ the record it last wrote, and goes on from there: every later record is still
 chained, and ``viworks audit verify`` reports the missing records until they
 are put back (from an export) as they were.
 
-Details never hold secrets: ``redact`` masks values under secret-looking keys,
-and callers put argument *names*, not values, into records they cannot redact
-by schema.
+Details never hold secrets: ``redaction.redact_detail`` masks values under
+secret-looking keys (with ``[redacted]``), and callers put argument *names*, not
+values, into records they cannot redact by schema.
 """
 
 from __future__ import annotations
@@ -39,12 +39,9 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredLock
 from twisted.internet.interfaces import IReactorTime
 
 from viworks.logs import Logger
+from viworks.redaction import redact_detail
 
 GENESIS = "0" * 64
-REDACTED = "[redacted]"
-_SECRET_KEY = re.compile(
-    r"pass|secret|token|authorization|cookie|credential|private|api_?key", re.IGNORECASE
-)
 
 # Outcomes.
 OK = "ok"
@@ -52,22 +49,11 @@ REFUSED = "refused"
 FAILED = "failed"
 
 
-def redact(value: Any) -> Any:
-    """A copy of ``value`` with the values of secret-looking keys replaced."""
-    if isinstance(value, Mapping):
-        return {
-            str(k): REDACTED if _SECRET_KEY.search(str(k)) else redact(v) for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
-    return value
-
-
 def encode_detail(detail: Any) -> str | None:
     """The stored (canonical) JSON of a redacted detail; None stays NULL."""
     if detail is None:
         return None
-    return json.dumps(redact(detail), sort_keys=True, separators=(",", ":"), default=str)
+    return json.dumps(redact_detail(detail), sort_keys=True, separators=(",", ":"), default=str)
 
 
 def canonical(record: Mapping[str, Any]) -> str:

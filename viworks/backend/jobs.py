@@ -56,7 +56,8 @@ from viworks.backend.ledger import (
 )
 from viworks.backend.registry import SessionRegistry
 from viworks.logs import Logger
-from viworks.schema import REDACTED, ArgsError, validate_args
+from viworks.redaction import REDACTED
+from viworks.schema import ArgsError, validate_args
 from viworks.selectors import SelectorError
 from viworks.selectors import parse as parse_selector
 from viworks.timeutil import rfc3339

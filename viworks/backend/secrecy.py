@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from viworks.logs import Logger
-from viworks.schema import REDACTED, redact
+from viworks.redaction import redact_args
 
 __all__ = ["BUILTIN_SECRET_PARAMS", "MAX_LEARNED", "SecretParams"]
 
@@ -65,11 +65,8 @@ class SecretParams:
 
     def redact(self, verb: str, params: Mapping[str, Any], args: Mapping[str, Any]) -> dict:
         """``args`` safe to store, log and show: a value secret by any account is ``***``
-        (and so is the value of a key ``params`` does not know: ``schema.redact``)."""
-        secret = self._secret.get(verb, ())
-        return {
-            key: REDACTED if key in secret else value for key, value in redact(params, args).items()
-        }
+        (and so is the value of a key ``params`` does not know: ``redaction.redact_args``)."""
+        return redact_args(params, args, self._secret.get(verb, ()))
 
     def _warn_full(self) -> None:
         if not self._full_warned:

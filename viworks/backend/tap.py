@@ -27,9 +27,10 @@ from viworks.backend.registry import SessionRegistry
 from viworks.backend.revocation import RevocationWatcher
 from viworks.backend.sessions import AgentSessionFactory
 from viworks.backend.store import open_store
-from viworks.config import BackendConfig, load_backend_config, parse_bind
+from viworks.config import BackendConfig, load_backend_config
 from viworks.logs import Logger, set_log_level
 from viworks.net import DrainingSite, ListenError, listen_service
+from viworks.netaddr import parse_bind
 from viworks.reload import Reloader, install_sighup
 from viworks.runtime import release_large_buffers, tune_gc
 from viworks.service import build_or_exit

@@ -1,9 +1,9 @@
 """The catalog an agent serves, composed from its configuration.
 
-Each family of built-in verbs lives in its own module and is built from the
-config sections it needs; ``[verbs.NAME]`` tables then tune, disable or add
-verbs. ``viworks.config.BUILTIN_VERBS`` must name exactly the built-in verbs
-(the config loader uses it to decide what a ``[verbs.NAME]`` table may set).
+Each family of built-in verbs (``viworks.gateway.verbs.builtin``) is built from the
+config sections it needs; ``[verbs.NAME]`` tables then tune, disable or add verbs.
+``viworks.gateway.verbs.builtin.FAMILIES`` must name exactly the verbs each family
+builds (the config loader uses it to decide what a ``[verbs.NAME]`` table may set).
 """
 
 from __future__ import annotations
@@ -12,38 +12,39 @@ import dataclasses
 
 from twisted.internet.interfaces import IReactorTime
 
-from viworks.config import AgentConfig
-from viworks.gateway import (
-    bootstrap_verbs,
-    container_verbs,
-    host_verbs,
-    panel_verbs,
-    session_verbs,
-    vpn_verbs,
-)
+from viworks.config.agent import AgentConfig
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import Verb, VerbCatalog, declared_verb
+from viworks.gateway.verbs.builtin import bootstrap, containers, host, panel, sessions, vpn
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.declared import declared_verb
+from viworks.gateway.verbs.model import Verb
+
+
+def builtin_families(
+    config: AgentConfig, runner: ProcessRunner, clock: IReactorTime | None = None
+) -> dict[str, list[Verb]]:
+    """Each family of built-in verbs (``FAMILIES``' keys), configured from ``config``.
+
+    Families whose verbs take several steps (in-process ``call``s that run tools
+    one after another) get the ``runner``.
+    """
+    state_dir = config.agent.state_dir
+    return {
+        "host": host.verbs(clock, runner=runner, services=config.services, logs=config.logs),
+        "panel": panel.verbs(config.panel),
+        "vpn": vpn.verbs(config.vpn, config.fwknop, runner),
+        "containers": containers.verbs(config.containers, runner),
+        "sessions": sessions.verbs(config.containers, config.vpn, runner, state_dir),
+        "bootstrap": bootstrap.verbs(config.bootstrap, config.vpn, config.fwknop, state_dir, clock),
+    }
 
 
 def builtin_verbs(
     config: AgentConfig, runner: ProcessRunner, clock: IReactorTime | None = None
 ) -> dict[str, Verb]:
-    """Every built-in verb, configured from ``config``.
-
-    Families whose verbs take several steps (in-process ``call``s that run tools
-    one after another) get the ``runner``.
-    """
-    families = [
-        host_verbs.verbs(clock, runner=runner, services=config.services, logs=config.logs),
-        panel_verbs.verbs(config.panel),
-        vpn_verbs.verbs(config.vpn, config.fwknop, runner),
-        container_verbs.verbs(config.containers, runner),
-        session_verbs.verbs(config.containers, config.vpn, runner, config.agent.state_dir),
-        bootstrap_verbs.verbs(
-            config.bootstrap, config.vpn, config.fwknop, config.agent.state_dir, clock
-        ),
-    ]
-    return {verb.name: verb for family in families for verb in family}
+    """Every built-in verb, configured from ``config``, by name."""
+    families = builtin_families(config, runner, clock)
+    return {verb.name: verb for family in families.values() for verb in family}
 
 
 def catalog_from_config(

@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from viworks.files import read_text
+
 __all__ = [
     "PSEUDO_FS_TYPES",
     "disk_usage",
@@ -151,11 +153,6 @@ def disk_usage(
     }
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()
-
-
 def system_health(
     proc: str = "/proc",
     mounts: Iterable[str] | None = None,
@@ -172,7 +169,7 @@ def system_health(
 
     def section(name: str, parse: Callable[[str], Any]) -> Any:
         try:
-            return parse(_read(os.path.join(proc, name)))
+            return parse(read_text(os.path.join(proc, name)))
         except (OSError, ValueError, IndexError):
             return None
 

@@ -33,9 +33,11 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.interfaces import IReactorTime
+
+from viworks import migrations
 
 __all__ = [
     "LOST_ERROR_CODE",
@@ -52,10 +54,10 @@ RUNNING = "running"
 FINISHED = "finished"
 LOST_ERROR_CODE = "AGENT_RESTARTED"
 
-# Each entry upgrades the schema from version ``index`` to ``index + 1``; the
-# version reached is kept in the ``user_version`` pragma. Append, never edit.
-_MIGRATIONS: list[list[str]] = [
-    [
+# Each entry upgrades the schema from version ``index`` to ``index + 1``
+# (viworks.migrations: recorded in the schema_version table). Append, never edit.
+_MIGRATIONS: list[tuple[str, ...]] = [
+    (
         """
         CREATE TABLE commands (
             command_id  TEXT PRIMARY KEY,
@@ -70,8 +72,8 @@ _MIGRATIONS: list[list[str]] = [
         """,
         # unacked() and prune() walk entries in finish order.
         "CREATE INDEX commands_acked_seq ON commands (acked, finish_seq)",
-    ],
-    [
+    ),
+    (
         # Nonces of signed commands seen within their validity (replay cache).
         """
         CREATE TABLE nonces (
@@ -80,8 +82,8 @@ _MIGRATIONS: list[list[str]] = [
         )
         """,
         "CREATE INDEX nonces_expires ON nonces (expires_at)",
-    ],
-    [
+    ),
+    (
         # Process groups of running verbs, with what identifies their leader
         # beyond its pid (procgroups.py).
         """
@@ -91,7 +93,7 @@ _MIGRATIONS: list[list[str]] = [
             start_time INTEGER NOT NULL
         )
         """,
-    ],
+    ),
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -181,9 +183,11 @@ class Journal:
 
     def __init__(self, path: str, clock: IReactorTime | None = None) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self.path = path
-        self.clock = clock
+        self.clock: IReactorTime = clock
         self._db: sqlite3.Connection | None = None
         # (st_dev, st_ino) of the file opened: the path must keep naming it.
         self._identity: tuple[int, int] | None = None
@@ -445,19 +449,21 @@ class Journal:
         )
 
     def _migrate(self) -> None:
-        db = self._conn()
-        with self._transaction():
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"journal {self.path} has schema version {version}, newer than"
-                    f" this agent's {SCHEMA_VERSION}; refusing to downgrade it"
+        with self._transaction() as db:
+            # Journals of earlier releases kept their version in user_version only.
+            legacy = int(db.execute("PRAGMA user_version").fetchone()[0])
+            try:
+                before, after = migrations.migrate(
+                    db.cursor(), _MIGRATIONS, self.clock.seconds(), adopt=legacy
                 )
-            for statements in _MIGRATIONS[version:]:
-                for statement in statements:
-                    db.execute(statement)
-            if version != SCHEMA_VERSION:
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            except migrations.SchemaTooNew as e:
+                raise JournalError(
+                    f"journal {self.path} has schema version {e.found}, newer than"
+                    f" this agent's {SCHEMA_VERSION}; refusing to downgrade it"
+                ) from None
+            if legacy != after:
+                # Mirrored for a gateway rolled back to a release that reads only this.
+                db.execute(f"PRAGMA user_version = {after}")
 
     def _recover(self) -> list[JournalEntry]:
         with self._transaction() as db:

@@ -19,39 +19,34 @@ reported ``lost`` only once nothing of them runs.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from OpenSSL import SSL
 from service_identity import VerificationError
-from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectionLost
-from twisted.internet.interfaces import IHandshakeListener, IStreamClientEndpoint
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogPublisher,
-)
-from twisted.logger import Logger as TwistedLogger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from viworks import __version__, lifecycle, protocol, signing
-from viworks.config import parse_wss_url
 from viworks.gateway import outage
-from viworks.gateway.journal import Journal
+from viworks.gateway.journal import Journal, JournalEntry
 from viworks.gateway.output import OutputBuffer
 from viworks.gateway.procgroups import ProcessGroups
+from viworks.gateway.reconnect import QuietClientService, ReconnectPolicy, ReportingEndpoint
 from viworks.gateway.telemetry import TelemetryCollector
+from viworks.gateway.verbs.catalog import VerbCatalog, VerbExecution
+from viworks.gateway.verbs.model import VerbOutcome
 from viworks.logs import Logger
 from viworks.net import SkipPeerCertificateDetails, no_delay
+from viworks.netaddr import parse_wss_url
 from viworks.tls import enforce_pins
 
 STOP_GRACE = 10.0
@@ -61,72 +56,10 @@ JOURNAL_CHECK_INTERVAL = 5.0
 JOURNAL_UNAVAILABLE = "JOURNAL_UNAVAILABLE"
 
 
-class ReconnectPolicy:
-    """A ``ClientService`` retry policy with full jitter and hints from the backend.
-
-    Each delay is random over the whole window [initial, min(maximum, initial *
-    2**failures)], so a fleet that lost its backend does not return in
-    lock-step. The failure count is reset only by a welcome (``succeeded``), not
-    by a TCP or TLS connection: a backend that refuses us after the handshake
-    must not be hammered. ``at_least`` raises the next delay (retry-after hints,
-    or reconnect_max after being replaced by another connection).
-    """
-
-    def __init__(
-        self, initial: float, maximum: float, rand: Callable[[], float] = random.random
-    ) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.rand = rand
-        self.failures = 0
-        self._floor = 0.0
-
-    def __call__(self, _attempt: int) -> float:
-        ceiling = min(self.maximum, self.initial * 2 ** min(self.failures, 32))
-        delay = self.initial + self.rand() * (ceiling - self.initial)
-        self.failures += 1
-        delay, self._floor = max(delay, self._floor), 0.0
-        return delay
-
-    def succeeded(self) -> None:
-        self.failures = 0
-
-    def at_least(self, seconds: float) -> None:
-        self._floor = max(self._floor, seconds)
-
-
-class _QuietClientService(ClientService):
-    """A ``ClientService`` without its "Scheduling retry N" line for every attempt.
-
-    The link logs why it is down and when it tries again (``outage.OutageLog``);
-    Twisted's warnings still get through.
-    """
-
-    _log = TwistedLogger(
-        observer=FilteringLogObserver(
-            globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]
-        )
-    )
-
-
-@implementer(IStreamClientEndpoint)
-class _ReportingEndpoint:
-    """An endpoint that tells ``on_failure`` why a connection attempt failed."""
-
-    def __init__(self, endpoint: Any, on_failure: Callable[[Failure], None]) -> None:
-        self._endpoint = endpoint
-        self._on_failure = on_failure
-
-    def connect(self, factory: Any) -> Deferred:
-        def report(failure: Failure) -> Failure:
-            self._on_failure(failure)
-            return failure
-
-        return self._endpoint.connect(factory).addErrback(report)
-
-
+# The ignore: Autobahn's own two bases of WebSocketClientProtocol disagree on the types
+# of ``peer`` and ``_transport_details``; mypy reports it on any class with a second base.
 @implementer(IHandshakeListener)
-class AgentLinkProtocol(SkipPeerCertificateDetails, WebSocketClientProtocol):
+class AgentLinkProtocol(SkipPeerCertificateDetails, WebSocketClientProtocol):  # type: ignore[misc]
     """The agent's end of one connection; all state lives in the ``BackendLink``."""
 
     log = Logger()
@@ -145,7 +78,7 @@ class AgentLinkProtocol(SkipPeerCertificateDetails, WebSocketClientProtocol):
                 " (connection aborted)"
             )
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if reason.check(SSL.Error, VerificationError):
             if self.lost_why is None:
                 self.lost_why = outage.why_tls_failed(reason.value, self.factory.host)
@@ -169,6 +102,17 @@ class AgentLinkProtocol(SkipPeerCertificateDetails, WebSocketClientProtocol):
             self.sendMessage(payload, isBinary=False)
 
 
+class AgentLinkFactory(WebSocketClientFactory):
+    """Builds each connection's protocol, which reports to the ``BackendLink``."""
+
+    protocol = AgentLinkProtocol
+    noisy = False  # no "Starting factory" line for every attempt
+
+    def __init__(self, link: BackendLink, url: str, reactor: Any) -> None:
+        super().__init__(url, reactor=reactor)
+        self.link = link
+
+
 class BackendLink(MultiService):
     """Connect, introduce ourselves, execute commands, report results."""
 
@@ -182,11 +126,11 @@ class BackendLink(MultiService):
         agent_id: str,
         site: str,
         hostname: str,
-        catalog: Any,
+        catalog: VerbCatalog,
         journal: Journal,
         tls_options: Any,
-        pins: list[str] = (),
-        labels: dict | None = None,
+        pins: Sequence[str] = (),
+        labels: dict[str, str] | None = None,
         heartbeat_interval: float = 15.0,
         reconnect_initial: float = 1.0,
         reconnect_max: float = 60.0,
@@ -219,7 +163,7 @@ class BackendLink(MultiService):
         self.heartbeat_interval = heartbeat_interval
         self.session_id: str | None = None
         self._current: AgentLinkProtocol | None = None
-        self._running: dict[str, Any] = {}  # command id -> VerbExecution
+        self._running: dict[str, VerbExecution] = {}  # by command id
         self._heartbeat = LoopingCall(self._send_heartbeat)
         self._heartbeat.clock = reactor
         self.telemetry_interval = telemetry_interval
@@ -236,19 +180,16 @@ class BackendLink(MultiService):
         self._why_down: str | None = None
         host, port, _path = parse_wss_url(backend_url)
         self._address = (host, port)
-        factory = WebSocketClientFactory(backend_url, reactor=reactor)
-        factory.protocol = AgentLinkProtocol
-        factory.link = self
-        factory.noisy = False  # no "Starting factory" line for every attempt
+        factory = AgentLinkFactory(self, backend_url, reactor)
         factory.setProtocolOptions(
             **protocol.websocket_options(max_message_size, heartbeat_interval)
         )
-        endpoint = _ReportingEndpoint(
+        endpoint = ReportingEndpoint(
             wrapClientTLS(tls_options, HostnameEndpoint(reactor, host, port, timeout=10)),
             self._connect_failed,
         )
         # Parented (and so connected) by startService once leftovers are ended.
-        self.client_service = _QuietClientService(
+        self.client_service = QuietClientService(
             endpoint,
             factory,
             retryPolicy=self._retry_delay,
@@ -428,7 +369,7 @@ class BackendLink(MultiService):
         for payload in spooled:
             self._send(payload)
         for entry in self.journal.unacked():
-            self._send_result(entry.command_id, entry.result)
+            self._resend(entry)
         self.journal.prune()
         self._stop_timers()
         self._heartbeat.start(self.heartbeat_interval, now=False)
@@ -442,8 +383,13 @@ class BackendLink(MultiService):
         if self._current is not None and self.connected:
             self._current.send_frame(payload)
 
-    def _send_result(self, command_id: str, fields: dict) -> None:
+    def _send_result(self, command_id: str, fields: dict[str, Any]) -> None:
         self._send(protocol.encode("result", command_id=command_id, **fields))
+
+    def _resend(self, entry: JournalEntry) -> None:
+        """Send a finished command's result again, as the journal recorded it."""
+        if entry.result is not None:  # only running entries have none
+            self._send_result(entry.command_id, entry.result)
 
     def _send_output(self, payload: bytes) -> None:
         if self._current is not None and self.connected:
@@ -470,7 +416,7 @@ class BackendLink(MultiService):
         if known is not None:
             # A redelivery: answer from the journal, never run twice.
             if known.state == "finished":
-                self._send_result(command_id, known.result)
+                self._resend(known)
             else:
                 proto.send_frame(protocol.encode("ack", command_id=command_id))
             return
@@ -489,7 +435,8 @@ class BackendLink(MultiService):
             )
             return
         # Only a command the backend signed (for us, now, once) may go further.
-        refusal = None if self.verifier is None else self._check_signature(frame, now)
+        verifier = self.verifier
+        refusal = None if verifier is None else self._check_signature(verifier, frame, now)
         if refusal is not None:
             pass
         elif frame.get("redacted"):
@@ -529,23 +476,26 @@ class BackendLink(MultiService):
         )
         d.addBoth(lambda _: self._running.pop(command_id, None))
 
-    def _authenticate(self, check: Callable[..., Any], frame: protocol.Frame, now: float) -> None:
-        """Verify a signed frame (for us, now) and record its nonce (once).
+    def _authenticate(self, verifier: signing.Verifier, frame: protocol.Frame, now: float) -> None:
+        """Verify a signed ``command`` or ``cancel`` (for us, now) and record its nonce (once).
 
         :raises signing.SignatureRefused: the frame must change nothing.
         """
+        check = verifier.check_cancel if frame.type == "cancel" else verifier.check
         envelope = check(frame.fields, agent_id=self.agent_id, now=now)
         if not self.journal.remember_nonce(
-            envelope.nonce, envelope.issued_at + self.verifier.window, now
+            envelope.nonce, envelope.issued_at + verifier.window, now
         ):
             raise signing.SignatureRefused(
                 signing.REPLAY_DETECTED, f"this {frame.type} frame's nonce was already used"
             )
 
-    def _check_signature(self, frame: protocol.Frame, now: float) -> tuple | None:
+    def _check_signature(
+        self, verifier: signing.Verifier, frame: protocol.Frame, now: float
+    ) -> tuple[str, str, str] | None:
         """The refusal of a command that is not the backend's, or None (nonce recorded)."""
         try:
-            self._authenticate(self.verifier.check, frame, now)
+            self._authenticate(verifier, frame, now)
         except signing.SignatureRefused as e:
             self.log.warn(
                 "command {command_id} ({verb}) refused: {code}: {message}",
@@ -565,7 +515,7 @@ class BackendLink(MultiService):
         if self.verifier is not None:
             # A cancel stops genuine work: only the backend's own (for us, now, once) may.
             try:
-                self._authenticate(self.verifier.check_cancel, frame, self.reactor.seconds())
+                self._authenticate(self.verifier, frame, self.reactor.seconds())
             except signing.SignatureRefused as e:
                 self.log.warn(
                     "cancel for command {command_id} refused: {code}: {message}",
@@ -583,7 +533,7 @@ class BackendLink(MultiService):
         known = self.journal.get(command_id)
         if known is not None:
             if known.state == "finished":
-                self._send_result(command_id, known.result)
+                self._resend(known)
             return
         # Never received. The backend sends a command before its cancel, also after a
         # reconnect, so this one is not the backend's to act on: recording it would
@@ -626,18 +576,17 @@ class BackendLink(MultiService):
 
 
 def outcome_fields(
-    status: str, started_at: float, finished_at: float, error: dict | None, outcome: Any = None
-) -> dict:
+    status: str,
+    started_at: float,
+    finished_at: float,
+    error: dict[str, str] | None,
+    outcome: VerbOutcome | None = None,
+) -> dict[str, Any]:
     """The ``result`` frame's fields (without the command id) for a verb outcome or a refusal."""
-    return {
-        "status": status,
-        "exit_code": getattr(outcome, "exit_code", None),
-        "result": getattr(outcome, "result", None),
-        "stdout": getattr(outcome, "stdout", ""),
-        "stderr": getattr(outcome, "stderr", ""),
-        "stdout_truncated": getattr(outcome, "stdout_truncated", False),
-        "stderr_truncated": getattr(outcome, "stderr_truncated", False),
-        "error": error,
-        "started_at": started_at,
-        "finished_at": finished_at,
-    }
+    fields = (outcome or _NOTHING_RAN).to_dict()
+    fields.update(status=status, error=error, started_at=started_at, finished_at=finished_at)
+    return fields
+
+
+#: What a refused command reports besides its status and error: no exit code, no output.
+_NOTHING_RAN = VerbOutcome(status="rejected")

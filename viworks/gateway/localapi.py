@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from klein import Klein
 from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 
 from viworks import __version__
+from viworks.gateway.link import BackendLink
 from viworks.timeutil import rfc3339
 
 
@@ -17,16 +19,16 @@ class GatewayAPI:
 
     app = Klein()
 
-    def __init__(self, link: Any, clock: IReactorTime) -> None:
+    def __init__(self, link: BackendLink, clock: IReactorTime) -> None:
         self.link = link
         self.clock = clock
 
-    def resource(self):
+    def resource(self) -> IResource:
         return self.app.resource()
 
     @app.route("/health", methods=["GET"])
     @app.route("/api/v1/health", methods=["GET"])
-    def health(self, request: Any) -> bytes:
+    def health(self, request: IRequest) -> bytes:
         """200 healthy; 503 unhealthy when new commands are refused (its journal is gone)."""
         request.setHeader(b"content-type", b"application/json")
         problem = self.link.journal_problem

@@ -16,6 +16,7 @@ from service_identity import VerificationError
 from twisted.internet import error
 
 from viworks import protocol
+from viworks.files import one_line
 from viworks.logs import Logger
 
 #: Seconds between two "still down" lines while an outage lasts.
@@ -61,19 +62,19 @@ def why_connect_failed(failure: Any, host: str, port: int) -> str:
         return f"cannot resolve {host}"
     if isinstance(value, error.TimeoutError | error.TCPTimedOutError):
         return f"no answer from {where} (connection timed out)"
-    return f"cannot connect to {where}: {_one_line(value)}"
+    return f"cannot connect to {where}: {one_line(value)}"
 
 
 def why_tls_failed(value: Exception, host: str) -> str:
     """A TLS failure: an ``SSL.Error`` or service_identity's ``VerificationError``."""
     if isinstance(value, VerificationError):
-        return f"TLS: the backend's certificate is not valid for {host} ({_one_line(value)})"
+        return f"TLS: the backend's certificate is not valid for {host} ({one_line(value)})"
     reasons = [
         str(item[2])
         for item in (value.args[0] if value.args and isinstance(value.args[0], list) else [])
         if isinstance(item, tuple) and len(item) == 3
     ]
-    text = "; ".join(reasons) or _one_line(value)
+    text = "; ".join(reasons) or one_line(value)
     if "certificate verify failed" in text:
         return (
             "TLS: we do not trust the backend's certificate: it is not issued by the CA in"
@@ -160,7 +161,3 @@ class OutageLog:
             elapsed=self.clock.seconds() - self._since,
         )
         self.attempts = 0
-
-
-def _one_line(value: Any) -> str:
-    return " ".join(str(value).split()) or type(value).__name__

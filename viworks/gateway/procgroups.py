@@ -36,6 +36,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
+from viworks.files import read_text
 from viworks.gateway.journal import Journal, JournalError, ProcessGroupRecord
 from viworks.logs import Logger
 
@@ -83,8 +84,7 @@ class ProcTable:
 
     def _read(self, *parts: str) -> str | None:
         try:
-            with open(os.path.join(self.root, *parts), encoding="utf-8", errors="replace") as f:
-                return f.read()
+            return read_text(os.path.join(self.root, *parts))
         except OSError:
             return None
 

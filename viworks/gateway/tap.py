@@ -16,13 +16,8 @@ from twisted.python import usage
 from twisted.web.server import Site
 
 from viworks import signing
-from viworks.config import (
-    AgentConfig,
-    ConfigError,
-    ensure_private_dir,
-    load_agent_config,
-    parse_bind,
-)
+from viworks.config import AgentConfig, ConfigError, load_agent_config
+from viworks.files import ensure_private_dir
 from viworks.gateway.catalog import catalog_from_config
 from viworks.gateway.journal import Journal
 from viworks.gateway.link import BackendLink
@@ -31,6 +26,7 @@ from viworks.gateway.procgroups import ProcessGroups
 from viworks.gateway.runner import ProcessRunner
 from viworks.logs import Logger, set_log_level
 from viworks.net import ConnectionLimit, listen_service
+from viworks.netaddr import parse_bind
 from viworks.pki import agent_id_of
 from viworks.reload import Reloader, install_sighup
 from viworks.runtime import tune_gc
@@ -46,7 +42,17 @@ class Options(usage.Options):
     ]
 
 
-def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
+class GatewayService(MultiService):
+    """The whole gateway agent: its link to the backend, and what SIGHUP reloads."""
+
+    def __init__(self, link: BackendLink, reloader: Reloader) -> None:
+        super().__init__()
+        self.link = link
+        self.reloader = reloader
+        link.setServiceParent(self)
+
+
+def build_gateway(config: AgentConfig, reactor: Any) -> GatewayService:
     """The whole gateway agent for ``config``; used by twistd, the .tac and ``viworks dev``."""
     set_log_level(config.agent.log_level)
     ensure_private_dir(config.agent.state_dir)
@@ -82,11 +88,8 @@ def build_gateway(config: AgentConfig, reactor: Any) -> MultiService:
         telemetry_interval=config.agent.telemetry_interval,
         verifier=signing_verifier(config),
     )
-    top = MultiService()
-    top.link = link
-    top.reloader = _gateway_reloader(config, link)
+    top = GatewayService(link, _gateway_reloader(config, link))
     top.reloader.add("command signing keys", lambda new: link.set_verifier(signing_verifier(new)))
-    link.setServiceParent(top)
     api_host, api_port = parse_bind(config.agent.bind_address)
     # request_timeout closes idle local-API connections; max_connections caps them.
     site = Site(GatewayAPI(link, reactor).resource(), timeout=config.agent.request_timeout)
@@ -151,7 +154,7 @@ def _gateway_reloader(config: AgentConfig, link: BackendLink) -> Reloader:
     return reloader
 
 
-def makeService(options: Any, reactor: Any = None) -> MultiService:
+def makeService(options: Any, reactor: Any = None) -> GatewayService:
     if reactor is None:
         from twisted.internet import reactor
     service = build_or_exit(load_agent_config, build_gateway, options, reactor)

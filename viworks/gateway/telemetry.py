@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from viworks.gateway import health
+from viworks.gateway.verbs.catalog import VerbCatalog
 from viworks.logs import Logger
 
 #: The verbs whose results telemetry includes, and how each becomes a metric.
@@ -26,7 +27,7 @@ class TelemetryCollector:
 
     log = Logger()
 
-    def __init__(self, catalog: Any) -> None:
+    def __init__(self, catalog: VerbCatalog) -> None:
         self.catalog = catalog
         # verb -> the error code it last failed with (absent: it worked last time).
         self._failing: dict[str, str] = {}

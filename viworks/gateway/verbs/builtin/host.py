@@ -21,10 +21,10 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from viworks.config import LogsSection, ServicesSection
+from viworks.config.agent import LogsSection, ServicesSection
 from viworks.gateway import health
 from viworks.gateway.runner import ProcessRunner, RunResult
-from viworks.gateway.verbs import Verb, VerbError
+from viworks.gateway.verbs.model import Verb, VerbError
 from viworks.timeutil import rfc3339
 
 __all__ = [

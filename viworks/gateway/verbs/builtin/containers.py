@@ -1,7 +1,7 @@
 """Per-session workspace containers: spawn_container, stop_container, list_containers.
 
 Each verb takes several engine commands (``ps`` then ``run``; ``inspect``, ``stop`` then
-``rm``), so they are in-process ``call``s driving :class:`~viworks.gateway.containers.Engine`
+``rm``), so they are in-process ``call``s driving :class:`~.container_engine.Engine`
 through the agent's runner. ``spawn_container`` and ``stop_container`` share the
 ``"containers"`` serialization key: a port is chosen from what ``ps`` reports and must not
 be handed out twice.
@@ -18,8 +18,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from viworks.config import ContainersSection
-from viworks.gateway.containers import (
+from viworks.config.agent import ContainersSection
+from viworks.gateway.runner import ProcessRunner
+from viworks.gateway.verbs.builtin.container_engine import (
     ENGINE_NOT_FOUND,
     NAME_PREFIX,
     Engine,
@@ -27,8 +28,7 @@ from viworks.gateway.containers import (
     container_name,
     used_ports,
 )
-from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import Verb, VerbError
+from viworks.gateway.verbs.model import Verb, VerbError
 
 __all__ = ["STRICT_NETWORK", "verbs"]
 

@@ -1,10 +1,10 @@
 """User sessions: terminate_session and get_session_status.
 
 A user session is the per-session container(s) (labels ``viw.session=<id>`` and
-``viw.user=<name>``, see :mod:`viworks.gateway.containers`) plus the user's SoftEther VPN
+``viw.user=<name>``, see :mod:`.container_engine`) plus the user's SoftEther VPN
 session(s) on ``[vpn] hub``. Both verbs are in-process ``call``s that drive the container
-engine (:class:`~viworks.gateway.containers.Engine`) and ``vpncmd`` (see
-:mod:`viworks.gateway.vpncmd`: hub password on stdin, ``/CSV`` output) through the agent's
+engine (:class:`~.container_engine.Engine`) and ``vpncmd`` (see
+:mod:`.vpncmd`: hub password on stdin, ``/CSV`` output) through the agent's
 runner, one tool process per step.
 
 ``terminate_session``:
@@ -21,7 +21,7 @@ runner, one tool process per step.
 A failing step is recorded in ``errors`` and the others still run. The verb succeeds
 only if nothing failed; with something done and something failed it fails with
 ``PARTIAL``; when nothing could be done at all it fails with the first step's own code.
-A failed outcome carries no ``result`` (:class:`~viworks.gateway.verbs.VerbError` has
+A failed outcome carries no ``result`` (:class:`~viworks.gateway.verbs.model.VerbError` has
 only a code and a message), so the message itself says what was done and what failed.
 Nothing to act on at all (no container, no VPN session of a known user) is
 ``NOT_FOUND``. It shares the ``"containers"`` serialization key with
@@ -40,11 +40,16 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from viworks.config import ContainersSection, VPNSection
-from viworks.gateway import vpncmd
-from viworks.gateway.containers import LABEL_SESSION, LABEL_USER, ContainerInfo, Engine
+from viworks.config.agent import ContainersSection, VPNSection
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import Verb, VerbError
+from viworks.gateway.verbs.builtin import vpncmd
+from viworks.gateway.verbs.builtin.container_engine import (
+    LABEL_SESSION,
+    LABEL_USER,
+    ContainerInfo,
+    Engine,
+)
+from viworks.gateway.verbs.model import Verb, VerbError
 from viworks.logs import Logger
 
 __all__ = ["SESSION_HEADER", "parse_sessions", "verbs"]

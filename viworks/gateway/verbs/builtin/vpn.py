@@ -1,6 +1,6 @@
 """VPN users: a SoftEther hub user (through ``vpncmd``) plus its fwknop SPA stanza.
 
-``create_vpn_user`` runs, one vpncmd process per step (see :mod:`viworks.gateway.vpncmd`
+``create_vpn_user`` runs, one vpncmd process per step (see :mod:`.vpncmd`
 for how the passwords reach it on stdin):
 
 1. ``UserCreate NAME /GROUP:none /REALNAME:none /NOTE:none``
@@ -8,7 +8,7 @@ for how the passwords reach it on stdin):
 3. ``UserPasswordSet NAME`` (the password and its confirmation on stdin)
 
 It then writes the user's stanza in fwknopd's ``access.conf`` atomically (see
-:mod:`viworks.gateway.fwknop`). When ``[fwknop] fwknopd`` exists, fwknopd first checks the
+:mod:`.fwknop`). When ``[fwknop] fwknopd`` exists, fwknopd first checks the
 new file. If a step after ``UserCreate`` fails, the hub user is deleted again, so a
 failed create leaves neither a hub user nor a stanza. A user that already exists on the
 hub is refused (``ALREADY_EXISTS``) and left untouched.
@@ -34,10 +34,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from viworks.config import FwknopSection, VPNSection
-from viworks.gateway import fwknop, vpncmd
+from viworks.config.agent import FwknopSection, VPNSection
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import Verb, VerbError
+from viworks.gateway.verbs.builtin import fwknop, vpncmd
+from viworks.gateway.verbs.model import Verb, VerbError
 from viworks.logs import Logger
 
 __all__ = ["verbs"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from viworks.config import PanelSection
+from viworks.config.agent import PanelSection
 from viworks.gateway.runner import RunResult
-from viworks.gateway.verbs import Invocation, Verb, VerbError
+from viworks.gateway.verbs.model import Invocation, Verb, VerbError
 
 USERNAME_SPEC: dict[str, Any] = {
     "type": "string",

@@ -50,9 +50,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail
 
-from viworks.config import VPNSection
+from viworks.config.agent import VPNSection
 from viworks.gateway.runner import ProcessRunner, RunResult
-from viworks.gateway.verbs import Invocation, VerbError, missing_tool
+from viworks.gateway.verbs.model import Invocation, VerbError, missing_tool
 
 __all__ = [
     "CANCEL",

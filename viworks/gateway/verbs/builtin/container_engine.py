@@ -1,6 +1,6 @@
 """Talking to the container engine (``docker`` or ``podman``): the reusable layer.
 
-The container verbs (:mod:`viworks.gateway.container_verbs`) and any other verb that
+The container verbs (:mod:`.containers`) and any other verb that
 needs to look at or act on the per-session containers build on :class:`Engine`:
 
 - argv building: every command is ``[<engine executable>, <subcommand>, ...]`` run through
@@ -12,7 +12,7 @@ needs to look at or act on the per-session containers build on :class:`Engine`:
 - port allocation (:func:`allocate_port`) from ``[containers] port_range``, skipping the
   ports held by existing viworks containers, running or not;
 - engine failures mapped onto stable error codes (:func:`classify_engine_error`), raised
-  as :class:`~viworks.gateway.verbs.VerbError`.
+  as :class:`~viworks.gateway.verbs.model.VerbError`.
 
 Every viworks container carries the labels ``viw.managed=true``, ``viw.user``,
 ``viw.session`` and ``viw.port`` (its host port, so that a stopped container keeps its
@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from viworks.config import ContainersSection
+from viworks.config.agent import ContainersSection
 from viworks.gateway.runner import ProcessRunner, RunResult
-from viworks.gateway.verbs import VerbError, missing_tool
+from viworks.gateway.verbs.model import VerbError, missing_tool
 
 __all__ = [
     "ENGINE_NOT_FOUND",

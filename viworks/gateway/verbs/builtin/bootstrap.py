@@ -28,9 +28,10 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from viworks.config import BootstrapSection, FwknopSection, VPNSection, ensure_private_dir
-from viworks.gateway.panel_verbs import USERNAME_SPEC
-from viworks.gateway.verbs import Verb, VerbError
+from viworks.config.agent import BootstrapSection, FwknopSection, VPNSection
+from viworks.files import ensure_private_dir
+from viworks.gateway.verbs.builtin.panel import USERNAME_SPEC
+from viworks.gateway.verbs.model import Verb, VerbError
 from viworks.logs import Logger
 from viworks.timeutil import rfc3339
 
