@@ -45,7 +45,8 @@ from tests.fleet import Fleet, ping_catalog
 from tests.processes import Api, Twistd, create_token, viworks
 from tests.stack import Stack, _table, free_port, poll, shared_pki, write
 from viworks.gateway.runner import ProcessRunner
-from viworks.gateway.verbs import VerbCatalog, declared_verb
+from viworks.gateway.verbs.catalog import VerbCatalog
+from viworks.gateway.verbs.declared import declared_verb
 
 HEARTBEAT = 1.0
 WAIT = 60.0
