@@ -163,9 +163,7 @@ class AuthFailureTests(unittest.TestCase):
         self.assertEqual((await self.post(forwarded="203.0.113.8"))[0].code, 401)
         self.clock.advance(INTERVAL)
         refused = [r for r in await self.audit_rows() if r.action == "api.refused"]
-        self.assertEqual(
-            [r.target for r in refused], ["127.0.0.1", "203.0.113.7", "203.0.113.8"]
-        )
+        self.assertEqual([r.target for r in refused], ["127.0.0.1", "203.0.113.7", "203.0.113.8"])
 
     async def test_sources_table_is_bounded(self):
         """Failures from 1,000 addresses keep at most max_sources + 1 entries: while every

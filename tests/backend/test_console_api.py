@@ -300,9 +300,7 @@ class SessionTests(ConsoleAPITestCase):
         codes.append(response.code)
         self.assertEqual(codes, [401, 401, 401, 429])
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"2"])
-        response, answer = await self.call(
-            "POST", "/api/v1/session", {"token": "vw_x"}, token=None
-        )
+        response, answer = await self.call("POST", "/api/v1/session", {"token": "vw_x"}, token=None)
         self.assertEqual((response.code, answer["error"]["code"]), (429, "RATE_LIMITED"))
         self.assertEqual(len(failures), 1)
         await self.login("operator")

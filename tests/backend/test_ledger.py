@@ -200,9 +200,7 @@ class LedgerTests(unittest.TestCase):
         self.assertTrue(frame.get("redacted"))
         self.assertEqual(frame["args"]["password"], "***")
         failed = await self.store.get_command(queued.command_id)
-        self.assertEqual(
-            (failed.status, failed.error["code"]), ("failed", "SECRETS_UNAVAILABLE")
-        )
+        self.assertEqual((failed.status, failed.error["code"]), ("failed", "SECRETS_UNAVAILABLE"))
 
     async def test_unknown_result_acknowledged(self):
         """A result for a command the backend does not know is refused but acknowledged."""

@@ -255,9 +255,7 @@ class FloodTests(InMemorySessions, unittest.TestCase):
         await self.until(lambda: self.registry.get("gw-1") is None)
         await self.ledger.audit.flush()
         [row] = [r for r in await self.store.audit_records() if r.action == "connection.refused"]
-        self.assertEqual(
-            (row.actor, row.target, row.outcome), ("gw-1", "agent:gw-1", "refused")
-        )
+        self.assertEqual((row.actor, row.target, row.outcome), ("gw-1", "agent:gw-1", "refused"))
         self.assertEqual(json.loads(row.detail)["reason"], "flood")
 
     async def test_answers_to_commands_are_never_dropped(self):

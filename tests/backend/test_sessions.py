@@ -486,9 +486,7 @@ class AgentSessionTests(unittest.TestCase):
         self.assertClosed(first, protocol.CLOSE_REPLACED)
         # The replaced session's close left the agent online under the new session.
         agent = await self.store.get_agent("gw-1")
-        self.assertEqual(
-            (agent.status, agent.session_id), ("online", second.server.session_id)
-        )
+        self.assertEqual((agent.status, agent.session_id), ("online", second.server.session_id))
 
         self.clock.advance(10)
         second.sendClose()

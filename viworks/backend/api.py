@@ -535,21 +535,21 @@ class BackendAPI:
         request.viworks_session = (session_id, session.expires_at)
         return caller
 
-    def _caller(self, request: Any, row: Token, secret: str) -> Caller:
+    def _caller(self, request: Any, token: Token, secret: str) -> Caller:
         """The caller a valid token stands for; ``secret`` authenticated it (the
         token, or a console session id) and keys its idempotency digests."""
-        if row.revoked_at is not None:
-            request.viworks_actor = row.name
+        if token.revoked_at is not None:
+            request.viworks_actor = token.name
             raise ApiError(401, "UNAUTHORIZED", "the token was revoked")
-        if row.expires_at is not None and row.expires_at <= self.clock.seconds():
-            request.viworks_actor = row.name
+        if token.expires_at is not None and token.expires_at <= self.clock.seconds():
+            request.viworks_actor = token.name
             raise ApiError(401, "UNAUTHORIZED", "the token has expired")
         return Caller(
-            row.name,
+            token.name,
             secret,
-            row.role,
-            None if row.verbs is None else tuple(row.verbs),
-            None if row.sites is None else tuple(row.sites),
+            token.role,
+            None if token.verbs is None else tuple(token.verbs),
+            None if token.sites is None else tuple(token.sites),
         )
 
     def _admit(self, request: Any, caller: Caller) -> None:

@@ -173,7 +173,11 @@ class Command:
 
     def truncated(self, stream: str) -> bool:
         """Whether ``stream`` (stdout or stderr) was cut."""
-        return bool(self.stdout_truncated if stream == "stdout" else self.stderr_truncated)
+        if stream == "stdout":
+            return self.stdout_truncated
+        if stream == "stderr":
+            return self.stderr_truncated
+        raise ValueError(f"output stream must be stdout or stderr, not {stream!r}")
 
 
 @attrs.frozen

@@ -76,7 +76,7 @@ _EVENT_BATCH = 500
 # Rows per multi-row output INSERT (5 parameters each).
 _OUTPUT_BATCH = 500
 
-Event = tuple[str, str, float, "str | None"]
+EventRow = tuple[str, str, float, str | None]
 """``(command_id, status, at, encoded detail)``: a row of ``command_events``."""
 
 
@@ -176,10 +176,11 @@ class CommandStore(SQLEngine):
     def _create_command_txn(
         self, txn: Transaction, values: dict[str, Any], dispatched_at: float | None = None
     ) -> Command:
-        events: list[Event] = [(values["command_id"], lifecycle.QUEUED, values["created_at"], None)]
+        command_id = values["command_id"]
+        events: list[EventRow] = [(command_id, lifecycle.QUEUED, values["created_at"], None)]
         if dispatched_at is not None:
             values = {**values, "status": lifecycle.DISPATCHED, "dispatched_at": dispatched_at}
-            events.append((values["command_id"], lifecycle.DISPATCHED, dispatched_at, None))
+            events.append((command_id, lifecycle.DISPATCHED, dispatched_at, None))
         created = COMMANDS.load(self._insert_returning(txn, "commands", values, COMMANDS.select))
         self._insert_events_txn(txn, events)
         return created
@@ -441,7 +442,7 @@ class CommandStore(SQLEngine):
         self._insert_events_txn(txn, [(c.command_id, status, now, encoded) for c in swept])
         return swept
 
-    def _insert_events_txn(self, txn: Transaction, events: Sequence[Event]) -> None:
+    def _insert_events_txn(self, txn: Transaction, events: Sequence[EventRow]) -> None:
         """Append ``(command_id, status, at, encoded detail)`` events, batched."""
         for start in range(0, len(events), _EVENT_BATCH):
             batch = events[start : start + _EVENT_BATCH]
