@@ -12,11 +12,12 @@ import attrs
 from twisted.trial import unittest
 
 from viworks.backend import api, auditchain, model
-from viworks.backend.model import Command, Job, NewCommand, Token
+from viworks.backend.model import Command, Job, NewCommand
 from viworks.backend.store import columns
-from viworks.backend.store.columns import INT, JSON, REAL, Column, Table
+from viworks.backend.store.columns import INT, REAL, Column, Table
 from viworks.backend.store.commands import COMMANDS
 from viworks.backend.store.jobs import JOBS
+from viworks.backend.store.tokens import TOKENS
 
 STORE = pathlib.Path(columns.__file__).parent
 
@@ -136,28 +137,17 @@ class ColumnTests(unittest.TestCase):
 
     def test_view_reads_a_subset(self) -> None:
         """A view reads some of a table's columns into another model, with their codecs."""
-        tokens = Table(
-            "tokens",
-            Token,
-            [
-                Column("name"),
-                Column("created_at", REAL),
-                Column("role"),
-                Column("verbs", JSON),
-                Column("sites", JSON),
-                Column("expires_at", REAL),
-                Column("revoked_at", REAL),
-            ],
-        )
 
         @attrs.frozen
         class Named:
             name: str
             verbs: list[str] | None
 
-        names = tokens.view(Named)
+        names = TOKENS.view(Named)
         self.assertEqual(names.select, "name, verbs")
         self.assertEqual(names.load(("ci", json.dumps(["ping"]))), Named("ci", ["ping"]))
+        with self.assertRaises(TypeError):
+            COMMANDS.view(Named)  # commands have no verbs column
 
     def test_computed_and_aliased_columns(self) -> None:
         """A computed column is selected AS its name and never written; an alias prefixes

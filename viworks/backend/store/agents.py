@@ -8,7 +8,16 @@ from typing import Any
 from twisted.enterprise.adbapi import Transaction
 
 from viworks.backend.model import Agent, AgentCertificate, AgentSummary
-from viworks.backend.store.columns import INT, JSON, REAL, Column, Table, encode_json, marks
+from viworks.backend.store.columns import (
+    INT,
+    JSON,
+    REAL,
+    Column,
+    Table,
+    batches,
+    encode_json,
+    marks,
+)
 from viworks.backend.store.engine import SQLEngine
 
 AGENTS = Table(
@@ -45,10 +54,6 @@ AGENT_CERTIFICATES = Table(
         Column("last_seen", REAL),
     ],
 )
-
-# Ids per ``IN (...)`` list: far below SQLite's 32766 and PostgreSQL's 65535
-# bound-parameter limits.
-_IDS_PER_QUERY = 500
 
 
 class AgentStore(SQLEngine):
@@ -201,8 +206,7 @@ class AgentStore(SQLEngine):
 
     def _agents_by_id_txn(self, txn: Transaction, agent_ids: list[str]) -> list[Agent]:
         agents: list[Agent] = []
-        for start in range(0, len(agent_ids), _IDS_PER_QUERY):
-            batch = agent_ids[start : start + _IDS_PER_QUERY]
+        for batch in batches(agent_ids):
             rows = self._select_txn(
                 txn,
                 f"SELECT {AGENTS.select} FROM agents WHERE agent_id IN ({marks(len(batch))})",

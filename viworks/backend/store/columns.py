@@ -15,7 +15,7 @@ Pure: no I/O, nothing of Twisted.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar, overload
 
 import attrs
@@ -23,6 +23,11 @@ from attrs import AttrsInstance
 
 T = TypeVar("T", bound=AttrsInstance)
 V = TypeVar("V", bound=AttrsInstance)
+Item = TypeVar("Item")
+
+#: Rows per multi-row INSERT and ids per ``IN (...)`` list: at 5 parameters a row, far
+#: below SQLite's 32766 and PostgreSQL's 65535 bound-parameter limits.
+ROWS_PER_STATEMENT = 500
 
 
 @overload
@@ -152,6 +157,12 @@ class Table(Generic[T]):
         if missing:
             raise TypeError(f"table {self.name} has no columns {missing} for {model.__name__}")
         return Table(self.name, model, [by_name[name] for name in fields])
+
+
+def batches(items: Sequence[Item]) -> Iterator[Sequence[Item]]:
+    """``items`` in slices of at most :data:`ROWS_PER_STATEMENT`."""
+    for start in range(0, len(items), ROWS_PER_STATEMENT):
+        yield items[start : start + ROWS_PER_STATEMENT]
 
 
 def marks(count: int) -> str:

@@ -70,14 +70,10 @@ COMMAND_OUTPUT = Table(
 _COMMAND_SELECT = f"SELECT {COMMANDS.select} FROM commands"
 # Commands an agent has been sent and not yet finished (lose_overdue).
 _IN_FLIGHT = (lifecycle.DISPATCHED, lifecycle.RUNNING)
-# Rows per multi-row event INSERT: 4 parameters each stays far below
-# SQLite's 32766 and PostgreSQL's 65535 bound-parameter limits.
-_EVENT_BATCH = 500
-# Rows per multi-row output INSERT (5 parameters each).
-_OUTPUT_BATCH = 500
 
 EventRow = tuple[str, str, float, str | None]
 """``(command_id, status, at, encoded detail)``: a row of ``command_events``."""
+_EVENT_COLUMNS = ("command_id", "status", "at", "detail")
 
 
 def statuses_of(statuses: Sequence[str]) -> tuple[str, ...]:
@@ -443,15 +439,8 @@ class CommandStore(SQLEngine):
         return swept
 
     def _insert_events_txn(self, txn: Transaction, events: Sequence[EventRow]) -> None:
-        """Append ``(command_id, status, at, encoded detail)`` events, batched."""
-        for start in range(0, len(events), _EVENT_BATCH):
-            batch = events[start : start + _EVENT_BATCH]
-            self._execute(
-                txn,
-                "INSERT INTO command_events (command_id, status, at, detail) VALUES "
-                + ", ".join(["(?, ?, ?, ?)"] * len(batch)),
-                [value for event in batch for value in event],
-            )
+        """Append ``(command_id, status, at, encoded detail)`` events."""
+        self._insert_rows_txn(txn, "command_events", _EVENT_COLUMNS, events)
 
     # -- cancellation -------------------------------------------------------
 
@@ -531,17 +520,13 @@ class CommandStore(SQLEngine):
         self._execute(txn, "SELECT 1 FROM commands WHERE command_id = ?", (command_id,))
         if txn.fetchone() is None:
             return 0
-        added = 0
-        for start in range(0, len(chunks), _OUTPUT_BATCH):
-            batch = chunks[start : start + _OUTPUT_BATCH]
-            added += self._update_count_txn(
-                txn,
-                "INSERT INTO command_output (command_id, seq, stream, data, at) VALUES "
-                + ", ".join(["(?, ?, ?, ?, ?)"] * len(batch))
-                + " ON CONFLICT (command_id, seq) DO NOTHING",
-                [v for seq, stream, data in batch for v in (command_id, seq, stream, data, at)],
-            )
-        return added
+        return self._insert_rows_txn(
+            txn,
+            "command_output",
+            ("command_id", "seq", "stream", "data", "at"),
+            [(command_id, seq, stream, data, at) for seq, stream, data in chunks],
+            " ON CONFLICT (command_id, seq) DO NOTHING",
+        )
 
     async def mark_output_truncated(self, command_id: str, stream: str) -> None:
         """Record that ``stream``'s output of the command was cut (``<stream>_truncated``)."""

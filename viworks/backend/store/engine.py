@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 
 from viworks.backend.store import schema
 from viworks.backend.store.batch import BatchRunner
-from viworks.backend.store.columns import marks
+from viworks.backend.store.columns import batches, marks
 from viworks.backend.store.errors import SchemaTooNew
 from viworks.logs import Logger
 
@@ -121,6 +121,28 @@ class SQLEngine:
     def _scalar_txn(self, txn: Transaction, sql: str, params: Sequence[Any]) -> Any:
         self._execute(txn, sql, params)
         return txn.fetchone()[0]
+
+    def _insert_rows_txn(
+        self,
+        txn: Transaction,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        suffix: str = "",
+    ) -> int:
+        """Insert ``rows`` (values in ``columns`` order), a multi-row statement per
+        batch, ``suffix`` after each (``ON CONFLICT ... DO NOTHING``); how many went in."""
+        row_marks = f"({marks(len(columns))})"
+        added = 0
+        for batch in batches(rows):
+            added += self._update_count_txn(
+                txn,
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                + ", ".join([row_marks] * len(batch))
+                + suffix,
+                [value for row in batch for value in row],
+            )
+        return added
 
     def _insert_returning(
         self, txn: Transaction, table: str, values: Mapping[str, Any], returning: str

@@ -8,7 +8,17 @@ from typing import Any
 from twisted.enterprise.adbapi import Transaction
 
 from viworks.backend.model import JOB_STATUSES, TARGET_OUTCOMES, Job, JobTarget
-from viworks.backend.store.columns import BOOL, INT, JSON, REAL, Column, Table, encode_json, marks
+from viworks.backend.store.columns import (
+    BOOL,
+    INT,
+    JSON,
+    REAL,
+    Column,
+    Table,
+    batches,
+    encode_json,
+    marks,
+)
 from viworks.backend.store.engine import SQLEngine
 
 # Only the status, the canary and the end change once a job exists (updated_at with
@@ -56,9 +66,6 @@ JOB_TARGETS = Table(
     alias="t",
 )
 _TARGETS_WITH_COMMANDS = "job_targets t LEFT JOIN commands c ON c.command_id = t.command_id"
-# Rows per multi-row target INSERT (3 parameters each) and ids per IN (...) list:
-# far below SQLite's 32766 and PostgreSQL's 65535 bound-parameter limits.
-_ROWS_PER_QUERY = 500
 
 
 def _job_statuses(statuses: Sequence[str]) -> tuple[str, ...]:
@@ -86,18 +93,12 @@ class JobStore(SQLEngine):
         self, txn: Transaction, values: dict[str, Any], agent_ids: list[str]
     ) -> Job:
         created = JOBS.load(self._insert_returning(txn, "jobs", values, JOBS.select))
-        for start in range(0, len(agent_ids), _ROWS_PER_QUERY):
-            batch = agent_ids[start : start + _ROWS_PER_QUERY]
-            self._execute(
-                txn,
-                "INSERT INTO job_targets (job_id, position, agent_id) VALUES "
-                + ", ".join(["(?, ?, ?)"] * len(batch)),
-                [
-                    v
-                    for offset, agent_id in enumerate(batch)
-                    for v in (created.job_id, start + offset, agent_id)
-                ],
-            )
+        self._insert_rows_txn(
+            txn,
+            "job_targets",
+            ("job_id", "position", "agent_id"),
+            [(created.job_id, position, agent_id) for position, agent_id in enumerate(agent_ids)],
+        )
         return created
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -163,8 +164,7 @@ class JobStore(SQLEngine):
         """``{job_id: {status: count}}`` over the jobs' targets (see :meth:`job_targets`)."""
         job_ids = list(job_ids)
         counts: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
-        for start in range(0, len(job_ids), _ROWS_PER_QUERY):
-            batch = job_ids[start : start + _ROWS_PER_QUERY]
+        for batch in batches(job_ids):
             rows = await self._run(
                 self._select_txn,
                 f"SELECT t.job_id, {_TARGET_STATUS}, COUNT(*) FROM {_TARGETS_WITH_COMMANDS}"
