@@ -146,7 +146,7 @@ class Fleet:
         """What each gateway does once when its process starts, before any storm: its
         journal, its TLS context (certificate, key and trust store loaded), and the
         telemetry report (collected once for the whole fleet)."""
-        BenchLink.metrics = await telemetry.collect(self.catalog)
+        BenchLink.metrics = await telemetry.TelemetryCollector(self.catalog).collect()
         for link in self.links:
             link.journal.prepare()
             _prepare_tls(link.tls_options)

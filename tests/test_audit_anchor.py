@@ -16,7 +16,7 @@ from twisted.web.client import HTTPConnectionPool
 from tests.processes import viworks
 from tests.stack import Stack
 from tests.test_security_cli import CLIDatabase
-from viworks.backend import audit
+from viworks.backend import auditchain
 from viworks.backend.api import hash_token
 from viworks.backend.store import open_store
 
@@ -34,7 +34,7 @@ class AuditHeadCLITests(CLIDatabase, unittest.TestCase):
 
     def test_head_prints_seq_and_hash(self):
         """audit head prints SEQ:HASH of the last record; for an empty log 0 and 64 zeros."""
-        self.assertEqual(self.head(), f"0:{audit.GENESIS}")
+        self.assertEqual(self.head(), f"0:{auditchain.GENESIS}")
         self.make_records(3)
         [(seq, digest)] = self.sql("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         self.assertEqual(self.head(), f"{seq}:{digest}")

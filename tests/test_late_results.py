@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.stack import Stack, eventually, poll
+from viworks.backend.model import Command
 
 TIMEOUT = 3.0
 LOST_GRACE = 0.5
@@ -32,7 +33,7 @@ class OutageTests(unittest.TestCase):
     async def start_backend(self, startup_grace: float) -> None:
         await self.stack.start_backend(lost_grace=LOST_GRACE, startup_grace=startup_grace)
 
-    async def command(self, command_id: str) -> dict:
+    async def command(self, command_id: str) -> Command | None:
         return await self.stack.backend.store.get_command(command_id)
 
     async def outage(self, startup_grace: float) -> str:
@@ -44,26 +45,26 @@ class OutageTests(unittest.TestCase):
         command, _ = await self.stack.backend.ledger.submit(
             "gw-1", "mark", {"tag": "late", "sleep": 1.0}, timeout=TIMEOUT
         )
-        command_id = command["command_id"]
-        await poll(lambda: self.command(command_id), lambda c: c["status"] == "running")
+        command_id = command.command_id
+        await poll(lambda: self.command(command_id), lambda c: c.status == "running")
         await self.stack.stop_backend()
-        overdue = command["dispatched_at"] + TIMEOUT + LOST_GRACE + 0.5
+        overdue = command.dispatched_at + TIMEOUT + LOST_GRACE + 0.5
         await deferLater(reactor, max(0.0, overdue - time.time()), lambda: None)
         await self.start_backend(startup_grace)
         return command_id
 
     async def finished(self, command_id: str) -> tuple[list[str], list[tuple[str, str, dict]]]:
         """Once the agent's result is in: the command's history, and its audited outcomes."""
-        done = await poll(lambda: self.command(command_id), lambda c: c["status"] == "succeeded")
-        self.assertEqual(done["exit_code"], 0)
+        done = await poll(lambda: self.command(command_id), lambda c: c.status == "succeeded")
+        self.assertEqual(done.exit_code, 0)
         with open(self.marks) as f:
             self.assertEqual(f.read().split(), ["late"])  # ran once
-        history = [e["status"] for e in await self.stack.backend.store.command_events(command_id)]
+        history = [e.status for e in await self.stack.backend.store.command_events(command_id)]
         await self.stack.backend.ledger.audit.flush()
         audited = [
-            (r["actor"], r["outcome"], json.loads(r["detail"]))
+            (r.actor, r.outcome, json.loads(r.detail))
             for r in await self.stack.backend.store.audit_records(limit=10000)
-            if r["action"] == "command.finished" and r["target"] == f"command:{command_id}"
+            if r.action == "command.finished" and r.target == f"command:{command_id}"
         ]
         return history, audited
 

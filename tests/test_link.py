@@ -45,7 +45,7 @@ class LinkTests(unittest.TestCase):
     async def run_verb(self, agent_id, verb, args=None, timeout=None):
         ledger = self.stack.backend.ledger
         command, _ = await ledger.submit(agent_id, verb, args or {}, timeout)
-        finished = await ledger.wait(command["command_id"], 20)
+        finished = await ledger.wait(command.command_id, 20)
         self.assertIsNotNone(finished, "the command did not finish in time")
         return finished
 
@@ -55,12 +55,12 @@ class LinkTests(unittest.TestCase):
         gateway = self.stack.start_gateway()
         await eventually(self.online)
         agent = await self.stack.backend.store.get_agent("gw-1")
-        self.assertEqual(agent["site"], "test")
-        self.assertIn("ping", agent["verbs"])
-        self.assertIn("username", agent["verbs"]["create_panel_user"]["params"])
+        self.assertEqual(agent.site, "test")
+        self.assertIn("ping", agent.verbs)
+        self.assertIn("username", agent.verbs["create_panel_user"]["params"])
         command = await self.run_verb("gw-1", "ping")
-        self.assertEqual(command["status"], "succeeded")
-        self.assertTrue(command["result"]["pong"])
+        self.assertEqual(command.status, "succeeded")
+        self.assertTrue(command.result["pong"])
         self.assertTrue(gateway.link.connected)
 
     async def test_queued_until_agent_returns(self):
@@ -72,10 +72,10 @@ class LinkTests(unittest.TestCase):
         await eventually(lambda: not self.online())
         ledger = self.stack.backend.ledger
         command, _ = await ledger.submit("gw-1", "ping", {}, None)
-        self.assertEqual(command["status"], "queued")
+        self.assertEqual(command.status, "queued")
         self.stack.start_gateway()
-        finished = await ledger.wait(command["command_id"], 20)
-        self.assertEqual(finished["status"], "succeeded")
+        finished = await ledger.wait(command.command_id, 20)
+        self.assertEqual(finished.status, "succeeded")
 
     async def test_reconnects_after_backend_restart(self):
         """When the backend restarts, the agent shows offline, then comes back by itself."""
@@ -85,10 +85,10 @@ class LinkTests(unittest.TestCase):
         await self.stack.stop_backend()
         await self.stack.start_backend()
         agent = await self.stack.backend.store.get_agent("gw-1")
-        self.assertEqual(agent["status"], "offline")
+        self.assertEqual(agent.status, "offline")
         await eventually(self.online)
         command = await self.run_verb("gw-1", "ping")
-        self.assertEqual(command["status"], "succeeded")
+        self.assertEqual(command.status, "succeeded")
 
     async def test_second_connection_replaces_first(self):
         """A second agent with the same id replaces the first; the registry never shows two."""
@@ -100,7 +100,7 @@ class LinkTests(unittest.TestCase):
         self.stack.start_gateway()
         await eventually(lambda: registry.get("gw-1") not in (None, first))
         agents = await self.stack.backend.store.list_agents()
-        self.assertEqual([a["agent_id"] for a in agents], ["gw-1"])
+        self.assertEqual([a.agent_id for a in agents], ["gw-1"])
 
     async def test_identity_mismatch_refused(self):
         """A HELLO naming another agent than the certificate's is refused (close 4001).
@@ -216,27 +216,27 @@ class LiveOutputTests(unittest.TestCase):
         seen = []
         self.addCleanup(ledger.hub.subscribe(lambda e: seen.append(e)))
         command, _ = await ledger.submit("gw-1", "tick", {"count": 3, "interval": 0.3})
-        finished = await ledger.wait(command["command_id"], 20)
-        self.assertEqual(finished["status"], "succeeded")
-        mine = [e for e in seen if e.data.get("command_id") == command["command_id"]]
+        finished = await ledger.wait(command.command_id, 20)
+        self.assertEqual(finished.status, "succeeded")
+        mine = [e for e in seen if e.data.get("command_id") == command.command_id]
         outputs = [e for e in mine if e.type == "command.output"]
         self.assertGreaterEqual(len(outputs), 2, "output came in one piece, not streamed")
         self.assertEqual([e.data["seq"] for e in outputs], list(range(len(outputs))))
         self.assertEqual("".join(e.data["data"] for e in outputs), "tick 0\ntick 1\ntick 2\n")
         self.assertEqual(mine[-1].data["status"], "succeeded")
-        stdout, _ = await self.stack.backend.store.output_text(command["command_id"])
-        self.assertEqual(stdout, finished["stdout"])
+        stdout, _ = await self.stack.backend.store.output_text(command.command_id)
+        self.assertEqual(stdout, finished.stdout)
 
     async def test_cancel_kills_the_process_group(self):
         """Cancelling a running command stops it and its children; it ends cancelled."""
         ledger = await self.start()
         command, _ = await ledger.submit("gw-1", "tick", {"count": 200, "interval": 0.1})
-        cid = command["command_id"]
+        cid = command.command_id
         store = self.stack.backend.store
         await poll(lambda: store.output_text(cid), lambda out: "tick 1" in out[0])
         await ledger.cancel(cid)
         finished = await ledger.wait(cid, 20)
-        self.assertEqual(finished["status"], "cancelled")
+        self.assertEqual(finished.status, "cancelled")
         with open(self.pids) as f:
             pids = [int(p) for p in f.read().split()]
         await eventually(lambda: not any(_alive(pid) for pid in pids))

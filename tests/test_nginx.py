@@ -181,8 +181,8 @@ class NginxTestCase(unittest.TestCase):
     async def agent_runs_ping(self) -> None:
         ledger = self.stack.backend.ledger
         command, _ = await ledger.submit("gw-1", "ping", {}, None)
-        finished = await ledger.wait(command["command_id"], 20)
-        self.assertEqual(finished["status"], "succeeded")
+        finished = await ledger.wait(command.command_id, 20)
+        self.assertEqual(finished.status, "succeeded")
 
 
 class NginxPassThroughTests(NginxTestCase):

@@ -114,8 +114,8 @@ class BackendReloadTests(unittest.TestCase):
         await eventually(lambda: self.session() not in (None, before) and first.link.connected)
         self.assertEqual(peer_spki_pin(first.link._current.transport), stack.next_pin)
         command, _ = await backend.ledger.submit("gw-1", "ping", {}, None)
-        finished = await backend.ledger.wait(command["command_id"], 20)
-        self.assertEqual(finished["status"], "succeeded")
+        finished = await backend.ledger.wait(command.command_id, 20)
+        self.assertEqual(finished.status, "succeeded")
 
     async def test_bad_files_keep_the_old_material(self):
         """A broken key, certificate or config on reload is reported; nothing changes."""

@@ -51,7 +51,7 @@ class RevocationTests(RevocationTestCase):
         gateway = self.stack.start_gateway()
         await eventually(self.online)
         store = self.stack.backend.store
-        first_serial = (await store.get_agent("gw-1"))["cert_serial"]
+        first_serial = (await store.get_agent("gw-1")).cert_serial
         self.assertRegex(first_serial, r"^[0-9a-f]+$")
 
         done = await deferToThread(viworks, "pki", "revoke", "--config", config, "gw-1")
@@ -62,18 +62,18 @@ class RevocationTests(RevocationTestCase):
         await stays(lambda: not self.online(), duration=2.0)
         await self.stack.backend.ledger.audit.flush()
         records = await store.audit_records(limit=1000)
-        refused = [json.loads(r["detail"]) for r in records if r["action"] == "connection.refused"]
+        refused = [json.loads(r.detail) for r in records if r.action == "connection.refused"]
         self.assertTrue(refused, records)
         self.assertEqual({r["reason"] for r in refused}, {"certificate revoked"})
         self.assertEqual({r["serial"] for r in refused}, {first_serial})
-        closed = [r for r in records if r["action"] == "session.closed"]
+        closed = [r for r in records if r.action == "session.closed"]
         self.assertEqual(len(closed), 1)
         await gateway.stopService()
 
         self.renewed_pki()
         self.stack.start_gateway(ca="renewed")
         await eventually(self.online)
-        second_serial = (await store.get_agent("gw-1"))["cert_serial"]
+        second_serial = (await store.get_agent("gw-1")).cert_serial
         self.assertNotEqual(second_serial, first_serial)
         verified = await deferToThread(viworks, "audit", "verify", "--config", config)
         self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
@@ -89,7 +89,7 @@ class StolenCertificateTests(RevocationTestCase):
         store = self.stack.backend.store
         self.stack.start_gateway()
         await eventually(self.online)
-        legit = (await store.get_agent("gw-1"))["cert_serial"]
+        legit = (await store.get_agent("gw-1")).cert_serial
         self.renewed_pki()
         with open(os.path.join(self.stack.pki["renewed"], "agents", "gw-1.crt"), "rb") as f:
             thief = certificate_serial(x509.load_pem_x509_certificate(f.read()))
@@ -106,7 +106,7 @@ class StolenCertificateTests(RevocationTestCase):
     async def audited(self, action: str) -> list[dict]:
         await self.stack.backend.ledger.audit.flush()
         records = await self.stack.backend.store.audit_records(limit=10000)
-        return [json.loads(r["detail"]) for r in records if r["action"] == action]
+        return [json.loads(r.detail) for r in records if r.action == action]
 
     async def test_revoke_agent_revokes_every_serial_it_used(self):
         """A second certificate takes gw-1's session over (logged and audited as
@@ -132,7 +132,7 @@ class StolenCertificateTests(RevocationTestCase):
         refused = await self.audited("connection.refused")
         self.assertEqual({r["serial"] for r in refused}, {legit, thief})
         stored = await self.stack.backend.store.revocations_since(0)
-        self.assertEqual(sorted(r["serial"] for r in stored), sorted([legit, thief]))
+        self.assertEqual(sorted(r.serial for r in stored), sorted([legit, thief]))
         verified = await deferToThread(viworks, "audit", "verify", "--config", config)
         self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
 
@@ -153,6 +153,6 @@ class StolenCertificateTests(RevocationTestCase):
         await eventually(lambda: self.current_serial() == legit, timeout=5.0)
         await stays(lambda: self.current_serial() == legit, duration=2.5)
         revoked = await self.stack.backend.store.revocations_since(0)
-        self.assertEqual([r["serial"] for r in revoked], [thief])
+        self.assertEqual([r.serial for r in revoked], [thief])
         refused = await self.audited("connection.refused")
         self.assertEqual({r["serial"] for r in refused}, {thief})

@@ -41,7 +41,7 @@ class CLIDatabase:
 
     def forge(self, seq: int, column: str, value: str) -> str:
         """Edit one field of audit record ``seq`` and recompute its own hash; return it."""
-        from viworks.backend import audit
+        from viworks.backend.auditchain import chain_hash
 
         [row] = self.sql(
             "SELECT at, actor, action, target, outcome, detail, prev_hash FROM audit_log"
@@ -52,7 +52,7 @@ class CLIDatabase:
             zip(("at", "actor", "action", "target", "outcome", "detail"), row[:6], strict=True)
         )
         record[column] = value
-        forged = audit.record_hash(record, row[6])
+        forged = chain_hash(**record, prev_hash=row[6])
         self.sql(f"UPDATE audit_log SET {column} = ?, hash = ? WHERE seq = ?", (value, forged, seq))
         return forged
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from twisted.trial import unittest
 
 from viworks.selectors import SelectorError, matches, parse
 
-EDGE = {"agent_id": "gw-1", "site": "prod", "labels": {"role": "edge", "region": "eu"}}
-CORE = {"agent_id": "gw-7", "site": "prod", "labels": {"role": "core"}}
-LAB = {"agent_id": "gw-9", "site": "lab", "labels": {"role": "edge", "count": 3}}
-BARE = {"agent_id": "gw-0", "site": None, "labels": None}
+
+@dataclass(frozen=True)
+class Agent:
+    """What a selector looks at (the backend's Agent and AgentSummary have these)."""
+
+    agent_id: str
+    site: str | None
+    labels: Any
+
+
+EDGE = Agent("gw-1", "prod", {"role": "edge", "region": "eu"})
+CORE = Agent("gw-7", "prod", {"role": "core"})
+LAB = Agent("gw-9", "lab", {"role": "edge", "count": 3})
+BARE = Agent("gw-0", None, None)
 
 
 class SelectorTests(unittest.TestCase):
@@ -17,7 +30,7 @@ class SelectorTests(unittest.TestCase):
         """Terms AND together; ``|`` lists alternatives for one key."""
         selector = parse("site=prod,role=edge|core")
         self.assertEqual(
-            [a["agent_id"] for a in (EDGE, CORE, LAB, BARE) if selector.matches(a)],
+            [a.agent_id for a in (EDGE, CORE, LAB, BARE) if selector.matches(a)],
             ["gw-1", "gw-7"],
         )
         self.assertFalse(matches("site=prod,role=core", EDGE))
@@ -30,7 +43,7 @@ class SelectorTests(unittest.TestCase):
         self.assertFalse(matches("id=gw-1|gw-7", LAB))
         self.assertTrue(matches("site=lab", LAB))
         # A label called "site" does not stand in for the agent's site.
-        self.assertFalse(matches("site=x", {"agent_id": "a", "site": "y", "labels": {"site": "x"}}))
+        self.assertFalse(matches("site=x", Agent("a", "y", {"site": "x"})))
 
     def test_missing_labels_and_values(self):
         """An agent without the label (or without labels/site at all) does not match."""

@@ -31,7 +31,7 @@ class SignedLinkTests(unittest.TestCase):
     async def run_verb(self, verb, args):
         ledger = self.stack.backend.ledger
         command, _ = await ledger.submit("gw-1", verb, args, None)
-        finished = await ledger.wait(command["command_id"], 20)
+        finished = await ledger.wait(command.command_id, 20)
         self.assertIsNotNone(finished, "the command did not finish in time")
         return finished
 
@@ -44,7 +44,7 @@ class SignedLinkTests(unittest.TestCase):
         self.assertEqual(agent_json(agent, True)["signing"], "on")
 
         command = await self.run_verb("mark", {"tag": "genuine", "sleep": 0})
-        self.assertEqual(command["status"], "succeeded", command["error"])
+        self.assertEqual(command.status, "succeeded", command.error)
         self.assertEqual(self.marked(), ["genuine"])
 
         # What a compromised proxy could put on the link: a command signed by another key,
@@ -93,7 +93,7 @@ class SignedLinkTests(unittest.TestCase):
 
         # The link is still fine for genuine commands.
         command = await self.run_verb("mark", {"tag": "after", "sleep": 0})
-        self.assertEqual(command["status"], "succeeded", command["error"])
+        self.assertEqual(command.status, "succeeded", command.error)
         self.assertEqual(self.marked(), ["genuine", "after"])
 
     async def test_injected_cancel_does_not_stop_a_genuine_run(self):
@@ -104,7 +104,7 @@ class SignedLinkTests(unittest.TestCase):
         await eventually(self.online)
         ledger = self.stack.backend.ledger
         command, _ = await ledger.submit("gw-1", "mark", {"tag": "genuine", "sleep": 2}, None)
-        command_id = command["command_id"]
+        command_id = command.command_id
         await eventually(lambda: command_id in gateway.link._running)
         session = self.stack.backend.registry.get("gw-1")
         theirs = signing.load_private_key(os.path.join(self.stack.pki["theirs"], "signing.key"))
@@ -119,15 +119,15 @@ class SignedLinkTests(unittest.TestCase):
                 protocol.encode("cancel", command_id=command_id, agent_id="gw-1", **extra)
             )
         finished = await ledger.wait(command_id, 20)
-        self.assertEqual(finished["status"], "succeeded", finished["error"])
+        self.assertEqual(finished.status, "succeeded", finished.error)
         self.assertEqual(self.marked(), ["genuine"])
 
         command, _ = await ledger.submit("gw-1", "mark", {"tag": "stopped", "sleep": 20}, None)
-        command_id = command["command_id"]
+        command_id = command.command_id
         await eventually(lambda: command_id in gateway.link._running)
         await ledger.cancel(command_id)
         finished = await ledger.wait(command_id, 20)
-        self.assertEqual(finished["status"], "cancelled", finished["error"])
+        self.assertEqual(finished.status, "cancelled", finished.error)
 
     async def test_unsigned_backend_is_refused_by_a_signing_agent(self):
         """A backend without [signing] cannot make a signing agent run anything."""
@@ -135,8 +135,8 @@ class SignedLinkTests(unittest.TestCase):
         self.stack.start_gateway(marks=self.marks, extra=self.stack.signing_agent())
         await eventually(self.online)
         command = await self.run_verb("mark", {"tag": "x", "sleep": 0})
-        self.assertEqual(command["status"], "rejected")
-        self.assertEqual(command["error"]["code"], signing.INVALID_SIGNATURE)
+        self.assertEqual(command.status, "rejected")
+        self.assertEqual(command.error["code"], signing.INVALID_SIGNATURE)
         self.assertEqual(self.marked(), [])
 
     async def test_agent_without_signing_shows_off(self):
@@ -147,4 +147,4 @@ class SignedLinkTests(unittest.TestCase):
         agent = await self.stack.backend.store.get_agent("gw-1")
         self.assertEqual(agent_json(agent, True)["signing"], "off")
         command = await self.run_verb("ping", {})
-        self.assertEqual(command["status"], "succeeded")
+        self.assertEqual(command.status, "succeeded")

@@ -29,10 +29,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from viworks import __version__, pki
+
+if TYPE_CHECKING:  # the backend's modules are imported by the commands that need them
+    from viworks.backend.model import AgentCertificate, AuditRecord, Token
+    from viworks.backend.store import Store
+
+_T = TypeVar("_T")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_PENDING = 0, 1, 2, 3, 4
 FINAL = {"succeeded", "failed", "timed_out", "rejected", "cancelled", "expired", "lost"}
@@ -90,7 +97,7 @@ async def store_token(
     """
     from viworks.backend.tokens import create_token
 
-    async def create(store: Any) -> str:
+    async def create(store: Store) -> str:
         return await create_token(
             store,
             name,
@@ -115,7 +122,7 @@ def cli_actor() -> str:
         return f"cli:uid-{os.getuid()}"
 
 
-async def with_store(database: str, reactor: Any, fn: Any) -> Any:
+async def with_store(database: str, reactor: Any, fn: Callable[[Store], Awaitable[_T]]) -> _T:
     """Open the backend's store (migrating it if needed), ``await fn(store)``, close it."""
     from viworks.backend.store import open_store
 
@@ -137,7 +144,7 @@ def _backend_config(path: str) -> Any:
         raise CLIError(f"configuration error: {e}") from None
 
 
-def _store_call(config: Any, fn: Any) -> Any:
+def _store_call(config: Any, fn: Callable[[Store], Awaitable[_T]]) -> _T:
     """``fn(store)`` against the configured database; store failures exit 3."""
     from viworks.backend.store import StoreError
 
@@ -207,7 +214,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 def _token_list(config: Any, args: argparse.Namespace) -> int:
     from viworks.backend.tokens import token_json
 
-    async def fetch(store: Any) -> list[dict]:
+    async def fetch(store: Store) -> list[Token]:
         return await store.list_tokens()
 
     now = time.time()
@@ -234,7 +241,7 @@ def _token_list(config: Any, args: argparse.Namespace) -> int:
 def _token_revoke(config: Any, name: str) -> int:
     from viworks.backend.tokens import revoke_token
 
-    async def revoke(store: Any) -> bool:
+    async def revoke(store: Store) -> bool:
         return await revoke_token(store, name, cli_actor(), time.time())
 
     if not _store_call(config, revoke):
@@ -266,7 +273,7 @@ def _revoke_agent(config: Any, agent_id: str, reason: str | None) -> int:
     from viworks.backend.revocation import revoke_agent_certificates
     from viworks.timeutil import rfc3339
 
-    async def revoke(store: Any) -> list[tuple[dict, bool]]:
+    async def revoke(store: Store) -> list[tuple[AgentCertificate, bool]]:
         return await revoke_agent_certificates(store, agent_id, cli_actor(), time.time(), reason)
 
     done = _store_call(config, revoke)
@@ -277,12 +284,12 @@ def _revoke_agent(config: Any, agent_id: str, reason: str | None) -> int:
         )
     for cert, revoked in done:
         seen = (
-            f" (seen {rfc3339(cert['first_seen'])} to {rfc3339(cert['last_seen'])})"
-            if "first_seen" in cert
+            f" (seen {rfc3339(cert.first_seen)} to {rfc3339(cert.last_seen)})"
+            if cert.first_seen is not None
             else ""
         )
         state = "revoked" if revoked else "was already revoked"
-        print(f"certificate {cert['serial']} of agent {agent_id!r}{seen} {state}")
+        print(f"certificate {cert.serial} of agent {agent_id!r}{seen} {state}")
     if any(revoked for _, revoked in done):
         print(
             f"a running backend drops sessions using them within seconds. Re-enrol the agent"
@@ -294,7 +301,7 @@ def _revoke_agent(config: Any, agent_id: str, reason: str | None) -> int:
 def _revoke_serial(config: Any, serial: str, reason: str | None) -> int:
     from viworks.backend.revocation import revoke_serial
 
-    async def revoke(store: Any) -> tuple[str, bool]:
+    async def revoke(store: Store) -> tuple[str, bool]:
         return await revoke_serial(store, serial, cli_actor(), time.time(), reason)
 
     agent_id, done = _store_call(config, revoke)
@@ -312,10 +319,10 @@ def _revoke_serial(config: Any, serial: str, reason: str | None) -> int:
 # -- audit log ---------------------------------------------------------------------------
 
 
-def _audit_rows(store: Any) -> Any:
+def _audit_rows(store: Store) -> AsyncIterator[AuditRecord]:
     """Every audit record in seq order, a page at a time (async generator)."""
 
-    async def pages() -> Any:
+    async def pages() -> AsyncIterator[AuditRecord]:
         after = 0
         while True:
             rows = await store.audit_records(after_seq=after, limit=1000)
@@ -323,13 +330,13 @@ def _audit_rows(store: Any) -> Any:
                 return
             for row in rows:
                 yield row
-            after = rows[-1]["seq"]
+            after = rows[-1].seq
 
     return pages()
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from viworks.backend.audit import head_text, parse_head
+    from viworks.backend.auditchain import head_text, parse_head
 
     config = _backend_config(args.config)
     if args.audit_command == "verify":
@@ -345,14 +352,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(config: Any, expected: tuple[int, str] | None = None) -> int:
-    from viworks.backend.audit import ChainBroken, ChainVerifier, anchor_mismatch
+    from viworks.backend.auditchain import ChainBroken, ChainVerifier, anchor_mismatch
 
-    async def verify(store: Any) -> tuple[int, ChainBroken | None]:
+    async def verify(store: Store) -> tuple[int, ChainBroken | None]:
         # Every record's hash -> seq, to tell a reordering from a removal.
         seen: dict[str, int] = {}
         verifier = ChainVerifier(seen.get)
         rows = [row async for row in _audit_rows(store)]
-        seen.update({row["hash"]: row["seq"] for row in rows})
+        seen.update({row.hash: row.seq for row in rows})
         try:
             for row in rows:
                 verifier.feed(row)
@@ -360,13 +367,13 @@ def _audit_verify(config: Any, expected: tuple[int, str] | None = None) -> int:
             return verifier.count, e
         return verifier.count, None
 
-    async def verify_against(store: Any) -> tuple[int, ChainBroken | None, str | None]:
+    async def verify_against(store: Store) -> tuple[int, ChainBroken | None, str | None]:
         count, broken = await verify(store)
         if expected is None:
             return count, broken, None
         # The anchored record's hash is enough: verify has checked the chain up to it.
         rows = await store.audit_records(after_seq=expected[0] - 1, limit=1)
-        found = (rows[0]["seq"], rows[0]["hash"]) if rows else None
+        found = (rows[0].seq, rows[0].hash) if rows else None
         return count, broken, anchor_mismatch(expected, found, await store.audit_head())
 
     count, broken, mismatch = _store_call(config, verify_against)
@@ -385,7 +392,7 @@ def _audit_verify(config: Any, expected: tuple[int, str] | None = None) -> int:
 def _audit_export(config: Any, output: str | None) -> int:
     from viworks.backend.audit import export_record
 
-    async def export(store: Any) -> list[dict]:
+    async def export(store: Store) -> list[AuditRecord]:
         return [row async for row in _audit_rows(store)]
 
     rows = _store_call(config, export)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -18,6 +18,9 @@ from viworks import pki
 from viworks.config import load_agent_config, load_backend_config
 from viworks.files import ensure_private_dir
 from viworks.net import ListenError, check_listeners
+
+if TYPE_CHECKING:
+    from viworks.backend.store import Store
 
 DEV_AGENT = "dev-agent-1"
 
@@ -97,7 +100,7 @@ def prepare(directory: str, http_port: int, ws_port: int, api_port: int) -> tupl
     return paths[0], paths[1]
 
 
-async def dev_token(store: Any, directory: str, clock: Any) -> str:
+async def dev_token(store: Store, directory: str, clock: Any) -> str:
     """Reuse the token saved in DIR/token while the store still knows it; else make one."""
     from viworks.backend.tokens import hash_token, new_token
 

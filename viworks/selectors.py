@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["RESERVED", "Selector", "SelectorError", "matches", "parse"]
+__all__ = ["RESERVED", "Selectable", "Selector", "SelectorError", "matches", "parse"]
 
 #: Keys that are not labels: ``site`` is the agent's site, ``id`` its agent id.
 RESERVED = frozenset({"site", "id"})
@@ -39,6 +39,18 @@ class SelectorError(ValueError):
         self.message = message
 
 
+class Selectable(Protocol):
+    """What a selector looks at: an agent's id, site and labels (``viworks.backend.model``'s
+    ``Agent`` and ``AgentSummary`` are)."""
+
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def site(self) -> str | None: ...
+    @property
+    def labels(self) -> Mapping[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class Selector:
     """A parsed selector: ``terms`` maps each key to its accepted values."""
@@ -46,14 +58,15 @@ class Selector:
     text: str
     terms: tuple[tuple[str, frozenset[str]], ...]
 
-    def matches(self, agent: Mapping[str, Any]) -> bool:
-        """Whether ``agent`` (a dict with ``agent_id``, ``site``, ``labels``) matches."""
-        labels = agent.get("labels") or {}
+    def matches(self, agent: Selectable) -> bool:
+        """Whether ``agent`` matches."""
+        labels = agent.labels or {}
         for key, values in self.terms:
+            actual: Any
             if key == "id":
-                actual = agent.get("agent_id")
+                actual = agent.agent_id
             elif key == "site":
-                actual = agent.get("site")
+                actual = agent.site
             else:
                 actual = labels.get(key)
             if actual is None or str(actual) not in values:
@@ -95,7 +108,7 @@ def parse(text: str) -> Selector:
     return Selector(canonical, tuple(terms.items()))
 
 
-def matches(selector: Selector | str, agent: Mapping[str, Any]) -> bool:
+def matches(selector: Selector | str, agent: Selectable) -> bool:
     """Whether ``agent`` matches ``selector`` (parsed first if it is a string)."""
     if isinstance(selector, str):
         selector = parse(selector)

@@ -11,7 +11,8 @@ from twisted.python.failure import Failure
 
 from tests.stack import eventually
 from viworks import protocol
-from viworks.backend.store import open_store
+from viworks.backend.model import Agent
+from viworks.backend.store import SQLStore, Store, open_store
 
 VERBS = {
     "ping": {"params": {}, "description": "liveness", "changes_state": False},
@@ -55,7 +56,7 @@ class FakeSession:
         return [f for f in self.sent if f.type == "command"]
 
 
-async def sqlite_store(testcase: Any) -> Any:
+async def sqlite_store(testcase: Any) -> SQLStore:
     """An open SQLite store in the test's temp dir, closed at cleanup."""
     store = open_store(testcase.mktemp() + ".db", reactor=reactor)
     await store.open()
@@ -63,7 +64,7 @@ async def sqlite_store(testcase: Any) -> Any:
     return store
 
 
-async def add_agent(store: Any, agent_id: str = "gw-1", verbs: dict = VERBS) -> dict:
+async def add_agent(store: Store, agent_id: str = "gw-1", verbs: dict = VERBS) -> Agent:
     return await store.upsert_agent_online(
         agent_id,
         version="0.1.0",

@@ -19,7 +19,8 @@ from twisted.trial import unittest
 
 from tests.backend.helpers import sqlite_store
 from viworks.backend import audit
-from viworks.backend.audit import AuditLog, ChainBroken, head_text, verify_chain
+from viworks.backend.audit import AuditLog
+from viworks.backend.auditchain import GENESIS, ChainBroken, head_text, verify_chain
 
 COLUMNS = "seq, at, actor, action, target, outcome, detail, prev_hash, hash"
 
@@ -61,20 +62,20 @@ class AuditTruncationTests(unittest.TestCase):
         await self.write(1, "after.truncation")
         rows = await self.rows()
         self.assertEqual(
-            [(r["seq"], r["action"]) for r in rows[3:]],
+            [(r.seq, r.action) for r in rows[3:]],
             [(6, "audit.truncated"), (7, "after.truncation")],
         )
         marker = rows[3]
-        self.assertEqual(marker["prev_hash"], removed[-1][-1])
-        self.assertEqual((marker["actor"], marker["outcome"]), ("backend", audit.FAILED))
+        self.assertEqual(marker.prev_hash, removed[-1][-1])
+        self.assertEqual((marker.actor, marker.outcome), ("backend", audit.FAILED))
         self.assertEqual(
-            json.loads(marker["detail"]),
+            json.loads(marker.detail),
             {
                 "expected_head": f"5:{removed[-1][-1]}",
-                "found_head": head_text((3, rows[2]["hash"])),
+                "found_head": head_text((3, rows[2].hash)),
             },
         )
-        self.assertEqual(rows[4]["prev_hash"], marker["hash"])
+        self.assertEqual(rows[4].prev_hash, marker.hash)
         with self.assertRaises(ChainBroken) as broken:
             verify_chain(rows)
         self.assertIn("records 4-5 were removed", broken.exception.message)
@@ -99,7 +100,7 @@ class AuditTruncationTests(unittest.TestCase):
             ]
         )
         rows = await self.rows()
-        actions = [r["action"] for r in rows[3:]]
+        actions = [r.action for r in rows[3:]]
         self.assertEqual(actions[0], "audit.truncated")
         self.assertEqual(sorted(actions[1:]), [f"burst.{i}" for i in range(5)])
         self.sql(f"INSERT INTO audit_log ({COLUMNS}) VALUES ({', '.join('?' * 9)})", removed[0])
@@ -115,7 +116,7 @@ class AuditTruncationTests(unittest.TestCase):
         self.sql("DELETE FROM audit_log WHERE seq = 3")
         await self.write(1)
         self.assertEqual(
-            [r["action"] for r in await self.rows()],
+            [r.action for r in await self.rows()],
             ["token.create", "token.create", "audit.truncated", "test.action"],
         )
 
@@ -123,12 +124,12 @@ class AuditTruncationTests(unittest.TestCase):
         """Records appended by another writer (the CLI, another backend) after ours are
         not a truncation; neither is an empty log at start-up."""
         await self.audit.anchor()
-        self.assertEqual(self.audit.head, (0, audit.GENESIS))
+        self.assertEqual(self.audit.head, (0, GENESIS))
         await self.write(2)
         for i in range(3):
             await self.store.append_audit(1.0, "cli:root", "token.create", f"t{i}", audit.OK)
         await self.write(2)
         rows = await self.rows()
-        self.assertNotIn("audit.truncated", [r["action"] for r in rows])
+        self.assertNotIn("audit.truncated", [r.action for r in rows])
         self.assertEqual(verify_chain(rows), 7)
         self.assertEqual(self.errors(), [])

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.backend.helpers import json_call, sqlite_store
-from viworks.backend import audit
+from viworks.backend import auditchain
 from viworks.backend.api import BackendAPI, hash_token
 from viworks.backend.authfailures import OVERFLOW, AuthFailures, source_key
 from viworks.backend.ledger import CommandLedger
@@ -91,10 +91,10 @@ class AuthFailureTests(unittest.TestCase):
         self.assertEqual(len(rows), before + 1)
         [record] = rows[before:]
         self.assertEqual(
-            (record["actor"], record["action"], record["target"], record["outcome"]),
+            (record.actor, record.action, record.target, record.outcome),
             ("anonymous", "api.refused", "127.0.0.1", "refused"),
         )
-        detail = json.loads(record["detail"])
+        detail = json.loads(record.detail)
         self.assertEqual(
             {k: detail[k] for k in ("source", "count", "limited", "interval", "first_path")},
             {
@@ -105,7 +105,7 @@ class AuthFailureTests(unittest.TestCase):
                 "first_path": "/api/v1/agents/gw-1/commands",
             },
         )
-        self.assertEqual(audit.verify_chain(rows), len(rows))
+        self.assertEqual(auditchain.verify_chain(rows), len(rows))
 
     async def test_valid_token_is_served_while_its_address_is_limited(self):
         """A source past its failure budget still gets a valid token served (several
@@ -127,11 +127,11 @@ class AuthFailureTests(unittest.TestCase):
         await self.post("vw_gone")
         await json_call(self.http, "GET", "/api/v1/commands")
         self.clock.advance(INTERVAL)
-        [record] = [r for r in await self.audit_rows() if r["action"] == "api.refused"]
-        detail = json.loads(record["detail"])
+        [record] = [r for r in await self.audit_rows() if r.action == "api.refused"]
+        detail = json.loads(record.detail)
         self.assertEqual((detail["count"], detail["actors"]), (3, ["gone"]))
         self.assertEqual(detail["last_path"], "/api/v1/commands")
-        self.assertNotIn("vw_", record["detail"])
+        self.assertNotIn("vw_", record.detail)
 
     async def test_one_record_per_source_and_interval(self):
         """Refusals are aggregated per source and per interval: two sources (named by a
@@ -142,9 +142,9 @@ class AuthFailureTests(unittest.TestCase):
                 await self.post(forwarded="192.0.2.1")
                 await self.post(forwarded="192.0.2.2")
             self.clock.advance(INTERVAL)
-        refused = [r for r in await self.audit_rows() if r["action"] == "api.refused"]
+        refused = [r for r in await self.audit_rows() if r.action == "api.refused"]
         self.assertEqual(
-            [(r["target"], json.loads(r["detail"])["count"]) for r in refused],
+            [(r.target, json.loads(r.detail)["count"]) for r in refused],
             [("192.0.2.1", 3), ("192.0.2.2", 3)] * 2,
         )
 
@@ -162,10 +162,8 @@ class AuthFailureTests(unittest.TestCase):
         self.assertEqual(response.code, 429)
         self.assertEqual((await self.post(forwarded="203.0.113.8"))[0].code, 401)
         self.clock.advance(INTERVAL)
-        refused = [r for r in await self.audit_rows() if r["action"] == "api.refused"]
-        self.assertEqual(
-            [r["target"] for r in refused], ["127.0.0.1", "203.0.113.7", "203.0.113.8"]
-        )
+        refused = [r for r in await self.audit_rows() if r.action == "api.refused"]
+        self.assertEqual([r.target for r in refused], ["127.0.0.1", "203.0.113.7", "203.0.113.8"])
 
     async def test_sources_table_is_bounded(self):
         """Failures from 1,000 addresses keep at most max_sources + 1 entries: while every
@@ -180,18 +178,18 @@ class AuthFailureTests(unittest.TestCase):
         self.assertEqual(len(failures), 9)
         self.assertEqual(codes.count(401), 8 + BURST)
         self.clock.advance(INTERVAL)
-        refused = [r for r in await self.audit_rows() if r["action"] == "api.refused"]
+        refused = [r for r in await self.audit_rows() if r.action == "api.refused"]
         self.assertEqual(len(refused), 9)
-        self.assertEqual(refused[-1]["target"], OVERFLOW)
-        self.assertEqual(json.loads(refused[-1]["detail"])["count"], 1000 - 8)
+        self.assertEqual(refused[-1].target, OVERFLOW)
+        self.assertEqual(json.loads(refused[-1].detail)["count"], 1000 - 8)
         # Once idle, a newcomer takes the place of the least recently seen source, and
         # the next interval's end forgets every idle source.
         self.clock.advance(INTERVAL)
         await self.post(forwarded="192.0.2.50")
         self.assertEqual(len(failures), 9)
         self.clock.advance(INTERVAL)
-        refused = [r for r in await self.audit_rows() if r["action"] == "api.refused"]
-        self.assertEqual(refused[-1]["target"], "192.0.2.50")
+        refused = [r for r in await self.audit_rows() if r.action == "api.refused"]
+        self.assertEqual(refused[-1].target, "192.0.2.50")
         self.assertEqual(len(failures), 1)
 
     def test_source_keys(self):

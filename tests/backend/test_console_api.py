@@ -271,16 +271,16 @@ class SessionTests(ConsoleAPITestCase):
         await self.api.audit.flush()
         records = await self.store.audit_records()
         self.assertEqual(
-            [(r["action"], r["target"], r["outcome"]) for r in records],
+            [(r.action, r.target, r.outcome) for r in records],
             [("api.post", "/api/v1/session", "refused")] * 3,
         )
         self.clock.advance(self.api.auth_failures.interval)
         await self.api.audit.flush()
         records = await self.store.audit_records()
-        [refused] = [r for r in records if r["action"] == "api.refused"]
-        detail = json.loads(refused["detail"])
+        [refused] = [r for r in records if r.action == "api.refused"]
+        detail = json.loads(refused.detail)
         self.assertEqual((detail["count"], detail["actors"]), (2, ["viewer"]))
-        self.assertNotIn("vw_", json.dumps(records))
+        self.assertNotIn("vw_", repr(records))
 
     async def test_failed_cookies_and_logins_are_limited_per_source(self):
         """An unknown or ended session cookie and a wrong token at the login count as
@@ -300,9 +300,7 @@ class SessionTests(ConsoleAPITestCase):
         codes.append(response.code)
         self.assertEqual(codes, [401, 401, 401, 429])
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"2"])
-        response, answer = await self.call(
-            "POST", "/api/v1/session", {"token": "vw_x"}, token=None
-        )
+        response, answer = await self.call("POST", "/api/v1/session", {"token": "vw_x"}, token=None)
         self.assertEqual((response.code, answer["error"]["code"]), (429, "RATE_LIMITED"))
         self.assertEqual(len(failures), 1)
         await self.login("operator")
@@ -426,13 +424,13 @@ class TokenRouteTests(ConsoleAPITestCase):
         records = await self.store.audit_records()
         self.assertIn(
             ("token.create", "token:ci", "admin"),
-            [(r["action"], r["target"], r["actor"]) for r in records],
+            [(r.action, r.target, r.actor) for r in records],
         )
         self.assertIn(
             ("token.revoke", "token:ci", "ok"),
-            [(r["action"], r["target"], r["outcome"]) for r in records],
+            [(r.action, r.target, r.outcome) for r in records],
         )
-        self.assertNotIn(secret, json.dumps(records))
+        self.assertNotIn(secret, repr(records))
 
     async def test_bad_token_requests(self):
         """Bad names, roles, limits and expiries are 400s naming the field."""
@@ -609,7 +607,7 @@ class FleetAndAgentsTests(ConsoleAPITestCase):
         self.assertEqual([c["agent_id"] for c in fleet["certificates"]], ["gw-1", "gw-2"])
         [failed] = fleet["failed_commands"]
         self.assertEqual(
-            (failed["command_id"], failed["status"]), (command[0]["command_id"], "expired")
+            (failed["command_id"], failed["status"]), (command[0].command_id, "expired")
         )
         self.assertNotIn("stdout", failed)
         response, agent = await self.call("GET", "/api/v1/agents/gw-3")
@@ -642,10 +640,10 @@ class FleetAndAgentsTests(ConsoleAPITestCase):
         [record] = [
             r
             for r in await self.store.audit_search(action="certificate.revoke")
-            if r["target"] == "agent:gw-2"
+            if r.target == "agent:gw-2"
         ]
         self.assertEqual(
-            (record["actor"], record["outcome"], json.loads(record["detail"])["serials"]),
+            (record.actor, record.outcome, json.loads(record.detail)["serials"]),
             ("admin", "ok", ["22", "2"]),
         )
         response, body = await self.call("POST", path, {})

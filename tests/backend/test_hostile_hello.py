@@ -29,6 +29,7 @@ from viworks.backend import secrecy
 from viworks.backend.api import BackendAPI, hash_token
 from viworks.backend.jobs import JobRunner
 from viworks.backend.ledger import CommandLedger
+from viworks.backend.model import AuditRecord
 from viworks.schema import MAX_VERBS
 
 SECRET = "correct-horse-battery-9"
@@ -72,9 +73,9 @@ class HostileHelloBase(unittest.TestCase):
         await self.until(lambda: client.of_type("welcome") or client.closed)
         return client
 
-    async def audit_rows(self, action: str) -> list[dict]:
+    async def audit_rows(self, action: str) -> list[AuditRecord]:
         await self.ledger.audit.flush()
-        return [r for r in await self.store.audit_records() if r["action"] == action]
+        return [r for r in await self.store.audit_records() if r.action == action]
 
     def log_lines(self) -> list[str]:
         """Our events as twistd's text log writes them."""
@@ -101,8 +102,8 @@ class PatternRefusalTests(HostileHelloBase):
         self.assertEqual(len(self.registry), 0)
         self.assertIsNone(await self.store.get_agent("gw-1"))
         [row] = await self.audit_rows("connection.refused")
-        detail = json.loads(row["detail"])
-        self.assertEqual((row["actor"], row["outcome"]), ("gw-1", "refused"))
+        detail = json.loads(row.detail)
+        self.assertEqual((row.actor, row.outcome), ("gw-1", "refused"))
         self.assertEqual(detail["reason"], "invalid verb schema")
         self.assertEqual((detail["verb"], detail["param"]), ("create_panel_user", "username"))
         self.assertTrue(
@@ -116,7 +117,7 @@ class PatternRefusalTests(HostileHelloBase):
         self.assertClosed(client, protocol.CLOSE_HELLO_REFUSED)
         self.assertIn(f"more than {MAX_VERBS} verbs", client.of_type("error")[0]["message"])
         [row] = await self.audit_rows("connection.refused")
-        self.assertEqual(json.loads(row["detail"])["reason"], "invalid verb schema")
+        self.assertEqual(json.loads(row.detail)["reason"], "invalid verb schema")
 
 
 class SecretDowngradeTests(HostileHelloBase):
@@ -142,7 +143,7 @@ class SecretDowngradeTests(HostileHelloBase):
             self.assertEqual(response.code, 200, body)
             self.assertNotIn(SECRET, json.dumps(body), path)
         await self.ledger.audit.flush()
-        self.assertNotIn(SECRET, json.dumps(await self.store.audit_records()))
+        self.assertNotIn(SECRET, repr(await self.store.audit_records()))
         for name in glob.glob(self.store.path + "*"):  # the database, its WAL
             with open(name, "rb") as f:
                 self.assertNotIn(SECRET.encode(), f.read(), name)
@@ -217,13 +218,13 @@ class SecretDowngradeTests(HostileHelloBase):
         await restarted.start()
         self.assertIn("key", restarted.secrets.of("rotate_key", HOSTILE["rotate_key"]["params"]))
         queued, _ = await restarted.submit("gw-2", "rotate_key", args)
-        self.assertEqual(queued["args"], {"key": "***"})
+        self.assertEqual(queued.args, {"key": "***"})
         # Its value is gone with the old process: it fails rather than run with "***".
         self.factory.ledger = restarted
         back = await self.hello("gw-2", HOSTILE)
-        failed = await self.command_row(lost["command_id"], "failed")
-        self.assertEqual(failed["error"]["code"], "SECRETS_UNAVAILABLE")
-        self.assertNotIn(lost["command_id"], [f["command_id"] for f in back.of_type("command")])
+        failed = await self.command_row(lost.command_id, "failed")
+        self.assertEqual(failed.error["code"], "SECRETS_UNAVAILABLE")
+        self.assertNotIn(lost.command_id, [f["command_id"] for f in back.of_type("command")])
 
 
 class LogLineTests(HostileHelloBase):

@@ -34,7 +34,7 @@ class LedgerTests(unittest.TestCase):
         return ledger
 
     async def status(self, command_id: str) -> str:
-        return (await self.store.get_command(command_id))["status"]
+        return (await self.store.get_command(command_id)).status
 
     async def settle(self, command_id: str, status: str) -> None:
         """Wait (bounded) until the store shows ``status``: sweeps run in the store's thread."""
@@ -50,13 +50,13 @@ class LedgerTests(unittest.TestCase):
         await self.ledger.start()
         command, created = await self.ledger.submit("gw-1", "ping", {}, ttl=10)
         self.assertTrue(created)
-        waiter = self.ledger.wait(command["command_id"], 60)
+        waiter = self.ledger.wait(command.command_id, 60)
         self.clock.advance(9)
-        self.assertEqual(await self.status(command["command_id"]), "queued")
+        self.assertEqual(await self.status(command.command_id), "queued")
         self.clock.advance(1)
-        await self.settle(command["command_id"], "expired")
+        await self.settle(command.command_id, "expired")
         finished = await waiter
-        self.assertEqual(finished["error"]["code"], "EXPIRED")
+        self.assertEqual(finished.error["code"], "EXPIRED")
         session = self.online()
         self.assertEqual(await self.ledger.deliver_pending(session), 0)
         self.assertEqual(session.commands(), [])
@@ -69,21 +69,21 @@ class LedgerTests(unittest.TestCase):
         await restarted.start()
         self.addCleanup(restarted.stop)
         self.clock.advance(30)
-        await self.settle(command["command_id"], "expired")
+        await self.settle(command.command_id, "expired")
 
     async def running(self, session: FakeSession, timeout: float = 5) -> str:
         """A command gw-1 has acknowledged (it runs); its id."""
         command, _ = await self.ledger.submit("gw-1", "ping", {}, timeout=timeout)
-        await self.ledger.on_ack(session, command["command_id"])
-        return command["command_id"]
+        await self.ledger.on_ack(session, command.command_id)
+        return command.command_id
 
     async def finished_audit(self, command_id: str) -> list[tuple[str, str, dict]]:
         """``(actor, outcome, detail)`` of the command's ``command.finished`` records."""
         await self.ledger.audit.flush()
         return [
-            (r["actor"], r["outcome"], json.loads(r["detail"]))
+            (r.actor, r.outcome, json.loads(r.detail))
             for r in await self.store.audit_records()
-            if r["action"] == "command.finished" and r["target"] == f"command:{command_id}"
+            if r.action == "command.finished" and r.target == f"command:{command_id}"
         ]
 
     async def test_lost_after_timeout_and_grace(self):
@@ -118,15 +118,15 @@ class LedgerTests(unittest.TestCase):
         self.clock.advance(100)  # e.g. the agent was away: it reports from its journal
         await self.ledger.on_result(session, result_fields(command_id, exit_code=0))
         command = await self.store.get_command(command_id)
-        self.assertEqual((command["status"], command["exit_code"]), ("succeeded", 0))
-        self.assertIsNone(command["error"])
+        self.assertEqual((command.status, command.exit_code), ("succeeded", 0))
+        self.assertIsNone(command.error)
         self.assertEqual(statuses, ["succeeded"])
         events = await self.store.command_events(command_id)
         self.assertEqual(
-            [e["status"] for e in events], ["queued", "dispatched", "running", "lost", "succeeded"]
+            [e.status for e in events], ["queued", "dispatched", "running", "lost", "succeeded"]
         )
-        self.assertEqual(events[-1]["detail"], {"replaces": "lost", "lost_at": events[-2]["at"]})
-        self.assertEqual(events[-2]["detail"]["code"], "LOST")
+        self.assertEqual(events[-1].detail, {"replaces": "lost", "lost_at": events[-2].at})
+        self.assertEqual(events[-2].detail["code"], "LOST")
 
         await self.ledger.on_result(session, result_fields(command_id, status="failed"))
         self.assertEqual(await self.status(command_id), "succeeded")
@@ -161,16 +161,16 @@ class LedgerTests(unittest.TestCase):
         self.assertEqual(await self.status(reported), "succeeded")
         self.clock.advance(0.1)
         await self.settle(silent, "lost")
-        history = [e["status"] for e in await self.store.command_events(reported)]
+        history = [e.status for e in await self.store.command_events(reported)]
         self.assertEqual(history, ["queued", "dispatched", "running", "succeeded"])
 
     async def test_agent_reports_lost(self):
         """A lost result reported by the agent (it restarted mid-verb) is recorded as lost."""
         session = self.online()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        await self.ledger.on_ack(session, command["command_id"])
-        await self.ledger.on_result(session, result_fields(command["command_id"], status="lost"))
-        self.assertEqual(await self.status(command["command_id"]), "lost")
+        await self.ledger.on_ack(session, command.command_id)
+        await self.ledger.on_result(session, result_fields(command.command_id, status="lost"))
+        self.assertEqual(await self.status(command.command_id), "lost")
 
     async def test_unacknowledged_redelivered_in_order(self):
         """On reconnect, sent-but-unacknowledged commands go out again before queued ones."""
@@ -182,7 +182,7 @@ class LedgerTests(unittest.TestCase):
         self.assertEqual(await self.ledger.deliver_pending(second), 2)
         self.assertEqual(
             [f["command_id"] for f in second.commands()],
-            [sent["command_id"], queued["command_id"]],
+            [sent.command_id, queued.command_id],
         )
 
     async def test_secrets_after_restart(self):
@@ -196,13 +196,11 @@ class LedgerTests(unittest.TestCase):
         session = self.online()
         await restarted.deliver_pending(session)
         [frame] = session.commands()
-        self.assertEqual(frame["command_id"], dispatched["command_id"])
+        self.assertEqual(frame["command_id"], dispatched.command_id)
         self.assertTrue(frame.get("redacted"))
         self.assertEqual(frame["args"]["password"], "***")
-        failed = await self.store.get_command(queued["command_id"])
-        self.assertEqual(
-            (failed["status"], failed["error"]["code"]), ("failed", "SECRETS_UNAVAILABLE")
-        )
+        failed = await self.store.get_command(queued.command_id)
+        self.assertEqual((failed.status, failed.error["code"]), ("failed", "SECRETS_UNAVAILABLE"))
 
     async def test_unknown_result_acknowledged(self):
         """A result for a command the backend does not know is refused but acknowledged."""
@@ -214,11 +212,11 @@ class LedgerTests(unittest.TestCase):
         """Each status a command takes is recorded with its time."""
         session = self.online()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        await self.ledger.on_ack(session, command["command_id"])
-        await self.ledger.on_result(session, result_fields(command["command_id"]))
-        events = await self.store.command_events(command["command_id"])
+        await self.ledger.on_ack(session, command.command_id)
+        await self.ledger.on_result(session, result_fields(command.command_id))
+        events = await self.store.command_events(command.command_id)
         self.assertEqual(
-            [e["status"] for e in events], ["queued", "dispatched", "running", "succeeded"]
+            [e.status for e in events], ["queued", "dispatched", "running", "succeeded"]
         )
 
     async def test_online_agent_gets_command_from_one_store_write(self):
@@ -230,39 +228,39 @@ class LedgerTests(unittest.TestCase):
         command, _ = await self.ledger.submit("gw-1", "ping", {})
         # The agent's verbs (one read), then one write.
         self.assertEqual(self.store.batches.interactions - writes, 2)
-        self.assertEqual(command["status"], "dispatched")
-        self.assertEqual([f["command_id"] for f in session.commands()], [command["command_id"]])
-        events = await self.store.command_events(command["command_id"])
-        self.assertEqual([e["status"] for e in events], ["queued", "dispatched"])
+        self.assertEqual(command.status, "dispatched")
+        self.assertEqual([f["command_id"] for f in session.commands()], [command.command_id])
+        events = await self.store.command_events(command.command_id)
+        self.assertEqual([e.status for e in events], ["queued", "dispatched"])
 
         submitting = Deferred.fromCoroutine(self.ledger.submit("gw-1", "ping", {}))
         self.registry.unregister(session)
         gone, _ = await submitting
-        self.assertEqual(gone["status"], "dispatched")
-        self.assertNotIn(gone["command_id"], [f["command_id"] for f in session.commands()])
+        self.assertEqual(gone.status, "dispatched")
+        self.assertNotIn(gone.command_id, [f["command_id"] for f in session.commands()])
         back = self.online()
         self.assertEqual(await self.ledger.deliver_pending(back), 2)
-        self.assertIn(gone["command_id"], [f["command_id"] for f in back.commands()])
+        self.assertIn(gone.command_id, [f["command_id"] for f in back.commands()])
 
     async def test_another_agents_answers_do_not_use_up_the_owed_ones(self):
         """An ack or result naming another agent's command is refused and changes
         nothing: the owner's own ack and result are still expected (flood-exempt)."""
         self.online()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        command_id = command["command_id"]
+        command_id = command.command_id
         stranger = FakeSession("gw-2")
         await self.ledger.on_ack(stranger, command_id)
         await self.ledger.on_result(stranger, result_fields(command_id))
         self.assertTrue(self.ledger.expects("ack", command_id, "gw-1"))
         self.assertTrue(self.ledger.expects("result", command_id, "gw-1"))
         self.assertFalse(self.ledger.expects("result", command_id, "gw-2"))
-        self.assertEqual((await self.store.get_command(command_id))["status"], "dispatched")
+        self.assertEqual((await self.store.get_command(command_id)).status, "dispatched")
 
     async def test_wait_final_covers_an_early_finish(self):
         """A command that finished before the wait began is returned at once, not after it."""
         session = self.online()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        await self.ledger.on_result(session, result_fields(command["command_id"]))
-        finished = await self.ledger.wait_final(command["command_id"], 30)
-        self.assertEqual(finished["status"], "succeeded")
+        await self.ledger.on_result(session, result_fields(command.command_id))
+        finished = await self.ledger.wait_final(command.command_id, 30)
+        self.assertEqual(finished.status, "succeeded")
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -74,7 +74,7 @@ class LedgerSigningTests(LedgerTests):
         """Cancels sent at once and those resent after a HELLO are signed for the agent."""
         session = self.online()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        await self.ledger.cancel(command["command_id"])
+        await self.ledger.cancel(command.command_id)
         self.registry.unregister(session)
         again = self.online()
         await self.ledger.deliver_pending(again)
@@ -85,7 +85,7 @@ class LedgerSigningTests(LedgerTests):
             envelope = self.verifier.check_cancel(
                 frame.fields, agent_id="gw-1", now=self.clock.seconds()
             )
-            self.assertEqual(envelope.command_id, command["command_id"])
+            self.assertEqual(envelope.command_id, command.command_id)
             nonces.add(envelope.nonce)
         self.assertEqual(len(nonces), 2, "every cancel frame has a nonce of its own")
 

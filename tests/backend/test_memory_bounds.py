@@ -99,33 +99,33 @@ class LedgerOutputTests(unittest.TestCase):
         dispatched, _ = await self.ledger.submit("gw-1", "ping", {})
         running, _ = await self.ledger.submit("gw-1", "ping", {})
         finished, _ = await self.ledger.submit("gw-1", "ping", {})
-        await self.ledger.on_ack(session, running["command_id"])
-        await self.ledger.on_ack(session, finished["command_id"])
-        await self.ledger.on_result(session, result_fields(finished["command_id"]))
+        await self.ledger.on_ack(session, running.command_id)
+        await self.ledger.on_ack(session, finished.command_id)
+        await self.ledger.on_result(session, result_fields(finished.command_id))
         self.registry.unregister(session)
         queued, _ = await self.ledger.submit("gw-1", "ping", {})
-        self.assertEqual(queued["status"], "queued")
+        self.assertEqual(queued.status, "queued")
         events = []
         self.hub.subscribe(lambda e: e.type == "command.output" and events.append(e))
 
         # Between dispatch and ack the agent may already stream (it sends ack first, but a
         # redelivered command it runs already is never acked again).
-        await self.output(session, dispatched["command_id"], "early")
-        await self.output(session, running["command_id"], "live")
+        await self.output(session, dispatched.command_id, "early")
+        await self.output(session, running.command_id, "live")
         for command in (queued, finished):
-            await self.output(session, command["command_id"], "x" * 100)
+            await self.output(session, command.command_id, "x" * 100)
         await self.output(session, "no-such-command", "x")
-        await self.output(other, running["command_id"], "not yours")
+        await self.output(other, running.command_id, "not yours")
 
-        self.assertEqual(await self.stored(dispatched["command_id"]), "early")
-        self.assertEqual(await self.stored(running["command_id"]), "live")
+        self.assertEqual(await self.stored(dispatched.command_id), "early")
+        self.assertEqual(await self.stored(running.command_id), "live")
         for command in (queued, finished):
-            self.assertEqual(await self.stored(command["command_id"]), "")
+            self.assertEqual(await self.stored(command.command_id), "")
         self.assertEqual(
             self.refusals(session),
-            [queued["command_id"], finished["command_id"], "no-such-command"],
+            [queued.command_id, finished.command_id, "no-such-command"],
         )
-        self.assertEqual(self.refusals(other), [running["command_id"]])
+        self.assertEqual(self.refusals(other), [running.command_id])
         self.assertEqual([e.data["data"] for e in events], ["early", "live"])
 
     async def test_no_output_after_the_result(self):
@@ -133,7 +133,7 @@ class LedgerOutputTests(unittest.TestCase):
         output is refused even before the result is recorded."""
         session = self.online()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        command_id = command["command_id"]
+        command_id = command.command_id
         await self.ledger.on_ack(session, command_id)
         result = Deferred.fromCoroutine(self.ledger.on_result(session, result_fields(command_id)))
         await self.output(session, command_id, "late", seq=0)
@@ -146,7 +146,7 @@ class LedgerOutputTests(unittest.TestCase):
         on that agent, and what is stored already counts against the cap."""
         session = self.online()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        command_id = command["command_id"]
+        command_id = command.command_id
         await self.ledger.on_ack(session, command_id)
         await self.output(session, command_id, "a" * 1000)
         self.ledger.stop()
@@ -154,7 +154,7 @@ class LedgerOutputTests(unittest.TestCase):
         await self.output(session, command_id, "b" * 100)
         await self.output(self.online("gw-2"), command_id, "c")
         self.assertEqual(await self.stored(command_id), "a" * 1000 + "b" * (CAP - 1000))
-        self.assertTrue((await self.store.get_command(command_id))["stdout_truncated"])
+        self.assertTrue((await self.store.get_command(command_id)).stdout_truncated)
         await self.ledger.on_result(session, result_fields(command_id))
         await self.output(session, command_id, "d")
         self.assertEqual(self.refusals(session), [command_id])
@@ -165,7 +165,7 @@ class LedgerOutputTests(unittest.TestCase):
         result says nothing was cut. A result's own stdout/stderr are capped too."""
         session = self.online()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        command_id = command["command_id"]
+        command_id = command.command_id
         await self.ledger.on_ack(session, command_id)
         for seq in range(5):
             await self.output(session, command_id, "o" * 400, seq=seq)
@@ -173,16 +173,16 @@ class LedgerOutputTests(unittest.TestCase):
         stdout, stderr = await self.store.output_text(command_id)
         self.assertEqual((len(stdout), len(stderr)), (CAP, 500))
         row = await self.store.get_command(command_id)
-        self.assertEqual((row["stdout_truncated"], row["stderr_truncated"]), (True, False))
-        self.assertNotIn(4, [c["seq"] for c in await self.store.output_since(command_id)])
+        self.assertEqual((row.stdout_truncated, row.stderr_truncated), (True, False))
+        self.assertNotIn(4, [c.seq for c in await self.store.output_since(command_id)])
 
         await self.ledger.on_result(
             session, result_fields(command_id, stdout="short", stderr="é" * CAP)
         )
         final = await self.store.get_command(command_id)
-        self.assertEqual(final["stdout"], "short")
-        self.assertEqual(final["stderr"], "é" * (CAP // 2))
-        self.assertEqual((final["stdout_truncated"], final["stderr_truncated"]), (True, True))
+        self.assertEqual(final.stdout, "short")
+        self.assertEqual(final.stderr, "é" * (CAP // 2))
+        self.assertEqual((final.stdout_truncated, final.stderr_truncated), (True, True))
 
 
 class EventHistoryTests(unittest.TestCase):
@@ -239,7 +239,7 @@ class SessionTelemetryTests(unittest.TestCase):
         await self.until(lambda: "TOO_LARGE" in client.error_codes())
         client.send("telemetry", ts=2.0, metrics={"pad": "y" * 60000})
         stored = await self.store_until(self.history, bool)
-        self.assertEqual([len(h["data"]["pad"]) for h in stored], [60000])
+        self.assertEqual([len(h.data["pad"]) for h in stored], [60000])
         self.assertTrue(client.live)
 
     async def test_telemetry_spacing(self):
@@ -253,7 +253,7 @@ class SessionTelemetryTests(unittest.TestCase):
         self.clock.advance(5)
         client.send("telemetry", ts=3.0, metrics={"n": 3})
         stored = await self.store_until(self.history, lambda h: len(h) == 2)
-        self.assertEqual([h["data"]["n"] for h in stored], [3, 1])
+        self.assertEqual([h.data["n"] for h in stored], [3, 1])
 
     async def test_refused_output_takes_from_the_frame_budget(self):
         """Refused output frames count against the agent's frame budget like any frame:

@@ -98,7 +98,7 @@ class EventsTests(_Base):
         session = FakeSession("gw-1")
         self.registry.register(session)
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        await self.ledger.on_ack(session, command["command_id"])
+        await self.ledger.on_ack(session, command.command_id)
         response, text = await self.close_stream(pending)
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/event-stream"])
         messages = parse_sse(text)
@@ -170,7 +170,7 @@ class MetricsTests(_Base):
         self.registry.register(session)
         self.metrics.watch_sessions(self.registry)
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        cid = command["command_id"]
+        cid = command.command_id
         await self.ledger.on_ack(session, cid)
         self.clock.advance(2.5)
         await self.ledger.on_result(session, result_fields(cid, stdout_truncated=True))

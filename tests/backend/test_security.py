@@ -21,7 +21,7 @@ from tests.backend.helpers import (
 )
 from tests.stack import poll
 from viworks import protocol
-from viworks.backend import audit, authz
+from viworks.backend import auditchain, authz
 from viworks.backend.api import BackendAPI, hash_token
 from viworks.backend.ledger import CommandLedger
 from viworks.backend.registry import SessionRegistry
@@ -161,9 +161,9 @@ class RolesAndLimitsTests(unittest.TestCase):
         await self.call("POST", f"/api/v1/commands/{created['command_id']}/cancel", who="operator")
         self.clock.advance(self.api.auth_failures.interval)
         rows = await self.audit_rows(5)
-        api = [r for r in rows if r["action"] in ("api.post", "api.refused")]
+        api = [r for r in rows if r.action in ("api.post", "api.refused")]
         self.assertEqual(
-            [(r["actor"], r["action"], r["outcome"]) for r in api],
+            [(r.actor, r.action, r.outcome) for r in api],
             [
                 ("pinger", "api.post", "ok"),
                 ("viewer", "api.post", "refused"),
@@ -173,15 +173,15 @@ class RolesAndLimitsTests(unittest.TestCase):
             ],
         )
         self.assertEqual(
-            [json.loads(r["detail"]).get("status") for r in api], [201, 403, 201, 202, None]
+            [json.loads(r.detail).get("status") for r in api], [201, 403, 201, 202, None]
         )
-        self.assertEqual(json.loads(api[4]["detail"])["count"], 1)
-        self.assertEqual(api[0]["target"], "/api/v1/agents/gw-1/commands")
-        self.assertEqual(json.loads(api[0]["detail"])["command_id"], created["command_id"])
-        self.assertEqual(json.loads(api[1]["detail"])["error"], "FORBIDDEN")
+        self.assertEqual(json.loads(api[4].detail)["count"], 1)
+        self.assertEqual(api[0].target, "/api/v1/agents/gw-1/commands")
+        self.assertEqual(json.loads(api[0].detail)["command_id"], created["command_id"])
+        self.assertEqual(json.loads(api[1].detail)["error"], "FORBIDDEN")
         for row in rows:
-            self.assertNotIn("s3cret-pw", row["detail"] or "")
-        self.assertEqual(audit.verify_chain(rows), len(rows))
+            self.assertNotIn("s3cret-pw", row.detail or "")
+        self.assertEqual(auditchain.verify_chain(rows), len(rows))
         # The command was dispatched, so the cancel was only requested: the ledger
         # audits the final status when the agent reports it.
         session = self.registry.get("gw-1")
@@ -197,9 +197,9 @@ class RolesAndLimitsTests(unittest.TestCase):
             ),
         )
         await self.ledger.audit.flush()
-        final = [r for r in await self.store.audit_records() if r["action"] == "command.finished"]
-        self.assertEqual([(r["actor"], r["outcome"]) for r in final], [("gw-1", "cancelled")])
-        self.assertEqual(final[0]["target"], f"command:{created['command_id']}")
+        final = [r for r in await self.store.audit_records() if r.action == "command.finished"]
+        self.assertEqual([(r.actor, r.outcome) for r in final], [("gw-1", "cancelled")])
+        self.assertEqual(final[0].target, f"command:{created['command_id']}")
 
 
 class InMemorySessions:
@@ -254,18 +254,16 @@ class FloodTests(InMemorySessions, unittest.TestCase):
         self.assertTrue(client.closed[1].startswith("flood; retry-after="))
         await self.until(lambda: self.registry.get("gw-1") is None)
         await self.ledger.audit.flush()
-        [row] = [r for r in await self.store.audit_records() if r["action"] == "connection.refused"]
-        self.assertEqual(
-            (row["actor"], row["target"], row["outcome"]), ("gw-1", "agent:gw-1", "refused")
-        )
-        self.assertEqual(json.loads(row["detail"])["reason"], "flood")
+        [row] = [r for r in await self.store.audit_records() if r.action == "connection.refused"]
+        self.assertEqual((row.actor, row.target, row.outcome), ("gw-1", "agent:gw-1", "refused"))
+        self.assertEqual(json.loads(row.detail)["reason"], "flood")
 
     async def test_answers_to_commands_are_never_dropped(self):
         """ack and result frames for commands in flight do not count against the rate:
         a busy agent answering far more than its burst loses none of them (a dropped
         result would leave its command hanging until a reconnect)."""
         client = await self.welcomed()
-        ids = [(await self.ledger.submit("gw-1", "ping", {}))[0]["command_id"] for _ in range(15)]
+        ids = [(await self.ledger.submit("gw-1", "ping", {}))[0].command_id for _ in range(15)]
         for command_id in ids:
             client.send("ack", command_id=command_id)
             client.send("result", **result_fields(command_id))
@@ -275,7 +273,7 @@ class FloodTests(InMemorySessions, unittest.TestCase):
         )
         self.assertEqual(client.error_codes(), [])
         self.assertTrue(client.live)
-        statuses = {(await self.store.get_command(c))["status"] for c in ids}
+        statuses = {(await self.store.get_command(c)).status for c in ids}
         self.assertEqual(statuses, {"succeeded"})
         # Other frames still spend the budget: a heartbeat burst is throttled, and so are
         # answers the agent no longer owes (a repeated ack or result).
@@ -288,7 +286,7 @@ class FloodTests(InMemorySessions, unittest.TestCase):
         """Only the first ack and the first result of a command skip the budget: a flood
         of repeated answers for one command is throttled like any other frames."""
         client = await self.welcomed()
-        command_id = (await self.ledger.submit("gw-1", "ping", {}))[0]["command_id"]
+        command_id = (await self.ledger.submit("gw-1", "ping", {}))[0].command_id
         for _ in range(8):
             client.send("ack", command_id=command_id)
         for _ in range(8):
@@ -299,7 +297,7 @@ class FloodTests(InMemorySessions, unittest.TestCase):
         await self.until(lambda: client.of_type("result_ack"))
         self.assertEqual(client.error_codes().count(protocol.RATE_LIMITED), 5)
         self.assertTrue(client.live)
-        self.assertEqual((await self.store.get_command(command_id))["status"], "succeeded")
+        self.assertEqual((await self.store.get_command(command_id)).status, "succeeded")
 
     async def test_revoked_serial_refused_at_handshake(self):
         """A certificate serial in the factory's revoked set is refused (403) at the
@@ -327,12 +325,12 @@ class FloodTests(InMemorySessions, unittest.TestCase):
         fresh = connect_with("def")
         fresh.hello()
         await self.until(lambda: fresh.of_type("welcome"))
-        self.assertEqual((await self.store.get_agent("gw-1"))["cert_serial"], "def")
+        self.assertEqual((await self.store.get_agent("gw-1")).cert_serial, "def")
         await self.ledger.audit.flush()
         reasons = [
-            json.loads(r["detail"])["reason"]
+            json.loads(r.detail)["reason"]
             for r in await self.store.audit_records()
-            if r["action"] == "connection.refused"
+            if r.action == "connection.refused"
         ]
         self.assertEqual(reasons, ["certificate revoked"])
 
@@ -407,12 +405,12 @@ class StolenCertificateTests(InMemorySessions, unittest.TestCase):
         seen = await poll(
             lambda: self.store.agent_certificates(agent_id="gw-1"), lambda rows: len(rows) == 3
         )
-        self.assertEqual([c["serial"] for c in seen], ["aaa", "bbb", "ccc"])
+        self.assertEqual([c.serial for c in seen], ["aaa", "bbb", "ccc"])
         await self.ledger.audit.flush()
         replaced = [
-            (r["actor"], r["target"], json.loads(r["detail"]))
+            (r.actor, r.target, json.loads(r.detail))
             for r in await self.store.audit_records()
-            if r["action"] == "session.replaced"
+            if r.action == "session.replaced"
         ]
         self.assertEqual(len(replaced), 1, replaced)
         actor, target, detail = replaced[0]

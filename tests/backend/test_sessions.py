@@ -166,7 +166,7 @@ class AgentSessionTests(unittest.TestCase):
 
     async def command_row(self, command_id: str, status: str) -> dict:
         return await self.store_until(
-            lambda: self.store.get_command(command_id), lambda c: c["status"] == status
+            lambda: self.store.get_command(command_id), lambda c: c.status == status
         )
 
     async def welcomed(self, identity: str = "gw-1") -> AgentClient:
@@ -223,7 +223,7 @@ class AgentSessionTests(unittest.TestCase):
         user, _ = await self.ledger.submit(
             "gw-1", "create_panel_user", {"username": "alice", "password": "s3cret-pw"}
         )
-        self.assertEqual([ping["status"], user["status"]], ["queued", "queued"])
+        self.assertEqual([ping.status, user.status], ["queued", "queued"])
 
         client = self.connect()
         client.hello()
@@ -236,18 +236,18 @@ class AgentSessionTests(unittest.TestCase):
         self.assertEqual(welcome["heartbeat_timeout"], 2 * HEARTBEAT)
         self.assertEqual(welcome["server_time"], self.clock.seconds())
         self.assertEqual(
-            [first["command_id"], second["command_id"]], [ping["command_id"], user["command_id"]]
+            [first["command_id"], second["command_id"]], [ping.command_id, user.command_id]
         )
         # The secret was kept in memory for delivery (the store has it redacted).
         self.assertEqual(second["args"], {"username": "alice", "password": "s3cret-pw"})
         self.assertIs(self.registry.get("gw-1"), client.server)
 
-        agent = await self.agent_row(lambda a: a["status"] == "online")
-        self.assertEqual(agent["verbs"], VERBS)
-        self.assertEqual(agent["session_id"], client.server.session_id)
-        self.assertEqual(agent["labels"], {"rack": "r1"})
+        agent = await self.agent_row(lambda a: a.status == "online")
+        self.assertEqual(agent.verbs, VERBS)
+        self.assertEqual(agent.session_id, client.server.session_id)
+        self.assertEqual(agent.labels, {"rack": "r1"})
         for command in (ping, user):
-            await self.command_row(command["command_id"], "dispatched")
+            await self.command_row(command.command_id, "dispatched")
 
     async def test_open_skips_autobahn_certificate_description(self):
         """Autobahn's ``_onOpen`` (the hook ``viworks.net.SkipPeerCertificateDetails``
@@ -397,7 +397,7 @@ class AgentSessionTests(unittest.TestCase):
         # Still a working session: a heartbeat updates last_seen.
         self.clock.advance(30)
         client.send("heartbeat", ts=1.0)
-        await self.agent_row(lambda a: a["last_seen"] == self.clock.seconds())
+        await self.agent_row(lambda a: a.last_seen == self.clock.seconds())
         self.assertIs(self.registry.get("gw-1"), client.server)
 
     # BUG (sessions.py): Autobahn's default failByDrop=True drops the TCP
@@ -410,52 +410,52 @@ class AgentSessionTests(unittest.TestCase):
         big.send("heartbeat", ts=1.0, padding="x" * MAX_MESSAGE)
         self.assertClosed(big, 1009)
         self.assertIsNone(self.registry.get("gw-1"))
-        await self.agent_row(lambda a: a["status"] == "offline", "gw-1")
+        await self.agent_row(lambda a: a.status == "offline", "gw-1")
 
         self.assertTrue(other.live)
         self.assertIs(self.registry.get("gw-2"), other.server)
         self.clock.advance(30)
         other.send("heartbeat", ts=2.0)
-        await self.agent_row(lambda a: a["last_seen"] == self.clock.seconds(), "gw-2")
+        await self.agent_row(lambda a: a.last_seen == self.clock.seconds(), "gw-2")
 
     async def test_ack_then_result(self):
         """ack then result move the command dispatched -> running -> succeeded."""
         client = await self.welcomed()
         submitted, _ = await self.ledger.submit("gw-1", "ping", {})
-        command_id = submitted["command_id"]
-        self.assertEqual(submitted["status"], "dispatched")
+        command_id = submitted.command_id
+        self.assertEqual(submitted.status, "dispatched")
         await self.until(lambda: client.of_type("command"))
         self.assertEqual(client.of_type("command")[0]["command_id"], command_id)
 
         self.clock.advance(1)
         client.send("ack", command_id=command_id)
         running = await self.command_row(command_id, "running")
-        self.assertEqual(running["started_at"], self.clock.seconds())
+        self.assertEqual(running.started_at, self.clock.seconds())
 
         self.clock.advance(1)
         client.send("result", **result_fields(command_id))
         done = await self.command_row(command_id, "succeeded")
-        self.assertEqual(done["exit_code"], 0)
-        self.assertEqual(done["result"], {"ok": True})
-        self.assertEqual(done["stdout"], "out")
-        self.assertEqual(done["finished_at"], self.clock.seconds())
+        self.assertEqual(done.exit_code, 0)
+        self.assertEqual(done.result, {"ok": True})
+        self.assertEqual(done.stdout, "out")
+        self.assertEqual(done.finished_at, self.clock.seconds())
 
     async def test_result_for_foreign_command(self):
         """A result for another agent's command is answered UNKNOWN_COMMAND and changes nothing."""
         await self.welcomed("gw-1")
         other = await self.welcomed("gw-2")
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        other.send("result", **result_fields(command["command_id"]))
+        other.send("result", **result_fields(command.command_id))
         await self.until(lambda: other.error_codes() == ["UNKNOWN_COMMAND"])
-        stored = await self.store.get_command(command["command_id"])
-        self.assertEqual(stored["status"], "dispatched")
+        stored = await self.store.get_command(command.command_id)
+        self.assertEqual(stored.status, "dispatched")
 
     async def test_second_session_replaces_first(self):
         """A newer session for the same agent replaces the older one, which is closed
         4002 'replaced'; the older one's late result is fenced off."""
         first = await self.welcomed()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
-        command_id = command["command_id"]
+        command_id = command.command_id
         await self.until(lambda: first.of_type("command"))
 
         second = self.connect()
@@ -474,10 +474,10 @@ class AgentSessionTests(unittest.TestCase):
         # been accepted, it would have been recorded before this one.
         second.send("result", **result_fields(command_id, stdout="fresh"))
         done = await self.command_row(command_id, "succeeded")
-        self.assertEqual(done["stdout"], "fresh")
+        self.assertEqual(done.stdout, "fresh")
 
-        agent = await self.agent_row(lambda a: a["session_id"] == second.server.session_id)
-        self.assertEqual(agent["status"], "online")
+        agent = await self.agent_row(lambda a: a.session_id == second.server.session_id)
+        self.assertEqual(agent.status, "online")
 
     async def test_close_marks_offline_only_if_current(self):
         """Closing the current session marks the agent offline; closing a replaced one doesn't."""
@@ -486,16 +486,14 @@ class AgentSessionTests(unittest.TestCase):
         self.assertClosed(first, protocol.CLOSE_REPLACED)
         # The replaced session's close left the agent online under the new session.
         agent = await self.store.get_agent("gw-1")
-        self.assertEqual(
-            (agent["status"], agent["session_id"]), ("online", second.server.session_id)
-        )
+        self.assertEqual((agent.status, agent.session_id), ("online", second.server.session_id))
 
         self.clock.advance(10)
         second.sendClose()
         self.assertClosed(second, 1000)
         self.assertIsNone(self.registry.get("gw-1"))
-        agent = await self.agent_row(lambda a: a["status"] == "offline")
-        self.assertEqual(agent["last_seen"], self.clock.seconds())
+        agent = await self.agent_row(lambda a: a.status == "offline")
+        self.assertEqual(agent.last_seen, self.clock.seconds())
 
     async def test_error_frame_from_agent_is_logged_only(self):
         """An error frame from the agent is accepted silently; the session stays open."""

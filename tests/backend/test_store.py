@@ -10,15 +10,28 @@ import stat
 import threading
 from typing import Any
 
+import attrs
 from twisted.internet import defer, reactor, task
 from twisted.python.monkey import MonkeyPatcher
 from twisted.trial import unittest
 
+from viworks.backend import auditchain
+from viworks.backend.model import (
+    AgentCertificate,
+    AgentSummary,
+    Command,
+    CommandEvent,
+    Job,
+    NewCommand,
+    OutputChunk,
+    TelemetryReport,
+    Token,
+)
 from viworks.backend.store import (
     DuplicateToken,
     IdempotencyConflict,
     SchemaTooNew,
-    Store,
+    SQLStore,
     StoreError,
     open_store,
 )
@@ -30,18 +43,17 @@ POSTGRES_URL = os.environ.get("VIWORKS_TEST_POSTGRES", "postgresql://postgres@12
 VERBS = {"ping": {"args": {}}, "exec": {"args": {"cmd": "string"}}}
 
 
-def _command(command_id: str, agent_id: str = "gw1", **fields: Any) -> dict[str, Any]:
-    base = {
+def _command(command_id: str, agent_id: str = "gw1", **fields: Any) -> NewCommand:
+    base: dict[str, Any] = {
         "command_id": command_id,
         "agent_id": agent_id,
         "verb": "ping",
         "args": {"count": 1},
-        "status": "queued",
         "timeout": 30.0,
         "created_at": 1000.0,
     }
     base.update(fields)
-    return base
+    return NewCommand(**base)
 
 
 def started(coroutine: Any) -> defer.Deferred:
@@ -52,17 +64,17 @@ def started(coroutine: Any) -> defer.Deferred:
 class StoreTestsMixin:
     """Behaviour both engines must share. Subclasses provide ``make_store``."""
 
-    def make_store(self) -> Store:
+    def make_store(self) -> SQLStore:
         raise NotImplementedError
 
-    async def open_store(self) -> Store:
+    async def open_store(self) -> SQLStore:
         store = self.make_store()
         self.addCleanup(store.close)
         await store.open()
         return store
 
     async def online(
-        self, store: Store, agent_id: str = "gw1", session_id: str = "s1", now: float = 100.0
+        self, store: SQLStore, agent_id: str = "gw1", session_id: str = "s1", now: float = 100.0
     ) -> dict[str, Any]:
         return await store.upsert_agent_online(
             agent_id,
@@ -86,7 +98,7 @@ class StoreTestsMixin:
         self.assertEqual(await store.open(), store_schema.LATEST_VERSION)
         second = await self.open_store()
         self.assertEqual(await second.open(), store_schema.LATEST_VERSION)
-        self.assertEqual([a["agent_id"] for a in await second.list_agents()], ["gw1"])
+        self.assertEqual([a.agent_id for a in await second.list_agents()], ["gw1"])
 
     async def test_concurrent_open(self) -> None:
         """Two stores migrating a fresh database at once both succeed (serialised)."""
@@ -155,11 +167,11 @@ class StoreTestsMixin:
             store._select_txn, "SELECT version FROM schema_version ORDER BY version", ()
         )
         self.assertEqual(
-            [r["version"] for r in rows], list(range(1, store_schema.LATEST_VERSION + 1))
+            [version for (version,) in rows], list(range(1, store_schema.LATEST_VERSION + 1))
         )
-        self.assertEqual((await store.get_agent("gw1"))["epoch"], 0)
-        self.assertEqual((await self.online(store))["epoch"], 1)
-        self.assertIsNone((await store.get_command("q"))["expires_at"])
+        self.assertEqual((await store.get_agent("gw1")).epoch, 0)
+        self.assertEqual((await self.online(store)).epoch, 1)
+        self.assertIsNone((await store.get_command("q")).expires_at)
 
         migrated = {"migrated": True}
         expected = {
@@ -171,18 +183,18 @@ class StoreTestsMixin:
         }
         for command_id, steps in expected.items():
             events = await store.command_events(command_id)
-            self.assertEqual([(e["status"], e["at"]) for e in events], steps, command_id)
-            self.assertEqual([e["detail"] for e in events], [migrated] * len(steps))
+            self.assertEqual([(e.status, e.at) for e in events], steps, command_id)
+            self.assertEqual([e.detail for e in events], [migrated] * len(steps))
         # The migrated commands take part in the new lifecycle.
         self.assertIsNone(await store.transition("s", "running", 8.0))
         running = await store.transition("d", "running", 8.0, started_at=8.0)
-        self.assertEqual(running["status"], "running")
-        self.assertEqual((await store.command_events("d"))[-1]["status"], "running")
+        self.assertEqual(running.status, "running")
+        self.assertEqual((await store.command_events("d"))[-1].status, "running")
         created, fresh = await store.create_command_idempotent(
             _command("new", expires_at=50.0), token_name="ci", key="k", request_hash="h"
         )
         self.assertTrue(fresh)
-        self.assertEqual(created["expires_at"], 50.0)
+        self.assertEqual(created.expires_at, 50.0)
 
     async def test_migrate_from_v2(self) -> None:
         """A version-2 database with data is migrated in place (version 3 and later).
@@ -227,21 +239,19 @@ class StoreTestsMixin:
             store._select_txn, "SELECT version FROM schema_version ORDER BY version", ()
         )
         self.assertEqual(
-            [r["version"] for r in rows], list(range(1, store_schema.LATEST_VERSION + 1))
+            [version for (version,) in rows], list(range(1, store_schema.LATEST_VERSION + 1))
         )
         command = await store.get_command("r")
-        self.assertEqual(command["status"], "running")
-        self.assertIsNone(command["cancel_requested_at"])
-        self.assertEqual(
-            await store.command_events("r"), [{"status": "running", "at": 3.0, "detail": None}]
-        )
-        self.assertEqual((await store.get_agent("gw1"))["epoch"], 1)
+        self.assertEqual(command.status, "running")
+        self.assertIsNone(command.cancel_requested_at)
+        self.assertEqual(await store.command_events("r"), [CommandEvent("running", 3.0, None)])
+        self.assertEqual((await store.get_agent("gw1")).epoch, 1)
         self.assertEqual(await store.append_output("r", [(0, "stdout", "hi")], 4.0), 1)
         self.assertEqual(await store.output_text("r"), ("hi", ""))
         await store.record_telemetry("gw1", 5.0, {"load": 0.5})
-        self.assertEqual(await store.latest_telemetry("gw1"), {"at": 5.0, "data": {"load": 0.5}})
-        self.assertEqual((await store.request_cancel("r", 6.0))["cancel_requested_at"], 6.0)
-        self.assertEqual([c["command_id"] for c in await store.cancels_pending("gw1")], ["r"])
+        self.assertEqual(await store.latest_telemetry("gw1"), TelemetryReport(5.0, {"load": 0.5}))
+        self.assertEqual((await store.request_cancel("r", 6.0)).cancel_requested_at, 6.0)
+        self.assertEqual([c.command_id for c in await store.cancels_pending("gw1")], ["r"])
 
     # -- agents -------------------------------------------------------------
 
@@ -249,13 +259,13 @@ class StoreTestsMixin:
         """A new agent is inserted online with decoded JSON; reconnect overwrites."""
         store = await self.open_store()
         agent = await self.online(store)
-        self.assertEqual(agent["status"], "online")
-        self.assertEqual(agent["verbs"], VERBS)
-        self.assertEqual(agent["labels"], {"rack": "a1"})
-        self.assertEqual(agent["protocol"], 1)
-        self.assertEqual(agent["connected_at"], 100.0)
-        self.assertEqual(agent["last_seen"], 100.0)
-        self.assertEqual(agent["session_id"], "s1")
+        self.assertEqual(agent.status, "online")
+        self.assertEqual(agent.verbs, VERBS)
+        self.assertEqual(agent.labels, {"rack": "a1"})
+        self.assertEqual(agent.protocol, 1)
+        self.assertEqual(agent.connected_at, 100.0)
+        self.assertEqual(agent.last_seen, 100.0)
+        self.assertEqual(agent.session_id, "s1")
         self.assertEqual(await store.get_agent("gw1"), agent)
 
         again = await store.upsert_agent_online(
@@ -270,26 +280,26 @@ class StoreTestsMixin:
             labels=None,
             now=200.0,
         )
-        self.assertEqual(again["version"], "2.0")
-        self.assertEqual(again["session_id"], "s2")
-        self.assertEqual(again["connected_at"], 200.0)
-        self.assertEqual(again["labels"], {})
-        self.assertEqual(again["verbs"], {})
+        self.assertEqual(again.version, "2.0")
+        self.assertEqual(again.session_id, "s2")
+        self.assertEqual(again.connected_at, 200.0)
+        self.assertEqual(again.labels, {})
+        self.assertEqual(again.verbs, {})
 
     async def test_epoch_increments(self) -> None:
         """Every upsert_agent_online bumps the agent's epoch; other updates keep it."""
         store = await self.open_store()
-        self.assertEqual((await self.online(store, session_id="s1"))["epoch"], 1)
-        self.assertEqual((await self.online(store, session_id="s2"))["epoch"], 2)
+        self.assertEqual((await self.online(store, session_id="s1")).epoch, 1)
+        self.assertEqual((await self.online(store, session_id="s2")).epoch, 2)
         await store.touch_agent("gw1", 150.0)
         await store.mark_agent_offline("gw1", "s2", 160.0)
         await store.mark_all_agents_offline(170.0)
-        self.assertEqual((await store.get_agent("gw1"))["epoch"], 2)
+        self.assertEqual((await store.get_agent("gw1")).epoch, 2)
         # Reconnecting the same session id is still a new epoch.
-        self.assertEqual((await self.online(store, session_id="s2"))["epoch"], 3)
+        self.assertEqual((await self.online(store, session_id="s2")).epoch, 3)
         # Epochs are per agent.
-        self.assertEqual((await self.online(store, "gw2"))["epoch"], 1)
-        self.assertEqual([a["epoch"] for a in await store.list_agents()], [3, 1])
+        self.assertEqual((await self.online(store, "gw2")).epoch, 1)
+        self.assertEqual([a.epoch for a in await store.list_agents()], [3, 1])
 
     async def test_get_unknown_agent(self) -> None:
         """get_agent returns None for an unknown id."""
@@ -301,7 +311,7 @@ class StoreTestsMixin:
         store = await self.open_store()
         for agent_id in ("gw3", "gw1", "gw2"):
             await self.online(store, agent_id)
-        self.assertEqual([a["agent_id"] for a in await store.list_agents()], ["gw1", "gw2", "gw3"])
+        self.assertEqual([a.agent_id for a in await store.list_agents()], ["gw1", "gw2", "gw3"])
 
     async def test_touch_agent(self) -> None:
         """touch_agent updates last_seen only, and reports unknown agents."""
@@ -309,8 +319,8 @@ class StoreTestsMixin:
         await self.online(store)
         self.assertTrue(await store.touch_agent("gw1", 150.0))
         agent = await store.get_agent("gw1")
-        self.assertEqual(agent["last_seen"], 150.0)
-        self.assertEqual(agent["connected_at"], 100.0)
+        self.assertEqual(agent.last_seen, 150.0)
+        self.assertEqual(agent.connected_at, 100.0)
         self.assertFalse(await store.touch_agent("nope", 150.0))
 
     async def test_mark_offline_session_guard(self) -> None:
@@ -319,12 +329,12 @@ class StoreTestsMixin:
         await self.online(store, session_id="old")
         await self.online(store, session_id="new", now=110.0)
         self.assertFalse(await store.mark_agent_offline("gw1", "old", 120.0))
-        self.assertEqual((await store.get_agent("gw1"))["status"], "online")
+        self.assertEqual((await store.get_agent("gw1")).status, "online")
 
         self.assertTrue(await store.mark_agent_offline("gw1", "new", 130.0))
         agent = await store.get_agent("gw1")
-        self.assertEqual(agent["status"], "offline")
-        self.assertEqual(agent["last_seen"], 130.0)
+        self.assertEqual(agent.status, "offline")
+        self.assertEqual(agent.last_seen, 130.0)
         # A second close of the same session is a no-op.
         self.assertFalse(await store.mark_agent_offline("gw1", "new", 140.0))
         self.assertFalse(await store.mark_agent_offline("nope", "new", 140.0))
@@ -338,13 +348,13 @@ class StoreTestsMixin:
         await store.mark_agent_offline("gw3", "s3", 102.0)
         self.assertEqual(await store.mark_all_agents_offline(500.0), 2)
         agents = await store.list_agents()
-        self.assertEqual({a["status"] for a in agents}, {"offline"})
-        self.assertEqual([a["last_seen"] for a in agents], [100.0, 101.0, 102.0])
+        self.assertEqual({a.status for a in agents}, {"offline"})
+        self.assertEqual([a.last_seen for a in agents], [100.0, 101.0, 102.0])
 
     # -- commands -----------------------------------------------------------
 
     async def advance(
-        self, store: Store, command_id: str, *statuses: str, at: float = 10.0
+        self, store: SQLStore, command_id: str, *statuses: str, at: float = 10.0
     ) -> None:
         """Walk a command through ``statuses`` (each must be allowed)."""
         for status in statuses:
@@ -354,35 +364,35 @@ class StoreTestsMixin:
         """create_command stores JSON args and fills defaults; get_command reads it back."""
         store = await self.open_store()
         created = await store.create_command(_command("c1", expires_at=60.0))
-        self.assertEqual(created["command_id"], "c1")
-        self.assertEqual(created["args"], {"count": 1})
-        self.assertEqual(created["status"], "queued")
-        self.assertEqual(created["expires_at"], 60.0)
-        self.assertIs(created["stdout_truncated"], False)
-        self.assertIs(created["stderr_truncated"], False)
-        self.assertIsNone(created["result"])
-        self.assertIsNone(created["error"])
-        self.assertIsNone(created["exit_code"])
-        self.assertIsNone(created["cancel_requested_at"])
-        self.assertNotIn("seq", created)
+        self.assertEqual(created.command_id, "c1")
+        self.assertEqual(created.args, {"count": 1})
+        self.assertEqual(created.status, "queued")
+        self.assertEqual(created.expires_at, 60.0)
+        self.assertIs(created.stdout_truncated, False)
+        self.assertIs(created.stderr_truncated, False)
+        self.assertIsNone(created.result)
+        self.assertIsNone(created.error)
+        self.assertIsNone(created.exit_code)
+        self.assertIsNone(created.cancel_requested_at)
+        self.assertFalse(hasattr(created, "seq"))
         self.assertEqual(await store.get_command("c1"), created)
         self.assertIsNone(await store.get_command("nope"))
         no_deadline = await store.create_command(_command("c2"))
-        self.assertIsNone(no_deadline["expires_at"])
+        self.assertIsNone(no_deadline.expires_at)
 
     async def test_create_command_validates(self) -> None:
-        """Unknown or missing fields, or a status other than queued, are rejected."""
+        """A command to create has no unknown field, lacks none and has no status: it is
+        created queued (later statuses go through transition)."""
         store = await self.open_store()
-        with self.assertRaises(ValueError):
-            await store.create_command(_command("c1", bogus=1))
-        bad = _command("c1")
-        del bad["verb"]
-        with self.assertRaises(ValueError):
-            await store.create_command(bad)
-        with self.assertRaises(ValueError):
-            await store.create_command(_command("c1", status="running"))
-        self.assertIsNone(await store.get_command("c1"))
-        self.assertEqual(await store.command_events("c1"), [])
+        with self.assertRaises(TypeError):
+            _command("c1", bogus=1)
+        fields = attrs.asdict(_command("c1"))
+        del fields["verb"]
+        with self.assertRaises(TypeError):
+            NewCommand(**fields)
+        with self.assertRaises(TypeError):
+            _command("c1", status="running")
+        self.assertEqual((await store.create_command(_command("c1"))).status, "queued")
 
     async def test_list_commands_filters(self) -> None:
         """list_commands filters by agent and status, newest first, honours limit."""
@@ -393,8 +403,8 @@ class StoreTestsMixin:
         await self.advance(store, "c", "dispatched", "running")
         await store.create_command(_command("d", "gw1", created_at=4.0))
 
-        def ids(rows: list[dict[str, Any]]) -> list[str]:
-            return [r["command_id"] for r in rows]
+        def ids(rows: list[Command]) -> list[str]:
+            return [r.command_id for r in rows]
 
         self.assertEqual(ids(await store.list_commands()), ["d", "c", "b", "a"])
         self.assertEqual(ids(await store.list_commands(agent_id="gw1")), ["d", "c", "a"])
@@ -418,8 +428,8 @@ class StoreTestsMixin:
         await self.advance(store, "sent", "dispatched")
         await store.create_command(_command("other", "gw2", created_at=0.1))
 
-        def ids(rows: list[dict[str, Any]]) -> list[str]:
-            return [r["command_id"] for r in rows]
+        def ids(rows: list[Command]) -> list[str]:
+            return [r.command_id for r in rows]
 
         self.assertEqual(ids(await store.commands_in("gw1", ("queued",))), ["early", "z", "y", "x"])
         self.assertEqual(
@@ -450,16 +460,14 @@ class StoreTestsMixin:
         self.assertEqual(
             await store.command_events("c1"),
             [
-                {"status": "queued", "at": 1.0, "detail": None},
-                {"status": "dispatched", "at": 2.0, "detail": None},
-                {"status": "dispatched", "at": 3.0, "detail": {"redelivery": 1}},
-                {"status": "running", "at": 4.0, "detail": None},
-                {"status": "failed", "at": 5.0, "detail": {"exit_code": 2}},
+                CommandEvent("queued", 1.0, None),
+                CommandEvent("dispatched", 2.0, None),
+                CommandEvent("dispatched", 3.0, {"redelivery": 1}),
+                CommandEvent("running", 4.0, None),
+                CommandEvent("failed", 5.0, {"exit_code": 2}),
             ],
         )
-        self.assertEqual(
-            await store.command_events("c2"), [{"status": "queued", "at": 1.5, "detail": None}]
-        )
+        self.assertEqual(await store.command_events("c2"), [CommandEvent("queued", 1.5, None)])
         self.assertEqual(await store.command_events("nope"), [])
 
     async def test_transition_sets_fields(self) -> None:
@@ -478,20 +486,20 @@ class StoreTestsMixin:
             error={"code": "exit", "message": "exit status 2"},
             finished_at=1234.5,
         )
-        self.assertEqual(updated["status"], "failed")
-        self.assertEqual(updated["exit_code"], 2)
-        self.assertEqual(updated["result"], {"lines": [1, 2]})
-        self.assertIs(updated["stdout_truncated"], True)
-        self.assertIs(updated["stderr_truncated"], False)
-        self.assertEqual(updated["error"], {"code": "exit", "message": "exit status 2"})
-        self.assertEqual(updated["finished_at"], 1234.5)
+        self.assertEqual(updated.status, "failed")
+        self.assertEqual(updated.exit_code, 2)
+        self.assertEqual(updated.result, {"lines": [1, 2]})
+        self.assertIs(updated.stdout_truncated, True)
+        self.assertIs(updated.stderr_truncated, False)
+        self.assertEqual(updated.error, {"code": "exit", "message": "exit status 2"})
+        self.assertEqual(updated.finished_at, 1234.5)
         self.assertEqual(await store.get_command("c1"), updated)
         # Setting a JSON column to None stores NULL.
         await store.create_command(_command("c2"))
         await store.transition("c2", "dispatched", 1.0, error={"code": "x", "message": "y"})
         running = await store.transition("c2", "running", 2.0, error=None)
-        self.assertIsNone(running["error"])
-        self.assertIsNone((await store.get_command("c2"))["error"])
+        self.assertIsNone(running.error)
+        self.assertIsNone((await store.get_command("c2")).error)
 
     async def test_returned_times_are_floats(self) -> None:
         """Rows written with RETURNING report time columns as floats, like reads do.
@@ -500,17 +508,17 @@ class StoreTestsMixin:
         """
         store = await self.open_store()
         agent = await self.online(store, now=100.0)
-        self.assertIs(type(agent["connected_at"]), float)
-        self.assertIs(type(agent["last_seen"]), float)
+        self.assertIs(type(agent.connected_at), float)
+        self.assertIs(type(agent.last_seen), float)
         created = await store.create_command(_command("c1", timeout=10.0, expires_at=2000.0))
         dispatched = await store.transition("c1", "dispatched", 5.0, dispatched_at=5.0)
         for command in (created, dispatched, await store.get_command("c1")):
             for key in ("timeout", "created_at", "expires_at"):
-                self.assertIs(type(command[key]), float, key)
-        self.assertIs(type(dispatched["dispatched_at"]), float)
+                self.assertIs(type(getattr(command, key)), float, key)
+        self.assertIs(type(dispatched.dispatched_at), float)
         (lost,) = await store.lose_overdue(100.0, 1.0)
-        self.assertIs(type(lost["finished_at"]), float)
-        self.assertIs(type(lost["dispatched_at"]), float)
+        self.assertIs(type(lost.finished_at), float)
+        self.assertIs(type(lost.dispatched_at), float)
 
     async def test_transition_refuses_illegal_moves(self) -> None:
         """Moves the lifecycle forbids return None and write nothing (no fields, no event)."""
@@ -558,7 +566,7 @@ class StoreTestsMixin:
             await store.transition("c1", "dispatched", 1.0, expected=())
         with self.assertRaises(TypeError):
             await store.transition("c1", "dispatched", 1.0, expected="queued")
-        self.assertEqual((await store.get_command("c1"))["status"], "queued")
+        self.assertEqual((await store.get_command("c1")).status, "queued")
         self.assertEqual(len(await store.command_events("c1")), 1)
 
     async def test_transition_expected_narrows(self) -> None:
@@ -572,12 +580,12 @@ class StoreTestsMixin:
         again = await store.transition(
             "c1", "dispatched", 3.0, expected=("dispatched",), dispatched_at=3.0
         )
-        self.assertEqual(again["dispatched_at"], 3.0)
+        self.assertEqual(again.dispatched_at, 3.0)
         # The default allows every source of running, including dispatched.
         running = await store.transition("c1", "running", 4.0)
-        self.assertEqual(running["status"], "running")
+        self.assertEqual(running.status, "running")
         self.assertIsNone(await store.transition("c1", "failed", 5.0, expected=("dispatched",)))
-        self.assertEqual((await store.get_command("c1"))["status"], "running")
+        self.assertEqual((await store.get_command("c1")).status, "running")
 
     async def test_transition_race(self) -> None:
         """Of many concurrent compare-and-sets from the same status, exactly one wins."""
@@ -597,7 +605,7 @@ class StoreTestsMixin:
         self.assertEqual(len(winners), 1)
         self.assertEqual(await store.get_command("c1"), winners[0])
         self.assertEqual(
-            [e["status"] for e in await store.command_events("c1")], ["queued", "dispatched"]
+            [e.status for e in await store.command_events("c1")], ["queued", "dispatched"]
         )
 
     # -- idempotency --------------------------------------------------------
@@ -609,9 +617,9 @@ class StoreTestsMixin:
             _command("c1", expires_at=60.0), token_name="ci", key="k1", request_hash="h1"
         )
         self.assertTrue(created)
-        self.assertEqual(first["command_id"], "c1")
-        self.assertEqual(first["expires_at"], 60.0)
-        self.assertEqual([e["status"] for e in await store.command_events("c1")], ["queued"])
+        self.assertEqual(first.command_id, "c1")
+        self.assertEqual(first.expires_at, 60.0)
+        self.assertEqual([e.status for e in await store.command_events("c1")], ["queued"])
 
         again, created = await store.create_command_idempotent(
             _command("c2"), token_name="ci", key="k1", request_hash="h1"
@@ -625,7 +633,7 @@ class StoreTestsMixin:
             _command("c3"), token_name="admin", key="k1", request_hash="h1"
         )
         self.assertTrue(created)
-        self.assertEqual(other["command_id"], "c3")
+        self.assertEqual(other.command_id, "c3")
         _, created = await store.create_command_idempotent(
             _command("c4"), token_name="ci", key="k2", request_hash="h1"
         )
@@ -651,7 +659,7 @@ class StoreTestsMixin:
             _command("c3"), token_name="ci", key="k1", request_hash="h1"
         )
         self.assertFalse(created)
-        self.assertEqual(same["command_id"], "c1")
+        self.assertEqual(same.command_id, "c1")
 
     async def test_idempotent_create_concurrent(self) -> None:
         """Concurrent requests with one key create one command; the others look it up."""
@@ -669,15 +677,15 @@ class StoreTestsMixin:
             ]
         )
         self.assertEqual(sum(created for _, created in results), 1)
-        self.assertEqual(len({command["command_id"] for command, _ in results}), 1)
+        self.assertEqual(len({command.command_id for command, _ in results}), 1)
         self.assertEqual(len(await store.list_commands()), 1)
 
     async def test_idempotent_create_validates(self) -> None:
-        """The command is validated before the key is looked at."""
+        """A refused call (arguments that are not JSON) leaves the key unused."""
         store = await self.open_store()
-        with self.assertRaises(ValueError):
+        with self.assertRaises(TypeError):
             await store.create_command_idempotent(
-                _command("c1", bogus=1), token_name="ci", key="k", request_hash="h"
+                _command("c1", args={"x": object()}), token_name="ci", key="k", request_hash="h"
             )
         _, created = await store.create_command_idempotent(
             _command("c1"), token_name="ci", key="k", request_hash="h"
@@ -701,19 +709,19 @@ class StoreTestsMixin:
 
         self.assertEqual(await store.expire_due(9.9), [])
         expired = await store.expire_due(20.0)
-        self.assertEqual([c["command_id"] for c in expired], ["early", "late"])
+        self.assertEqual([c.command_id for c in expired], ["early", "late"])
         error = {"code": "EXPIRED", "message": "not delivered before its deadline"}
         for command in expired:
-            self.assertEqual(command["status"], "expired")
-            self.assertEqual(command["finished_at"], 20.0)
-            self.assertEqual(command["error"], error)
-            self.assertEqual(await store.get_command(command["command_id"]), command)
+            self.assertEqual(command.status, "expired")
+            self.assertEqual(command.finished_at, 20.0)
+            self.assertEqual(command.error, error)
+            self.assertEqual(await store.get_command(command.command_id), command)
             self.assertEqual(
-                (await store.command_events(command["command_id"]))[-1],
-                {"status": "expired", "at": 20.0, "detail": error},
+                (await store.command_events(command.command_id))[-1],
+                CommandEvent("expired", 20.0, error),
             )
         self.assertEqual(await store.next_expiry(), 30.0)
-        self.assertEqual((await store.get_command("sent"))["status"], "dispatched")
+        self.assertEqual((await store.get_command("sent")).status, "dispatched")
         self.assertEqual(await store.expire_due(20.0), [])
         # Final means final: an expired command cannot be dispatched.
         self.assertIsNone(await store.transition("early", "dispatched", 21.0))
@@ -740,35 +748,35 @@ class StoreTestsMixin:
 
         self.assertEqual(await store.lose_overdue(124.9, 5.0), [])
         lost = await store.lose_overdue(135.0, 5)
-        self.assertEqual([c["command_id"] for c in lost], ["d", "r"])
+        self.assertEqual([c.command_id for c in lost], ["d", "r"])
         error = {
             "code": "LOST",
             "message": "no result within its timeout plus 5 s since dispatch",
         }
         for command in lost:
-            self.assertEqual(command["status"], "lost")
-            self.assertEqual(command["finished_at"], 135.0)
-            self.assertEqual(command["error"], error)
-            self.assertEqual(await store.get_command(command["command_id"]), command)
+            self.assertEqual(command.status, "lost")
+            self.assertEqual(command.finished_at, 135.0)
+            self.assertEqual(command.error, error)
+            self.assertEqual(await store.get_command(command.command_id), command)
             self.assertEqual(
-                (await store.command_events(command["command_id"]))[-1],
-                {"status": "lost", "at": 135.0, "detail": error},
+                (await store.command_events(command.command_id))[-1],
+                CommandEvent("lost", 135.0, error),
             )
         self.assertEqual(await store.next_loss_deadline(), 200.0)
         for command_id in ("queued", "slow", "done"):
-            self.assertNotEqual((await store.get_command(command_id))["status"], "lost")
+            self.assertNotEqual((await store.get_command(command_id)).status, "lost")
         # Only a caller naming lost (its own agent's late result) changes a lost command,
         # once, into an outcome an agent reports; the history keeps both.
         self.assertIsNone(await store.transition("r", "succeeded", 140.0, exit_code=0))
-        self.assertEqual((await store.get_command("r"))["status"], "lost")
+        self.assertEqual((await store.get_command("r")).status, "lost")
         with self.assertRaises(ValueError):
             await store.transition("r", "dispatched", 140.0, expected=("lost",))
         late = await store.transition(
             "r", "succeeded", 141.0, expected=("lost",), detail={"replaces": "lost"}, exit_code=0
         )
-        self.assertEqual((late["status"], late["exit_code"]), ("succeeded", 0))
+        self.assertEqual((late.status, late.exit_code), ("succeeded", 0))
         self.assertEqual(
-            [(e["status"], e["at"]) for e in (await store.command_events("r"))[-2:]],
+            [(e.status, e.at) for e in (await store.command_events("r"))[-2:]],
             [("lost", 135.0), ("succeeded", 141.0)],
         )
         self.assertIsNone(await store.transition("r", "failed", 142.0, expected=("lost",)))
@@ -784,13 +792,13 @@ class StoreTestsMixin:
             [v for i in range(count) for v in (f"c{i:04}", float(i))],
         )
         expired = await store.expire_due(2.0)
-        self.assertEqual([c["command_id"] for c in expired], [f"c{i:04}" for i in range(count)])
+        self.assertEqual([c.command_id for c in expired], [f"c{i:04}" for i in range(count)])
         rows = await store._run(
             store._select_txn,
             "SELECT COUNT(*) AS n FROM command_events WHERE status = 'expired'",
             (),
         )
-        self.assertEqual(rows[0]["n"], count)
+        self.assertEqual(rows, [(count,)])
 
     # -- cancellation -------------------------------------------------------
 
@@ -808,31 +816,31 @@ class StoreTestsMixin:
         events = await store.command_events("r")
 
         running = await store.request_cancel("r", 20.0)
-        self.assertEqual(running["status"], "running")
-        self.assertEqual(running["cancel_requested_at"], 20.0)
-        self.assertIs(type(running["cancel_requested_at"]), float)
+        self.assertEqual(running.status, "running")
+        self.assertEqual(running.cancel_requested_at, 20.0)
+        self.assertIs(type(running.cancel_requested_at), float)
         self.assertEqual(await store.get_command("r"), running)
         self.assertEqual(await store.command_events("r"), events)
         again = await store.request_cancel("r", 30.0)
-        self.assertEqual(again["cancel_requested_at"], 20.0)
+        self.assertEqual(again.cancel_requested_at, 20.0)
 
         queued = await store.request_cancel("q", 21.0)
-        self.assertEqual(queued["status"], "queued")
-        self.assertEqual(queued["cancel_requested_at"], 21.0)
+        self.assertEqual(queued.status, "queued")
+        self.assertEqual(queued.cancel_requested_at, 21.0)
         # A marked queued command can still be cancelled through the lifecycle.
         cancelled = await store.transition("q", "cancelled", 22.0, finished_at=22.0)
-        self.assertEqual(cancelled["cancel_requested_at"], 21.0)
+        self.assertEqual(cancelled.cancel_requested_at, 21.0)
 
         self.assertIsNone(await store.request_cancel("s", 23.0))
-        self.assertIsNone((await store.get_command("s"))["cancel_requested_at"])
+        self.assertIsNone((await store.get_command("s")).cancel_requested_at)
         self.assertIsNone(await store.request_cancel("q", 24.0))  # now final
         self.assertIsNone(await store.request_cancel("nope", 25.0))
 
     async def test_cancel_requested_at_internal(self) -> None:
         """cancel_requested_at is written only by request_cancel."""
         store = await self.open_store()
-        with self.assertRaises(ValueError):
-            await store.create_command(_command("c1", cancel_requested_at=1.0))
+        with self.assertRaises(TypeError):
+            _command("c1", cancel_requested_at=1.0)
         await store.create_command(_command("c2"))
         with self.assertRaises(ValueError):
             await store.transition("c2", "dispatched", 1.0, cancel_requested_at=1.0)
@@ -854,12 +862,12 @@ class StoreTestsMixin:
         for command_id in ("r", "d", "q", "other"):
             self.assertIsNotNone(await store.request_cancel(command_id, 10.0))
         pending = await store.cancels_pending("gw1")
-        self.assertEqual([c["command_id"] for c in pending], ["d", "r"])
+        self.assertEqual([c.command_id for c in pending], ["d", "r"])
         self.assertEqual(pending[0], await store.get_command("d"))
-        self.assertEqual([c["command_id"] for c in await store.cancels_pending("gw2")], ["other"])
+        self.assertEqual([c.command_id for c in await store.cancels_pending("gw2")], ["other"])
         # Once final (or lost), it is no longer pending.
         await store.transition("r", "cancelled", 11.0)
-        self.assertEqual([c["command_id"] for c in await store.cancels_pending("gw1")], ["d"])
+        self.assertEqual([c.command_id for c in await store.cancels_pending("gw1")], ["d"])
         self.assertEqual(await store.cancels_pending("nope"), [])
 
     # -- live output --------------------------------------------------------
@@ -884,10 +892,10 @@ class StoreTestsMixin:
         self.assertEqual(
             await store.output_since("c1"),
             [
-                {"seq": 0, "stream": "stdout", "data": "a", "at": 1.0},
-                {"seq": 1, "stream": "stderr", "data": "b", "at": 1.0},
-                {"seq": 2, "stream": "stdout", "data": "c", "at": 2.0},
-                {"seq": 3, "stream": "stdout", "data": "d", "at": 4.0},
+                OutputChunk(0, "stdout", "a", 1.0),
+                OutputChunk(1, "stderr", "b", 1.0),
+                OutputChunk(2, "stdout", "c", 2.0),
+                OutputChunk(3, "stdout", "d", 4.0),
             ],
         )
         # Unknown commands store nothing.
@@ -917,8 +925,8 @@ class StoreTestsMixin:
         await store.append_output("c1", [(0, "stdout", "a"), (10, "stderr", "k")], 2.0)
         await store.append_output("c2", [(1, "stdout", "other")], 2.0)
 
-        def seqs(rows: list[dict[str, Any]]) -> list[int]:
-            return [r["seq"] for r in rows]
+        def seqs(rows: list[OutputChunk]) -> list[int]:
+            return [r.seq for r in rows]
 
         self.assertEqual(seqs(await store.output_since("c1")), [0, 2, 5, 10])
         self.assertEqual(seqs(await store.output_since("c1", 2)), [5, 10])
@@ -926,7 +934,7 @@ class StoreTestsMixin:
         self.assertEqual(await store.output_since("c1", 10), [])
         self.assertEqual(seqs(await store.output_since("c2")), [1])
         (chunk,) = await store.output_since("c1", 5)
-        self.assertIs(type(chunk["at"]), float)
+        self.assertIs(type(chunk.at), float)
 
     async def test_output_many(self) -> None:
         """A call with more chunks than one INSERT batch stores and counts them all."""
@@ -964,23 +972,25 @@ class StoreTestsMixin:
         await store.record_telemetry("gw1", 12.5, {"load": 5})
 
         latest = await store.latest_telemetry("gw1")
-        self.assertEqual(latest, {"at": 12.5, "data": {"load": 5}})
-        self.assertIs(type(latest["at"]), float)
+        self.assertEqual(latest, TelemetryReport(12.5, {"load": 5}))
+        self.assertIs(type(latest.at), float)
         history = await store.telemetry_history("gw1")
-        self.assertEqual([h["at"] for h in history], [12.5, 14.0, 13.0, 12.0, 11.0, 10.0])
-        self.assertEqual(history[1]["data"], {"load": 4, "disk": {"/": 0.5}})
+        self.assertEqual([h.at for h in history], [12.5, 14.0, 13.0, 12.0, 11.0, 10.0])
+        self.assertEqual(history[1].data, {"load": 4, "disk": {"/": 0.5}})
         self.assertEqual(
-            [h["at"] for h in await store.telemetry_history("gw1", limit=2)], [12.5, 14.0]
+            [h.at for h in await store.telemetry_history("gw1", limit=2)], [12.5, 14.0]
         )
         # since is exclusive.
         self.assertEqual(
-            [h["at"] for h in await store.telemetry_history("gw1", since=12.0)], [12.5, 14.0, 13.0]
+            [h.at for h in await store.telemetry_history("gw1", since=12.0)], [12.5, 14.0, 13.0]
         )
         self.assertEqual(
-            [h["at"] for h in await store.telemetry_history("gw1", limit=1, since=12.0)], [12.5]
+            [h.at for h in await store.telemetry_history("gw1", limit=1, since=12.0)], [12.5]
         )
         self.assertEqual(await store.telemetry_history("gw1", since=20.0), [])
-        self.assertEqual(await store.telemetry_history("gw2"), [{"at": 100.0, "data": {"load": 9}}])
+        self.assertEqual(
+            await store.telemetry_history("gw2"), [TelemetryReport(100.0, {"load": 9})]
+        )
 
     async def test_telemetry_keep_bound(self) -> None:
         """record_telemetry keeps the agent's newest ``keep`` rows, other agents untouched."""
@@ -990,13 +1000,13 @@ class StoreTestsMixin:
         for i in range(10):
             await store.record_telemetry("gw1", float(i), {"n": i}, keep=4)
         history = await store.telemetry_history("gw1", limit=100)
-        self.assertEqual([h["data"]["n"] for h in history], [9, 8, 7, 6])
-        self.assertEqual([h["data"]["n"] for h in await store.telemetry_history("gw2")], [2, 1])
+        self.assertEqual([h.data["n"] for h in history], [9, 8, 7, 6])
+        self.assertEqual([h.data["n"] for h in await store.telemetry_history("gw2")], [2, 1])
         # A smaller keep trims at once; keep=1 leaves only the new report.
         await store.record_telemetry("gw1", 10.0, {"n": 10}, keep=1)
-        self.assertEqual(await store.telemetry_history("gw1"), [{"at": 10.0, "data": {"n": 10}}])
+        self.assertEqual(await store.telemetry_history("gw1"), [TelemetryReport(10.0, {"n": 10})])
         rows = await store._run(store._select_txn, "SELECT COUNT(*) AS n FROM agent_telemetry", ())
-        self.assertEqual(rows[0]["n"], 3)
+        self.assertEqual(rows, [(3,)])
         for keep in (0, -1, 1.5, True):
             with self.assertRaises(ValueError):
                 await store.record_telemetry("gw1", 11.0, {}, keep=keep)  # type: ignore[arg-type]
@@ -1024,21 +1034,19 @@ class StoreTestsMixin:
                 expected.append(j)
                 total += stored[j]
             history = await store.telemetry_history("gw1", limit=100)
-            self.assertEqual([h["data"]["n"] for h in history], expected, f"after report {i}")
+            self.assertEqual([h.data["n"] for h in history], expected, f"after report {i}")
         rows = await store._run(
             store._select_txn,
             "SELECT agent_id, SUM(bytes) AS total FROM agent_telemetry GROUP BY agent_id",
             (),
         )
-        totals = {r["agent_id"]: int(r["total"]) for r in rows}
+        totals = {agent_id: int(total) for agent_id, total in rows}
         self.assertLessEqual(totals["gw1"], budget)
         self.assertEqual(totals["gw2"], len(json.dumps({"pad": "y" * 500}, separators=(",", ":"))))
         # keep and max_bytes together: whichever keeps fewer.
         for i in range(5):
             await store.record_telemetry("gw1", 20.0 + i, {"n": 20 + i}, keep=3, max_bytes=budget)
-        self.assertEqual(
-            [h["data"]["n"] for h in await store.telemetry_history("gw1")], [24, 23, 22]
-        )
+        self.assertEqual([h.data["n"] for h in await store.telemetry_history("gw1")], [24, 23, 22])
         for max_bytes in (0, -1, 1.5, True):
             with self.assertRaises(ValueError):
                 await store.record_telemetry("gw1", 30.0, {}, max_bytes=max_bytes)  # type: ignore[arg-type]
@@ -1072,15 +1080,15 @@ class StoreTestsMixin:
             " ORDER BY seq",
             (),
         )
-        self.assertEqual([r["bytes"] for r in rows], [r["length"] for r in rows])
-        gw1 = [r for r in rows if r["agent_id"] == "gw1"]
+        self.assertEqual([size for _, size, _, _ in rows], [length for _, _, _, length in rows])
+        gw1 = [(size, before) for agent_id, size, before, _ in rows if agent_id == "gw1"]
         self.assertEqual(
-            [r["bytes_before"] for r in gw1],
-            [0, gw1[0]["bytes"], gw1[0]["bytes"] + gw1[1]["bytes"]],
+            [before for _, before in gw1],
+            [0, gw1[0][0], gw1[0][0] + gw1[1][0]],
         )
         # The new report and gw1's newest old one (4,000 bytes and a bit) fit, the next not.
         await store.record_telemetry("gw1", 9.0, {"n": 9}, max_bytes=5000)
-        self.assertEqual([h["data"]["n"] for h in await store.telemetry_history("gw1")], [9, 3])
+        self.assertEqual([h.data["n"] for h in await store.telemetry_history("gw1")], [9, 3])
         self.assertEqual(len(await store.telemetry_history("gw2")), 2)
 
     async def test_mark_output_truncated(self) -> None:
@@ -1089,7 +1097,7 @@ class StoreTestsMixin:
         await store.create_command(_command("c1"))
         await store.mark_output_truncated("c1", "stderr")
         command = await store.get_command("c1")
-        self.assertEqual((command["stdout_truncated"], command["stderr_truncated"]), (False, True))
+        self.assertEqual((command.stdout_truncated, command.stderr_truncated), (False, True))
         with self.assertRaises(ValueError):
             await store.mark_output_truncated("c1", "stdin")
 
@@ -1099,7 +1107,8 @@ class StoreTestsMixin:
         """Tokens are found by hash, listed by name without hashes."""
         store = await self.open_store()
         self.assertEqual(
-            await store.create_token("ci", "aa" * 32, 10.0), {"name": "ci", "created_at": 10.0}
+            await store.create_token("ci", "aa" * 32, 10.0),
+            Token("ci", 10.0, "operator", None, None, None, None),
         )
         await store.create_token("admin", "bb" * 32, 11.0)
         self.assertEqual(await store.token_name_for_hash("aa" * 32), "ci")
@@ -1115,8 +1124,8 @@ class StoreTestsMixin:
         self.assertEqual(
             await store.list_tokens(),
             [
-                {"name": "admin", "created_at": 11.0, **unlimited},
-                {"name": "ci", "created_at": 10.0, **unlimited},
+                Token(name="admin", created_at=11.0, **unlimited),
+                Token(name="ci", created_at=10.0, **unlimited),
             ],
         )
 
@@ -1131,7 +1140,7 @@ class StoreTestsMixin:
         # The pool still works after the failed transaction was rolled back.
         self.assertEqual(await store.token_name_for_hash("aa" * 32), "ci")
         self.assertIsNone(await store.token_name_for_hash("bb" * 32))
-        self.assertEqual([t["name"] for t in await store.list_tokens()], ["ci"])
+        self.assertEqual([t.name for t in await store.list_tokens()], ["ci"])
 
     async def test_token_roles_scopes_expiry_revocation(self) -> None:
         """Tokens carry a role, verb/site lists, an expiry; revoking one stamps it once."""
@@ -1146,32 +1155,32 @@ class StoreTestsMixin:
         ops = await store.token_for_hash("aa" * 32)
         self.assertEqual(
             ops,
-            {
-                "name": "ops",
-                "created_at": 10.0,
-                "role": "operator",
-                "verbs": ["ping"],
-                "sites": ["paris"],
-                "expires_at": None,
-                "revoked_at": None,
-            },
+            Token(
+                name="ops",
+                created_at=10.0,
+                role="operator",
+                verbs=["ping"],
+                sites=["paris"],
+                expires_at=None,
+                revoked_at=None,
+            ),
         )
-        self.assertEqual((await store.token_for_hash("bb" * 32))["expires_at"], 99.5)
+        self.assertEqual((await store.token_for_hash("bb" * 32)).expires_at, 99.5)
         self.assertEqual(
-            [(t["name"], t["role"]) for t in await store.list_tokens()],
+            [(t.name, t.role) for t in await store.list_tokens()],
             [("boss", "admin"), ("eyes", "viewer"), ("ops", "operator")],
         )
         for token in await store.list_tokens():
-            self.assertNotIn("token_hash", token)
+            self.assertFalse(hasattr(token, "token_hash"))
         self.assertTrue(await store.revoke_token("ops", 20.0))
         self.assertFalse(await store.revoke_token("ops", 21.0))
         self.assertFalse(await store.revoke_token("nobody", 21.0))
-        self.assertEqual((await store.token_for_hash("aa" * 32))["revoked_at"], 20.0)
+        self.assertEqual((await store.token_for_hash("aa" * 32)).revoked_at, 20.0)
 
     async def test_certificate_serial_and_revocations(self) -> None:
         """The agent row keeps its certificate serial; revocations are polled by seq."""
         store = await self.open_store()
-        self.assertIsNone((await self.online(store))["cert_serial"])
+        self.assertIsNone((await self.online(store)).cert_serial)
         agent = await store.upsert_agent_online(
             "gw2",
             version="1",
@@ -1185,18 +1194,18 @@ class StoreTestsMixin:
             now=1.0,
             cert_serial="1f2e",
         )
-        self.assertEqual(agent["cert_serial"], "1f2e")
+        self.assertEqual(agent.cert_serial, "1f2e")
         self.assertEqual(await store.revocations_since(0), [])
         self.assertTrue(await store.revoke_certificate("1f2e", "gw2", 5.0, "lost laptop"))
         self.assertFalse(await store.revoke_certificate("1f2e", "gw2", 6.0))
         self.assertTrue(await store.revoke_certificate("aa", "gw1", 7.0))
         first, second = await store.revocations_since(0)
         self.assertEqual(
-            {k: first[k] for k in ("serial", "agent_id", "revoked_at", "reason")},
+            {k: getattr(first, k) for k in ("serial", "agent_id", "revoked_at", "reason")},
             {"serial": "1f2e", "agent_id": "gw2", "revoked_at": 5.0, "reason": "lost laptop"},
         )
-        self.assertEqual(await store.revocations_since(first["seq"]), [second])
-        self.assertEqual(await store.revocations_since(second["seq"]), [])
+        self.assertEqual(await store.revocations_since(first.seq), [second])
+        self.assertEqual(await store.revocations_since(second.seq), [])
         self.assertTrue(await store.is_certificate_revoked("1f2e"))
         self.assertFalse(await store.is_certificate_revoked("1f2f"))
 
@@ -1230,35 +1239,33 @@ class StoreTestsMixin:
         self.assertEqual(
             await store.agent_certificates(agent_id="gw1"),
             [
-                {"agent_id": "gw1", "serial": "a1", "first_seen": 3.0, "last_seen": 3.0},
-                {"agent_id": "gw1", "serial": "b2", "first_seen": 10.0, "last_seen": 12.0},
+                AgentCertificate("gw1", "a1", 3.0, 3.0),
+                AgentCertificate("gw1", "b2", 10.0, 12.0),
             ],
         )
         [seen] = await store.agent_certificates(serial="c3")
-        self.assertEqual(seen["agent_id"], "gw2")
+        self.assertEqual(seen.agent_id, "gw2")
         self.assertEqual(await store.agent_certificates(serial="ffff"), [])
         with self.assertRaises(ValueError):
             await store.agent_certificates()
 
     async def test_audit_chain(self) -> None:
         """Audit records are numbered from 1, chained by hash, with secrets redacted."""
-        from viworks.backend import audit
-
         store = await self.open_store()
         first = await store.append_audit(
             1.5, "ci", "api.post", "/x", "ok", {"password": "hunter2", "verb": "ping"}
         )
         second = await store.append_audit(2.0, "system", "command.finished", None, "failed")
-        self.assertEqual((first["seq"], second["seq"]), (1, 2))
-        self.assertEqual(first["prev_hash"], audit.GENESIS)
-        self.assertEqual(second["prev_hash"], first["hash"])
+        self.assertEqual((first.seq, second.seq), (1, 2))
+        self.assertEqual(first.prev_hash, auditchain.GENESIS)
+        self.assertEqual(second.prev_hash, first.hash)
         rows = await store.audit_records()
         self.assertEqual(rows, [first, second])
-        self.assertEqual(rows[0]["detail"], '{"password":"[redacted]","verb":"ping"}')
-        self.assertIsNone(rows[1]["detail"])
-        self.assertEqual(audit.verify_chain(rows), 2)
+        self.assertEqual(rows[0].detail, '{"password":"[redacted]","verb":"ping"}')
+        self.assertIsNone(rows[1].detail)
+        self.assertEqual(auditchain.verify_chain(rows), 2)
         self.assertEqual(await store.audit_records(after_seq=1), [second])
-        self.assertEqual(await store.audit_seq_of_hash(second["hash"]), 2)
+        self.assertEqual(await store.audit_seq_of_hash(second.hash), 2)
         self.assertIsNone(await store.audit_seq_of_hash("ff" * 32))
 
     async def test_console_sessions(self) -> None:
@@ -1269,15 +1276,10 @@ class StoreTestsMixin:
         await store.create_console_session("s1" * 32, "ops", 10.0, 100.0)
         await store.create_console_session("s2" * 32, "ops", 10.0, 20.0)
         session = await store.console_session("s1" * 32)
+        self.assertEqual(session.expires_at, 100.0)
         self.assertEqual(
-            {k: session[k] for k in ("session_expires_at", "name", "role", "sites", "revoked_at")},
-            {
-                "session_expires_at": 100.0,
-                "name": "ops",
-                "role": "operator",
-                "sites": ["paris"],
-                "revoked_at": None,
-            },
+            (session.token.name, session.token.role, session.token.sites, session.token.revoked_at),
+            ("ops", "operator", ["paris"], None),
         )
         self.assertIsNone(await store.console_session("zz" * 32))
         await store.create_console_session("s3" * 32, "ops", 30.0, 200.0)  # purges s2
@@ -1294,21 +1296,21 @@ class StoreTestsMixin:
         for agent_id in ("gw3", "gw1", "gw2"):
             await self.online(store, agent_id, session_id="s-" + agent_id)
         keys = await store.agent_keys()
-        self.assertEqual([k["agent_id"] for k in keys], ["gw1", "gw2", "gw3"])
+        self.assertEqual([k.agent_id for k in keys], ["gw1", "gw2", "gw3"])
         self.assertEqual(
             keys[0],
-            {
-                "agent_id": "gw1",
-                "site": "paris",
-                "labels": {"rack": "a1"},
-                "version": "1.2.3",
-                "cert_serial": None,
-                "cert_not_after": None,
-            },
+            AgentSummary(
+                agent_id="gw1",
+                site="paris",
+                labels={"rack": "a1"},
+                version="1.2.3",
+                cert_serial=None,
+                cert_not_after=None,
+            ),
         )
         agents = await store.agents_by_id(["gw3", "nope", "gw2"])
-        self.assertEqual([a["agent_id"] for a in agents], ["gw2", "gw3"])
-        self.assertEqual(agents[0]["verbs"], VERBS)
+        self.assertEqual([a.agent_id for a in agents], ["gw2", "gw3"])
+        self.assertEqual(agents[0].verbs, VERBS)
         self.assertEqual(await store.agents_by_id([]), [])
         agent = await store.upsert_agent_online(
             "gw4",
@@ -1324,7 +1326,7 @@ class StoreTestsMixin:
             cert_serial="ab",
             cert_not_after=1e9,
         )
-        self.assertEqual(agent["cert_not_after"], 1e9)
+        self.assertEqual(agent.cert_not_after, 1e9)
 
     async def test_audit_search(self) -> None:
         """audit_search filters by actor, action (exact or prefix), agent, outcome and time,
@@ -1337,7 +1339,7 @@ class StoreTestsMixin:
         await append(40.0, "gw1", "connection.refused", "agent:gw1", "refused")
 
         async def seqs(**filters: Any) -> list[int]:
-            return [r["seq"] for r in await store.audit_search(**filters)]
+            return [r.seq for r in await store.audit_search(**filters)]
 
         self.assertEqual(await seqs(), [4, 3, 2, 1])
         self.assertEqual(await seqs(newest_first=False, after_seq=2), [3, 4])
@@ -1353,8 +1355,6 @@ class StoreTestsMixin:
 
     async def test_audit_concurrent_writers(self) -> None:
         """Appends from concurrent transactions (and a second store) never fork the chain."""
-        from viworks.backend import audit
-
         store = await self.open_store()
         other = await self.open_store()
         writes = [
@@ -1363,8 +1363,8 @@ class StoreTestsMixin:
         ]
         await defer.gatherResults([defer.Deferred.fromCoroutine(w) for w in writes])
         rows = await store.audit_records(limit=100)
-        self.assertEqual([r["seq"] for r in rows], list(range(1, 41)))
-        self.assertEqual(audit.verify_chain(rows), 40)
+        self.assertEqual([r.seq for r in rows], list(range(1, 41)))
+        self.assertEqual(auditchain.verify_chain(rows), 40)
 
     async def test_migrate_from_v3(self) -> None:
         """Tokens made before roles become unlimited operators; agents get no serial yet."""
@@ -1393,12 +1393,12 @@ class StoreTestsMixin:
         store = await self.open_store()
         token = await store.token_for_hash("aa" * 32)
         self.assertEqual(
-            (token["role"], token["verbs"], token["sites"], token["expires_at"]),
+            (token.role, token.verbs, token.sites, token.expires_at),
             ("operator", None, None, None),
         )
-        self.assertIsNone(token["revoked_at"])
-        self.assertIsNone((await store.get_agent("gw1"))["cert_serial"])
-        self.assertEqual((await store.append_audit(1.0, "a", "b", None, "ok"))["seq"], 1)
+        self.assertIsNone(token.revoked_at)
+        self.assertIsNone((await store.get_agent("gw1")).cert_serial)
+        self.assertEqual((await store.append_audit(1.0, "a", "b", None, "ok")).seq, 1)
 
     async def test_survives_reopen(self) -> None:
         """Data written before close() is there after reopening the database."""
@@ -1410,56 +1410,64 @@ class StoreTestsMixin:
         await store.close()  # idempotent
 
         again = await self.open_store()
-        self.assertEqual((await again.get_agent("gw1"))["verbs"], VERBS)
-        self.assertEqual((await again.get_command("c1"))["args"], {"count": 1})
+        self.assertEqual((await again.get_agent("gw1")).verbs, VERBS)
+        self.assertEqual((await again.get_command("c1")).args, {"count": 1})
         self.assertEqual(await again.token_name_for_hash("aa" * 32), "ci")
 
     # -- jobs ---------------------------------------------------------------
 
-    def _job(self, job_id: str = "j1", **fields: Any) -> dict[str, Any]:
-        return {
-            "job_id": job_id,
-            "status": "running",
-            "verb": "ping",
-            "args": {"count": 1},
-            "selector": "site=paris",
-            "concurrency": "10%",
-            "concurrency_limit": 1,
-            "max_errors": "2",
-            "max_errors_limit": 2,
-            "ttl": 60.0,
-            "timeout": 30.0,
-            "created_at": 10.0,
-            "updated_at": 10.0,
-            **fields,
-        }
+    def _job(self, job_id: str = "j1", **fields: Any) -> Job:
+        return Job(
+            **{
+                "job_id": job_id,
+                "status": "running",
+                "verb": "ping",
+                "args": {"count": 1},
+                "selector": "site=paris",
+                "concurrency": "10%",
+                "concurrency_limit": 1,
+                "max_errors": "2",
+                "max_errors_limit": 2,
+                "canary": None,
+                "canary_auto": False,
+                "canary_passed": False,
+                "ttl": 60.0,
+                "timeout": 30.0,
+                "created_by": None,
+                "created_at": 10.0,
+                "updated_at": 10.0,
+                **fields,
+            }
+        )
 
     async def test_jobs_create_get_list(self) -> None:
         """A job and its targets are stored together and read back decoded."""
         store = await self.open_store()
         job = await store.create_job(self._job(canary=2, canary_auto=True), ["gw2", "gw1"])
-        self.assertEqual(job["args"], {"count": 1})
-        self.assertIs(job["canary_auto"], True)
-        self.assertIs(job["canary_passed"], False)
-        self.assertIs(job["has_secrets"], False)
-        self.assertEqual((job["canary"], job["ttl"], job["created_at"]), (2, 60.0, 10.0))
+        self.assertEqual(job.args, {"count": 1})
+        self.assertIs(job.canary_auto, True)
+        self.assertIs(job.canary_passed, False)
+        self.assertIs(job.has_secrets, False)
+        self.assertEqual((job.canary, job.ttl, job.created_at), (2, 60.0, 10.0))
         self.assertEqual(await store.get_job("j1"), job)
         self.assertIsNone(await store.get_job("nope"))
         targets = await store.job_targets("j1")
         self.assertEqual(
-            [(t["position"], t["agent_id"], t["command_id"], t["status"]) for t in targets],
+            [(t.position, t.agent_id, t.command_id, t.status) for t in targets],
             [(0, "gw2", None, "pending"), (1, "gw1", None, "pending")],
         )
         await store.create_job(self._job("j2", status="paused", created_at=20.0), ["gw1"])
-        self.assertEqual([j["job_id"] for j in await store.list_jobs()], ["j2", "j1"])
-        self.assertEqual([j["job_id"] for j in await store.list_jobs(["running"])], ["j1"])
-        self.assertEqual([j["job_id"] for j in await store.list_jobs(limit=1)], ["j2"])
+        self.assertEqual([j.job_id for j in await store.list_jobs()], ["j2", "j1"])
+        self.assertEqual([j.job_id for j in await store.list_jobs(["running"])], ["j1"])
+        self.assertEqual([j.job_id for j in await store.list_jobs(limit=1)], ["j2"])
         with self.assertRaises(ValueError):
             await store.list_jobs(["nope"])
         with self.assertRaises(ValueError):
             await store.create_job(self._job("j3"), ["gw1", "gw1"])
+        with self.assertRaises(TypeError):
+            self._job("j3", bogus=1)
         with self.assertRaises(ValueError):
-            await store.create_job(self._job("j3", bogus=1), ["gw1"])
+            await store.create_job(self._job("j3", status="bogus"), ["gw1"])
 
     async def test_job_targets_follow_their_commands(self) -> None:
         """A target shows its command's status, or its outcome; counts group them."""
@@ -1474,7 +1482,7 @@ class StoreTestsMixin:
         await store.transition("c1", "dispatched", 11.0, dispatched_at=11.0)
         targets = await store.job_targets("j1")
         self.assertEqual(
-            [(t["command_id"], t["status"], t["error"]) for t in targets],
+            [(t.command_id, t.status, t.error) for t in targets],
             [("c1", "dispatched", None), (None, "pending", None), (None, "expired", error)],
         )
         await store.create_job(self._job("j2"), ["gw1"])
@@ -1492,7 +1500,7 @@ class StoreTestsMixin:
         store = await self.open_store()
         await store.create_job(self._job(), ["gw1"])
         paused = await store.update_job("j1", 12.0, expected=["running"], status="paused")
-        self.assertEqual((paused["status"], paused["updated_at"]), ("paused", 12.0))
+        self.assertEqual((paused.status, paused.updated_at), ("paused", 12.0))
         self.assertIsNone(await store.update_job("j1", 13.0, expected=["running"], status="paused"))
         done = await store.update_job(
             "j1",
@@ -1503,8 +1511,8 @@ class StoreTestsMixin:
             finished_at=14.0,
             error={"code": "X", "message": "y"},
         )
-        self.assertEqual(done["error"], {"code": "X", "message": "y"})
-        self.assertIs(done["canary_passed"], True)
+        self.assertEqual(done.error, {"code": "X", "message": "y"})
+        self.assertIs(done.canary_passed, True)
         self.assertEqual(await store.get_job("j1"), done)
         self.assertIsNone(await store.update_job("nope", 15.0, status="paused"))
         with self.assertRaises(ValueError):
@@ -1529,7 +1537,7 @@ class StoreTestsMixin:
         # six share it (in the pool thread: list_commands may read many rows). In a
         # thread (PostgreSQL): the first ran alone, the five behind it shared the next.
         self.assertEqual(store.batches.batches - before, 1 if store.batches.inline else 2)
-        self.assertEqual([c["command_id"] for c in created], [f"c{i}" for i in range(5)])
+        self.assertEqual([c.command_id for c in created], [f"c{i}" for i in range(5)])
         self.assertEqual(len(listed), 5)
 
     async def test_failing_call_in_a_batch_is_rolled_back_alone(self) -> None:
@@ -1547,10 +1555,10 @@ class StoreTestsMixin:
             await duplicate
         await after
         self.assertEqual(
-            sorted(c["command_id"] for c in await store.list_commands(agent_id="gw1")),
+            sorted(c.command_id for c in await store.list_commands(agent_id="gw1")),
             ["c1", "c2", "c3"],
         )
-        self.assertEqual([t["name"] for t in await store.list_tokens()], ["ops"])
+        self.assertEqual([t.name for t in await store.list_tokens()], ["ops"])
 
     async def test_transient_failure_splits_the_batch(self) -> None:
         """A call failing with a transient error (a deadlock between two backends) rolls
@@ -1579,13 +1587,13 @@ class StoreTestsMixin:
         await first
         created, outcome, _ = await defer.gatherResults(batch)
         self.assertEqual((outcome, len(attempts)), ("ok", 2))
-        self.assertEqual(created["command_id"], "c1")
+        self.assertEqual(created.command_id, "c1")
         self.assertEqual(
-            sorted(c["command_id"] for c in await store.list_commands(agent_id="gw1")),
+            sorted(c.command_id for c in await store.list_commands(agent_id="gw1")),
             ["c0", "c1", "c2"],
         )
         # c1 ran twice, its first run rolled back: one row, one event.
-        self.assertEqual([e["status"] for e in await store.command_events("c1")], ["queued"])
+        self.assertEqual([e.status for e in await store.command_events("c1")], ["queued"])
 
     async def test_close_runs_queued_calls_then_refuses(self) -> None:
         """close() waits for what was queued; a call after it fails with StoreClosed."""
@@ -1608,7 +1616,7 @@ class SQLiteStoreTests(StoreTestsMixin, unittest.TestCase):
         # A missing parent directory exercises its creation.
         self.path = os.path.join(self.mktemp(), "sub", "viworks.sqlite3")
 
-    def make_store(self) -> Store:
+    def make_store(self) -> SQLStore:
         return open_store(self.path)
 
     async def test_file_permissions(self) -> None:
@@ -1648,7 +1656,7 @@ class SQLiteStoreTests(StoreTestsMixin, unittest.TestCase):
             "EXPLAIN QUERY PLAN SELECT 1 FROM idempotency_keys WHERE command_id = ?",
             ("c1",),
         )
-        plan = " ".join(str(row["detail"]) for row in rows)
+        plan = " ".join(str(detail) for *_, detail in rows)
         self.assertIn("idempotency_keys_command", plan)
 
     async def test_locked_file_goes_to_the_pool_thread(self) -> None:
@@ -1664,16 +1672,16 @@ class SQLiteStoreTests(StoreTestsMixin, unittest.TestCase):
         await task.deferLater(reactor, 0.2, lambda: None)
         self.assertFalse(write.called)
         other.execute("COMMIT")
-        self.assertEqual((await write)["command_id"], "c1")
+        self.assertEqual((await write).command_id, "c1")
         self.assertIsNotNone(await store.get_command("c1"))
 
     async def test_wal_enabled(self) -> None:
         """Connections use WAL journaling and enforce foreign keys."""
         store = await self.open_store()
         rows = await store._run(store._select_txn, "PRAGMA journal_mode", ())
-        self.assertEqual(list(rows[0].values()), ["wal"])
+        self.assertEqual(rows, [("wal",)])
         rows = await store._run(store._select_txn, "PRAGMA foreign_keys", ())
-        self.assertEqual(list(rows[0].values()), [1])
+        self.assertEqual(rows, [(1,)])
 
 
 class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
@@ -1703,7 +1711,7 @@ class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
         with psycopg.connect(POSTGRES_URL, connect_timeout=3, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {self.schema} CASCADE")
 
-    def make_store(self) -> Store:
+    def make_store(self) -> SQLStore:
         return open_store(POSTGRES_URL, schema=self.schema)
 
     async def test_tables_in_schema(self) -> None:
@@ -1716,7 +1724,7 @@ class PostgresStoreTests(StoreTestsMixin, unittest.TestCase):
             (self.schema,),
         )
         self.assertEqual(
-            [r["table_name"] for r in rows],
+            [table_name for (table_name,) in rows],
             [
                 "agent_certificates",
                 "agent_telemetry",

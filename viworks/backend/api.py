@@ -8,8 +8,9 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
@@ -21,14 +22,25 @@ from viworks.backend import audit, authz, tokens, websession
 from viworks.backend.authfailures import AuthFailures, request_source
 from viworks.backend.events import Event, sse_frame
 from viworks.backend.health import StoreHealth
-from viworks.backend.jobs import STATUSES as JOB_STATUSES
 from viworks.backend.jobs import JobRunner
 from viworks.backend.ledger import CommandLedger, Idempotency, LedgerError
 from viworks.backend.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from viworks.backend.metrics import Metrics
+from viworks.backend.model import (
+    JOB_STATUSES,
+    Agent,
+    AgentSummary,
+    AuditRecord,
+    Command,
+    ConsoleSession,
+    OutputChunk,
+    TelemetryReport,
+    Token,
+    api_fields,
+)
 from viworks.backend.registry import SessionRegistry
 from viworks.backend.revocation import revoke_agent_certificates
-from viworks.backend.store import DuplicateToken
+from viworks.backend.store import DuplicateToken, Store
 from viworks.backend.tokens import hash_token
 from viworks.console.files import ConsoleFiles
 from viworks.logs import Logger
@@ -91,51 +103,37 @@ class Caller:
         return authz.scope_refusal(self.role, self.verbs, self.sites, verb, site)
 
 
-def agent_json(agent: dict, online: bool) -> dict:
+def agent_json(agent: Agent, online: bool) -> dict[str, Any]:
     """The API's view of an agent; ``online`` comes from the live-session registry."""
     return {
-        "agent_id": agent["agent_id"],
+        "agent_id": agent.agent_id,
         "status": "online" if online else "offline",
-        "version": agent["version"],
-        "site": agent["site"],
-        "hostname": agent["hostname"],
-        "labels": agent.get("labels") or {},
-        "protocol": agent["protocol"],
+        "version": agent.version,
+        "site": agent.site,
+        "hostname": agent.hostname,
+        "labels": agent.labels or {},
+        "protocol": agent.protocol,
         # Whether the agent verifies command signatures (its HELLO said so).
-        "signing": agent.get("signing") or "off",
-        "verbs": sorted(agent["verbs"]),
-        "connected_at": rfc3339(agent["connected_at"]),
-        "last_seen": rfc3339(agent["last_seen"]),
-        "peer": agent["peer"],
+        "signing": agent.signing or "off",
+        "verbs": sorted(agent.verbs),
+        "connected_at": rfc3339(agent.connected_at),
+        "last_seen": rfc3339(agent.last_seen),
+        "peer": agent.peer,
     }
 
 
-_COMMAND_TIMES = ("created_at", "dispatched_at", "started_at", "finished_at", "expires_at")
+_COMMAND_VIEW = api_fields(Command)
+_COMMAND_TIMES = tuple(name for name in _COMMAND_VIEW if name.endswith("_at"))
 
 
-def command_json(command: dict) -> dict:
-    """The API's view of a command (args were redacted before they were stored)."""
-    body = {
-        key: command.get(key)
-        for key in (
-            "command_id",
-            "agent_id",
-            "verb",
-            "args",
-            "status",
-            "timeout",
-            "exit_code",
-            "result",
-            "stdout",
-            "stderr",
-            "error",
-        )
-    }
-    body["stdout"] = body["stdout"] or ""
-    body["stderr"] = body["stderr"] or ""
-    body["stdout_truncated"] = bool(command.get("stdout_truncated"))
-    body["stderr_truncated"] = bool(command.get("stderr_truncated"))
-    body.update({key: rfc3339(command.get(key)) for key in _COMMAND_TIMES})
+def command_json(command: Command) -> dict[str, Any]:
+    """The API's view of a command: its fields but the hidden ones, in order, output as
+    text ("" for none), times in RFC 3339 (args were redacted before they were stored)."""
+    body = {name: getattr(command, name) for name in _COMMAND_VIEW}
+    body["stdout"] = command.stdout or ""
+    body["stderr"] = command.stderr or ""
+    for name in _COMMAND_TIMES:
+        body[name] = rfc3339(body[name])
     return body
 
 
@@ -193,28 +191,33 @@ def _last_event_id(request: Any) -> int:
         raise ApiError(400, "BAD_REQUEST", "Last-Event-ID must be an integer", "after") from None
 
 
-def _chunk_json(chunk: dict) -> dict:
+def _chunk_json(chunk: OutputChunk) -> dict[str, Any]:
     return {
-        "seq": chunk["seq"],
-        "stream": chunk["stream"],
-        "data": chunk["data"],
-        "at": rfc3339(chunk.get("at")),
+        "seq": chunk.seq,
+        "stream": chunk.stream,
+        "data": chunk.data,
+        "at": rfc3339(chunk.at),
     }
 
 
-def _telemetry_json(row: dict) -> dict:
-    return {"at": rfc3339(row["at"]), "metrics": row["data"]}
+def _telemetry_json(report: TelemetryReport) -> dict[str, Any]:
+    return {"at": rfc3339(report.at), "metrics": report.data}
 
 
-class _RowCache:
-    """Rows by key (a missing row too) for ``TOKEN_CACHE_SECONDS``, at most
+_Cached = TypeVar("_Cached")
+
+
+class _RowCache(Generic[_Cached]):
+    """Values by key (a missing one too) for ``TOKEN_CACHE_SECONDS``, at most
     ``TOKEN_CACHE_SIZE`` of them."""
 
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
-        self._rows: dict[str, tuple[float, dict | None]] = {}
+        self._rows: dict[str, tuple[float, _Cached | None]] = {}
 
-    async def get(self, key: str, load: Callable[[str], Awaitable[dict | None]]) -> dict | None:
+    async def get(
+        self, key: str, load: Callable[[str], Awaitable[_Cached | None]]
+    ) -> _Cached | None:
         now = self.clock.seconds()
         cached = self._rows.get(key)
         if cached is not None and now - cached[0] < TOKEN_CACHE_SECONDS:
@@ -370,7 +373,7 @@ class BackendAPI:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         registry: SessionRegistry,
         ledger: CommandLedger,
         clock: IReactorTime,
@@ -396,8 +399,8 @@ class BackendAPI:
         self._buckets: dict[str, TokenBucket] = {}
         # Token and console-session rows by hash; a revocation takes effect within
         # TOKEN_CACHE_SECONDS (a store read per request dominated the API's cost).
-        self._tokens = _RowCache(clock)
-        self._sessions = _RowCache(clock)
+        self._tokens: _RowCache[Token] = _RowCache(clock)
+        self._sessions: _RowCache[ConsoleSession] = _RowCache(clock)
         self.session_ttl = session_ttl
         # GET /ui/: the web console ([api] console = false leaves it out).
         self.console = ConsoleFiles() if console else None
@@ -512,8 +515,8 @@ class BackendAPI:
             return self._caller(request, await self._token_row(token.strip()), token.strip())
         return await self._session_caller(request, session_id)
 
-    async def _token_row(self, token: str) -> dict:
-        """The token's row (cached); 401 for an unknown token."""
+    async def _token_row(self, token: str) -> Token:
+        """The token (cached); 401 for an unknown token."""
         row = await self._tokens.get(hash_token(token), self.store.token_for_hash)
         if row is None:
             raise ApiError(401, "UNAUTHORIZED", "the token is not valid")
@@ -522,31 +525,31 @@ class BackendAPI:
     async def _session_caller(self, request: Any, session_id: str) -> Caller:
         """The caller of a live console session (``request.viworks_session`` set); 401
         (and the cookie cleared) once it has ended."""
-        row = await self._sessions.get(
+        session = await self._sessions.get(
             websession.session_hash(session_id), self.store.console_session
         )
-        if row is None or row["session_expires_at"] <= self.clock.seconds():
+        if session is None or session.expires_at <= self.clock.seconds():
             websession.clear_cookie(request)
             raise ApiError(401, "UNAUTHORIZED", "the console session has ended; log in again")
-        caller = self._caller(request, row, session_id)
-        request.viworks_session = (session_id, row["session_expires_at"])
+        caller = self._caller(request, session.token, session_id)
+        request.viworks_session = (session_id, session.expires_at)
         return caller
 
-    def _caller(self, request: Any, row: dict, secret: str) -> Caller:
-        """The caller a valid token row stands for; ``secret`` authenticated it (the
+    def _caller(self, request: Any, token: Token, secret: str) -> Caller:
+        """The caller a valid token stands for; ``secret`` authenticated it (the
         token, or a console session id) and keys its idempotency digests."""
-        if row["revoked_at"] is not None:
-            request.viworks_actor = row["name"]
+        if token.revoked_at is not None:
+            request.viworks_actor = token.name
             raise ApiError(401, "UNAUTHORIZED", "the token was revoked")
-        if row["expires_at"] is not None and row["expires_at"] <= self.clock.seconds():
-            request.viworks_actor = row["name"]
+        if token.expires_at is not None and token.expires_at <= self.clock.seconds():
+            request.viworks_actor = token.name
             raise ApiError(401, "UNAUTHORIZED", "the token has expired")
         return Caller(
-            row["name"],
+            token.name,
             secret,
-            row["role"],
-            None if row["verbs"] is None else tuple(row["verbs"]),
-            None if row["sites"] is None else tuple(row["sites"]),
+            token.role,
+            None if token.verbs is None else tuple(token.verbs),
+            None if token.sites is None else tuple(token.sites),
         )
 
     def _admit(self, request: Any, caller: Caller) -> None:
@@ -573,7 +576,7 @@ class BackendAPI:
         agent = await self.store.get_agent(agent_id)
         if agent is None:
             return  # the ledger answers 404
-        refusal = caller.refusal(verb if isinstance(verb, str) else None, agent["site"])
+        refusal = caller.refusal(verb if isinstance(verb, str) else None, agent.site)
         if refusal is not None:
             raise ApiError(403, "FORBIDDEN", refusal)
 
@@ -657,28 +660,26 @@ class BackendAPI:
         limit = _number(request, "limit", 1, 1000)
         offset = _number(request, "offset", 0, 1e9)
 
-        def wanted(agent: dict) -> bool:
+        def wanted(agent: Agent | AgentSummary) -> bool:
             if selector is not None and not selector.matches(agent):
                 return False
-            return status is None or (self._online(agent["agent_id"]) == (status == "online"))
+            return status is None or (self._online(agent.agent_id) == (status == "online"))
 
         if limit is None and offset is None:
             agents = [a for a in await self.store.list_agents() if wanted(a)]
             return self._json(
                 request,
-                {"agents": [agent_json(a, self._online(a["agent_id"])) for a in agents]},
+                {"agents": [agent_json(a, self._online(a.agent_id)) for a in agents]},
             )
         matching = [a for a in await self.store.agent_keys() if wanted(a)]
         start, count = int(offset or 0), int(limit or 100)
-        page = await self.store.agents_by_id(
-            [a["agent_id"] for a in matching[start : start + count]]
-        )
+        page = await self.store.agents_by_id([a.agent_id for a in matching[start : start + count]])
         return self._json(
             request,
             {
-                "agents": [agent_json(a, self._online(a["agent_id"])) for a in page],
+                "agents": [agent_json(a, self._online(a.agent_id)) for a in page],
                 "total": len(matching),
-                "online": sum(1 for a in matching if self._online(a["agent_id"])),
+                "online": sum(1 for a in matching if self._online(a.agent_id)),
                 "offset": start,
                 "limit": count,
             },
@@ -687,7 +688,7 @@ class BackendAPI:
     def _online(self, agent_id: str) -> bool:
         return self.registry.get(agent_id) is not None
 
-    async def _agent(self, agent_id: str) -> dict:
+    async def _agent(self, agent_id: str) -> Agent:
         agent = await self.store.get_agent(agent_id)
         if agent is None:
             raise ApiError(404, "AGENT_NOT_FOUND", f"no agent {agent_id!r} is known")
@@ -700,17 +701,17 @@ class BackendAPI:
         body = agent_json(agent, self._online(agent_id))
         # The certificate it last said HELLO with, and how many sessions it has had.
         body["certificate"] = {
-            "serial": agent.get("cert_serial"),
-            "not_after": rfc3339(agent.get("cert_not_after")),
+            "serial": agent.cert_serial,
+            "not_after": rfc3339(agent.cert_not_after),
         }
-        body["sessions"] = agent.get("epoch", 0)
+        body["sessions"] = agent.epoch
         return self._json(request, body)
 
     @app.route("/api/v1/agents/<agent_id>/verbs", methods=["GET"])
     async def get_verbs(self, request: Any, agent_id: str) -> bytes:
         await self._authenticate(request)
         agent = await self._agent(agent_id)
-        return self._json(request, {"agent_id": agent_id, "verbs": agent["verbs"]})
+        return self._json(request, {"agent_id": agent_id, "verbs": agent.verbs})
 
     @app.route("/api/v1/agents/<agent_id>/commands", methods=["POST"])
     async def create_command(self, request: Any, agent_id: str) -> bytes:
@@ -737,14 +738,14 @@ class BackendAPI:
             body.get("ttl"),
             _idempotency(request, caller, agent_id, body),
         )
-        request.viworks_audit["command_id"] = command["command_id"]
+        request.viworks_audit["command_id"] = command.command_id
         if wait is None:
             return self._json(request, command_json(command), 201 if created else 200)
-        if command["status"] not in lifecycle.FINAL:
-            finished = await self.ledger.wait_final(command["command_id"], wait)
+        if command.status not in lifecycle.FINAL:
+            finished = await self.ledger.wait_final(command.command_id, wait)
             if finished is None:
                 # Still running: report it as it stands now.
-                command = await self.store.get_command(command["command_id"]) or command
+                command = await self.store.get_command(command.command_id) or command
                 return self._json(request, command_json(command), 202)
             command = finished
         return self._json(request, command_json(command), 200)
@@ -754,15 +755,15 @@ class BackendAPI:
         await self._authenticate(request)
         command = await self._command(command_id)
         body = command_json(command)
-        if command["status"] not in lifecycle.FINAL:
+        if command.status not in lifecycle.FINAL:
             body["stdout"], body["stderr"] = await self.store.output_text(command_id)
         body["events"] = [
-            {"status": e["status"], "at": rfc3339(e["at"]), "detail": e["detail"]}
+            {"status": e.status, "at": rfc3339(e.at), "detail": e.detail}
             for e in await self.store.command_events(command_id)
         ]
         return self._json(request, body)
 
-    async def _command(self, command_id: str) -> dict:
+    async def _command(self, command_id: str) -> Command:
         command = await self.store.get_command(command_id)
         if command is None:
             raise ApiError(404, "COMMAND_NOT_FOUND", f"no command {command_id!r}")
@@ -772,11 +773,11 @@ class BackendAPI:
     async def cancel_command(self, request: Any, command_id: str) -> bytes:
         caller = await self._authenticate(request)
         existing = await self._command(command_id)
-        request.viworks_audit = {"verb": existing["verb"], "agent_id": existing["agent_id"]}
-        await self._check_scope(caller, existing["verb"], existing["agent_id"])
+        request.viworks_audit = {"verb": existing.verb, "agent_id": existing.agent_id}
+        await self._check_scope(caller, existing.verb, existing.agent_id)
         command = await self.ledger.cancel(command_id)
         # 200: cancelled now; 202: the agent was asked to stop it.
-        status = 200 if command["status"] == lifecycle.CANCELLED else 202
+        status = 200 if command.status == lifecycle.CANCELLED else 202
         return self._json(request, command_json(command), status)
 
     @app.route("/api/v1/commands/<command_id>/output", methods=["GET"])
@@ -790,7 +791,7 @@ class BackendAPI:
                 request,
                 {
                     "command_id": command_id,
-                    "status": command["status"],
+                    "status": command.status,
                     "chunks": [_chunk_json(c) for c in chunks],
                 },
             )
@@ -815,10 +816,10 @@ class BackendAPI:
             last = after
             for chunk in await self.store.output_since(command_id, after, limit=100000):
                 await follower.writable()
-                follower.write(sse_frame("command.output", _chunk_json(chunk), chunk["seq"]))
-                last = chunk["seq"]
+                follower.write(sse_frame("command.output", _chunk_json(chunk), chunk.seq))
+                last = chunk.seq
             command = await self._command(command_id)
-            while not follower.gone and command["status"] not in lifecycle.FINAL:
+            while not follower.gone and command.status not in lifecycle.FINAL:
                 for event in await follower.next_events(SSE_KEEPALIVE):
                     if event.type == "command.status":
                         command = await self._command(command_id)
@@ -882,7 +883,7 @@ class BackendAPI:
             body,
             created_by=caller.name,
             refusal=lambda agent: caller.refusal(
-                verb if isinstance(verb, str) else None, agent.get("site")
+                verb if isinstance(verb, str) else None, agent.site
             ),
         )
         request.viworks_audit["job_id"] = job["job_id"]
@@ -911,7 +912,7 @@ class BackendAPI:
         request.viworks_audit = {"job_id": job_id, "action": action}
         job = await self.jobs.describe(job_id)
         # An operator limited to verbs/sites must be allowed the job's verb on every site.
-        sites = {a["site"] for a in await self._job_agents(job)}
+        sites = {a.site for a in await self._job_agents(job)}
         for site in sorted(sites, key=str):
             refusal = caller.refusal(job["verb"], site)
             if refusal is not None:
@@ -922,9 +923,9 @@ class BackendAPI:
             job = await getattr(self.jobs, action)(job_id)
         return self._json(request, job)
 
-    async def _job_agents(self, job: dict) -> list[dict]:
+    async def _job_agents(self, job: dict[str, Any]) -> list[Agent]:
         targets = {c["agent_id"] for c in job["commands"]}
-        return [a for a in await self.store.list_agents() if a["agent_id"] in targets]
+        return [a for a in await self.store.list_agents() if a.agent_id in targets]
 
     # -- the web console: its files, sessions, and what its pages need ---------------------
 
@@ -966,8 +967,8 @@ class BackendAPI:
         self._admit(request, caller)
         now = self.clock.seconds()
         expires_at = now + self.session_ttl
-        if row["expires_at"] is not None:
-            expires_at = min(expires_at, row["expires_at"])
+        if row.expires_at is not None:
+            expires_at = min(expires_at, row.expires_at)
         session_id = websession.new_session_id()
         await self.store.create_console_session(
             websession.session_hash(session_id), caller.name, now, expires_at
@@ -1024,19 +1025,19 @@ class BackendAPI:
         versions: dict[str, dict[str, int]] = {}
         online = 0
         for agent in keys:
-            state = "online" if self._online(agent["agent_id"]) else "offline"
+            state = "online" if self._online(agent.agent_id) else "offline"
             online += state == "online"
-            for table, key in ((sites, agent["site"]), (versions, agent["version"])):
+            for table, key in ((sites, agent.site), (versions, agent.version)):
                 counts = table.setdefault(str(key), {"online": 0, "offline": 0})
                 counts[state] += 1
         ending = sorted(
-            (a for a in keys if a["cert_not_after"] is not None and a["cert_not_after"] <= horizon),
-            key=lambda a: a["cert_not_after"],
+            (a for a in keys if a.cert_not_after is not None and a.cert_not_after <= horizon),
+            key=lambda a: a.cert_not_after or 0.0,
         )
-        failed: list[dict] = []
+        failed: list[Command] = []
         for status in _FAILED:
             failed += await self.store.list_commands(status=status, limit=10)
-        failed.sort(key=lambda c: c["created_at"], reverse=True)
+        failed.sort(key=lambda c: c.created_at, reverse=True)
         return self._json(
             request,
             {
@@ -1046,9 +1047,9 @@ class BackendAPI:
                 "versions": [{"version": k, **v} for k, v in sorted(versions.items())],
                 "certificates": [
                     {
-                        "agent_id": a["agent_id"],
-                        "serial": a["cert_serial"],
-                        "not_after": rfc3339(a["cert_not_after"]),
+                        "agent_id": a.agent_id,
+                        "serial": a.cert_serial,
+                        "not_after": rfc3339(a.cert_not_after),
                     }
                     for a in ending[:100]
                 ],
@@ -1076,8 +1077,8 @@ class BackendAPI:
         )
         if not done:
             raise ApiError(409, "NO_CERTIFICATE", f"no certificate is known for {agent_id!r}")
-        serials = [cert["serial"] for cert, _ in done]
-        current = agent.get("cert_serial")
+        serials = [cert.serial for cert, _ in done]
+        current = agent.cert_serial
         return self._json(
             request,
             {
@@ -1086,9 +1087,9 @@ class BackendAPI:
                 "already_revoked": not any(revoked for _, revoked in done),
                 "serials": [
                     {
-                        "serial": cert["serial"],
-                        "first_seen": rfc3339(cert.get("first_seen")),
-                        "last_seen": rfc3339(cert.get("last_seen")),
+                        "serial": cert.serial,
+                        "first_seen": rfc3339(cert.first_seen),
+                        "last_seen": rfc3339(cert.last_seen),
                         "already_revoked": not revoked,
                     }
                     for cert, revoked in done
@@ -1111,7 +1112,7 @@ class BackendAPI:
             request,
             {
                 "records": [_audit_json(row) for row in rows[:limit]],
-                "next_before": rows[limit - 1]["seq"] if len(rows) > limit else None,
+                "next_before": rows[limit - 1].seq if len(rows) > limit else None,
             },
         )
 
@@ -1143,7 +1144,7 @@ class BackendAPI:
                     for r in rows
                 )
             )
-            after = rows[-1]["seq"]
+            after = rows[-1].seq
         return b""
 
     @app.route("/api/v1/tokens", methods=["GET"])
@@ -1187,21 +1188,24 @@ class BackendAPI:
         except DuplicateToken:
             raise ApiError(409, "TOKEN_EXISTS", f"a token named {name!r} exists", "name") from None
         row = await self.store.token_for_hash(hash_token(secret))
-        return self._json(request, {**tokens.token_json(row or {}, now), "token": secret}, 201)
+        if row is None:  # only a concurrent removal of the row could do this
+            raise RuntimeError(f"token {name!r} vanished after its creation")
+        return self._json(request, {**tokens.token_json(row, now), "token": secret}, 201)
 
     @app.route("/api/v1/tokens/<name>", methods=["DELETE"])
     async def revoke_token(self, request: Any, name: str) -> bytes:
         """Revoke a token (and end its console sessions) on every replica within 2 s."""
         caller = await self._authenticate(request)
         request.viworks_audit = {"name": name}
-        known = {t["name"]: t for t in await self.store.list_tokens()}
+        known = {t.name: t for t in await self.store.list_tokens()}
         if name not in known:
             raise ApiError(404, "TOKEN_NOT_FOUND", f"no token named {name!r}")
         now = self.clock.seconds()
         if not await tokens.revoke_token(self.store, name, caller.name, now):
             raise ApiError(409, "ALREADY_REVOKED", f"token {name!r} was already revoked")
-        row = {**known[name], "revoked_at": now}
-        return self._json(request, tokens.token_json(row, now))
+        return self._json(
+            request, tokens.token_json(attrs.evolve(known[name], revoked_at=now), now)
+        )
 
     # -- live events and metrics ----------------------------------------------------------
 
@@ -1310,7 +1314,7 @@ def _peer(request: Any) -> str:
     return str(address) if host is None else f"{host}:{port}"
 
 
-def _command_summary(command: dict) -> dict:
+def _command_summary(command: Command) -> dict[str, Any]:
     """A command without its output (for lists)."""
     body = command_json(command)
     for key in ("stdout", "stderr", "result"):
@@ -1318,17 +1322,17 @@ def _command_summary(command: dict) -> dict:
     return body
 
 
-def _audit_json(row: dict) -> dict:
+def _audit_json(row: AuditRecord) -> dict[str, Any]:
     return {
-        "seq": row["seq"],
-        "at": rfc3339(row["at"]),
-        "actor": row["actor"],
-        "action": row["action"],
-        "target": row["target"],
-        "outcome": row["outcome"],
-        "detail": None if row["detail"] is None else json.loads(row["detail"]),
-        "hash": row["hash"],
-        "prev_hash": row["prev_hash"],
+        "seq": row.seq,
+        "at": rfc3339(row.at),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "outcome": row.outcome,
+        "detail": None if row.detail is None else json.loads(row.detail),
+        "hash": row.hash,
+        "prev_hash": row.prev_hash,
     }
 
 

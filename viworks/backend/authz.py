@@ -15,10 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-VIEWER = "viewer"
-OPERATOR = "operator"
-ADMIN = "admin"
-ROLES = (VIEWER, OPERATOR, ADMIN)
+from viworks.backend.model import ADMIN, OPERATOR, VIEWER
+from viworks.backend.model import TOKEN_ROLES as ROLES
+
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 
 # (method or "*", full-match path pattern, least role). Operator routes are

@@ -11,11 +11,10 @@ database however often they come.
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from viworks.backend.store import Store
 from viworks.logs import Logger
 
 
@@ -32,7 +31,7 @@ class StoreHealth:
 
     log = Logger()
 
-    def __init__(self, store: Any, clock: IReactorTime) -> None:
+    def __init__(self, store: Store, clock: IReactorTime) -> None:
         self.store = store
         self.clock = clock
         self.probes = 0

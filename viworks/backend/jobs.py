@@ -54,7 +54,21 @@ from viworks.backend.ledger import (
     LedgerError,
     _seconds,
 )
+from viworks.backend.model import (
+    JOB_CANCELLED,
+    JOB_COMPLETED,
+    JOB_PAUSED,
+    JOB_RUNNING,
+    JOB_STOPPED,
+    TARGET_EXPIRED,
+    TARGET_REJECTED,
+    Agent,
+    Job,
+    JobTarget,
+    api_fields,
+)
 from viworks.backend.registry import SessionRegistry
+from viworks.backend.store import Store
 from viworks.logs import Logger
 from viworks.redaction import REDACTED
 from viworks.schema import ArgsError, validate_args
@@ -62,19 +76,14 @@ from viworks.selectors import SelectorError
 from viworks.selectors import parse as parse_selector
 from viworks.timeutil import rfc3339
 
-RUNNING, PAUSED, STOPPED, COMPLETED, CANCELLED = (
-    "running",
-    "paused",
-    "stopped",
-    "completed",
-    "cancelled",
-)
-STATUSES = frozenset({RUNNING, PAUSED, STOPPED, COMPLETED, CANCELLED})
+# The job statuses (defined in viworks.backend.model), by their short names here.
+RUNNING, PAUSED, STOPPED = JOB_RUNNING, JOB_PAUSED, JOB_STOPPED
+COMPLETED, CANCELLED = JOB_COMPLETED, JOB_CANCELLED
 ACTIVE = (RUNNING, PAUSED)
 #: A target not started yet (no command).
 PENDING = "pending"
 #: Outcomes of targets that never got a command (see the job_targets table).
-EXPIRED, REJECTED = lifecycle.EXPIRED, lifecycle.REJECTED
+EXPIRED, REJECTED = TARGET_EXPIRED, TARGET_REJECTED
 DONE = lifecycle.FINAL  # a target in one of these is finished (EXPIRED/REJECTED included)
 SETTLED = lifecycle.SETTLED  # ... and will not change any more (all but lost)
 
@@ -124,7 +133,7 @@ class _Target:
 
 @dataclass
 class _Job:
-    row: dict
+    row: Job
     targets: list[_Target]
     # The real (unredacted) args; None when they were lost in a restart.
     args: dict | None
@@ -143,7 +152,7 @@ class _Job:
 
     @property
     def job_id(self) -> str:
-        return self.row["job_id"]
+        return self.row.job_id
 
     def update(self, target: _Target, status: str, command_id: str | None = None) -> None:
         """Set a target's status (and command); every change goes through here."""
@@ -178,38 +187,31 @@ def _in_flight(target: _Target) -> bool:
     return target.command_id is not None and target.status not in DONE
 
 
-def job_json(row: dict, counts: dict[str, int], targets: list[dict] | None = None) -> dict:
-    """The API's view of a job (``commands`` only when ``targets`` is given)."""
-    body = {
-        "job_id": row["job_id"],
-        "status": row["status"],
-        "verb": row["verb"],
-        "args": row["args"],
-        "selector": row["selector"],
-        "concurrency": _spec(row["concurrency"]),
-        "max_errors": _spec(row["max_errors"]),
-        "concurrency_limit": row["concurrency_limit"],
-        "max_errors_limit": row["max_errors_limit"],
-        "canary": row["canary"],
-        "canary_auto": row["canary_auto"],
-        "canary_passed": row["canary_passed"],
-        "timeout": row["timeout"],
-        "ttl": row["ttl"],
-        "created_by": row["created_by"],
-        "created_at": rfc3339(row["created_at"]),
-        "updated_at": rfc3339(row["updated_at"]),
-        "finished_at": rfc3339(row["finished_at"]),
-        "error": row["error"],
-        "targets": sum(counts.values()),
-        "counts": {PENDING: 0, **counts},
-    }
+_JOB_VIEW = api_fields(Job)
+# Kept as asked ("10%", "3"): shown as a number unless a percentage.
+_JOB_SPECS = ("concurrency", "max_errors")
+
+
+def job_json(
+    job: Job, counts: dict[str, int], targets: list[JobTarget] | None = None
+) -> dict[str, Any]:
+    """The API's view of a job: its fields (times in RFC 3339), its target counts, and
+    (``commands``) every target when ``targets`` is given."""
+    body: dict[str, Any] = {name: getattr(job, name) for name in _JOB_VIEW}
+    for name in _JOB_SPECS:
+        body[name] = _spec(body[name])
+    for name in _JOB_VIEW:
+        if name.endswith("_at"):
+            body[name] = rfc3339(body[name])
+    body["targets"] = sum(counts.values())
+    body["counts"] = {PENDING: 0, **counts}
     if targets is not None:
         body["commands"] = [
             {
-                "agent_id": t["agent_id"],
-                "command_id": t["command_id"],
-                "status": t["status"],
-                **({"error": t["error"]} if t["error"] is not None else {}),
+                "agent_id": t.agent_id,
+                "command_id": t.command_id,
+                "status": t.status,
+                **({"error": t.error} if t.error is not None else {}),
             }
             for t in targets
         ]
@@ -227,7 +229,7 @@ class JobRunner:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         ledger: CommandLedger,
         registry: SessionRegistry,
         clock: IReactorTime,
@@ -249,18 +251,18 @@ class JobRunner:
     async def start(self) -> None:
         """Reload the running and paused jobs from the store and continue them."""
         for row in await self.store.list_jobs([RUNNING, PAUSED], limit=None):
-            if row["job_id"] in self._jobs:
+            if row.job_id in self._jobs:
                 continue
             targets = [
-                _Target(t["position"], t["agent_id"], t["command_id"], t["status"])
-                for t in await self.store.job_targets(row["job_id"])
+                _Target(t.position, t.agent_id, t.command_id, t.status)
+                for t in await self.store.job_targets(row.job_id)
             ]
-            args = None if row["has_secrets"] else dict(row["args"])
+            args = None if row.has_secrets else dict(row.args)
             job = self._track(_Job(row, targets, args))
             self.log.info(
                 "job {job_id} reloaded ({status}): {counts}",
                 job_id=job.job_id,
-                status=row["status"],
+                status=row.status,
                 counts=job.counts(),
             )
             self._kick(job)
@@ -280,8 +282,8 @@ class JobRunner:
         self,
         body: dict,
         created_by: str | None = None,
-        refusal: Callable[[dict], str | None] | None = None,
-    ) -> dict:
+        refusal: Callable[[Agent], str | None] | None = None,
+    ) -> dict[str, Any]:
         """Validate a job request, record the job and its targets, and start it.
 
         ``refusal(agent)`` says why the caller may not act on that agent (403),
@@ -335,20 +337,20 @@ class JobRunner:
         for agent in agents:
             refused = refusal(agent) if refusal is not None else None
             if refused is not None:
-                raise LedgerError(403, "FORBIDDEN", f"agent {agent['agent_id']!r}: {refused}")
-            if verb not in agent["verbs"]:
+                raise LedgerError(403, "FORBIDDEN", f"agent {agent.agent_id!r}: {refused}")
+            if verb not in agent.verbs:
                 raise LedgerError(
                     422,
                     "UNKNOWN_VERB",
-                    f"agent {agent['agent_id']!r} does not offer verb {verb!r}",
+                    f"agent {agent.agent_id!r} does not offer verb {verb!r}",
                     "verb",
                 )
-            params = agent["verbs"][verb].get("params", {})
+            params = agent.verbs[verb].get("params", {})
             try:
                 validate_args(params, args)
             except ArgsError as e:
                 raise LedgerError(
-                    422, "INVALID_ARGS", f"agent {agent['agent_id']!r}: {e.message}", e.field
+                    422, "INVALID_ARGS", f"agent {agent.agent_id!r}: {e.message}", e.field
                 ) from None
             # Secret for this agent, or for any (an agent cannot downgrade a secret).
             redacted = self.ledger.secrets.redact(verb, params, args)
@@ -356,29 +358,29 @@ class JobRunner:
         stored_args = {k: REDACTED if k in secret_keys else v for k, v in args.items()}
         now = self.clock.seconds()
         row = await self.store.create_job(
-            {
-                "job_id": self._new_id(),
-                "status": RUNNING,
-                "verb": verb,
-                "args": stored_args,
-                "has_secrets": bool(secret_keys),
-                "selector": selector.text,
-                "concurrency": concurrency,
-                "concurrency_limit": concurrency_limit,
-                "max_errors": max_errors,
-                "max_errors_limit": max_errors_limit,
-                "canary": canary,
-                "canary_auto": canary_auto,
-                "canary_passed": False,
-                "timeout": timeout,
-                "ttl": ttl,
-                "created_by": created_by,
-                "created_at": now,
-                "updated_at": now,
-            },
-            [a["agent_id"] for a in agents],
+            Job(
+                job_id=self._new_id(),
+                status=RUNNING,
+                verb=verb,
+                args=stored_args,
+                has_secrets=bool(secret_keys),
+                selector=selector.text,
+                concurrency=concurrency,
+                concurrency_limit=concurrency_limit,
+                max_errors=max_errors,
+                max_errors_limit=max_errors_limit,
+                canary=canary,
+                canary_auto=canary_auto,
+                canary_passed=False,
+                timeout=timeout,
+                ttl=ttl,
+                created_by=created_by,
+                created_at=now,
+                updated_at=now,
+            ),
+            [a.agent_id for a in agents],
         )
-        targets = [_Target(i, a["agent_id"], None, PENDING) for i, a in enumerate(agents)]
+        targets = [_Target(i, a.agent_id, None, PENDING) for i, a in enumerate(agents)]
         job = self._track(_Job(row, targets, dict(args)))
         self.log.info(
             "job {job_id} {verb} created for {targets} agents ({selector})",
@@ -391,19 +393,21 @@ class JobRunner:
         await self._kick(job)
         return await self.describe(job.job_id)
 
-    async def describe(self, job_id: str) -> dict:
+    async def describe(self, job_id: str) -> dict[str, Any]:
         """The job as the API shows it, with every target's command and status."""
         row = await self._row(job_id)
         targets = await self.store.job_targets(job_id)
-        return job_json(row, dict(Counter(t["status"] for t in targets)), targets)
+        return job_json(row, dict(Counter(t.status for t in targets)), targets)
 
-    async def list(self, statuses: list[str] | None = None, limit: int = 100) -> list[dict]:
+    async def list(
+        self, statuses: list[str] | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         """Jobs newest first, with their counts (not their commands)."""
         rows = await self.store.list_jobs(statuses, limit=limit)
-        counts = await self.store.job_counts([r["job_id"] for r in rows])
-        return [job_json(row, counts[row["job_id"]]) for row in rows]
+        counts = await self.store.job_counts([r.job_id for r in rows])
+        return [job_json(row, counts[row.job_id]) for row in rows]
 
-    async def pause(self, job_id: str, by: str | None = None) -> dict:
+    async def pause(self, job_id: str, by: str | None = None) -> dict[str, Any]:
         """Start no more agents until resumed (commands already started go on).
 
         The job's ``error`` says why it is paused (``PAUSED``, naming ``by``), as it
@@ -414,25 +418,25 @@ class JobRunner:
         await self._change(job_id, PAUSED, (RUNNING,), "pause", error=reason)
         return await self.describe(job_id)
 
-    async def resume(self, job_id: str) -> dict:
+    async def resume(self, job_id: str) -> dict[str, Any]:
         """Continue a paused job (past its canary, if it paused there)."""
         job = await self._change(job_id, RUNNING, (PAUSED,), "resume", error=None)
         if job is not None:
             await self._kick(job)
         return await self.describe(job_id)
 
-    async def cancel(self, job_id: str) -> dict:
+    async def cancel(self, job_id: str) -> dict[str, Any]:
         """Start no more agents and cancel the unfinished commands through the ledger."""
         await self._change(job_id, CANCELLED, (RUNNING, PAUSED, STOPPED), "cancel")
         for target in await self.store.job_targets(job_id):
-            if target["command_id"] is not None and target["status"] not in DONE:
+            if target.command_id is not None and target.status not in DONE:
                 try:
-                    await self.ledger.cancel(target["command_id"])
+                    await self.ledger.cancel(target.command_id)
                 except LedgerError:
                     pass  # finished meanwhile
         return await self.describe(job_id)
 
-    async def _row(self, job_id: str) -> dict:
+    async def _row(self, job_id: str) -> Job:
         row = await self.store.get_job(job_id)
         if row is None:
             raise LedgerError(404, "JOB_NOT_FOUND", f"no job {job_id!r}")
@@ -455,8 +459,8 @@ class JobRunner:
                 current = await self._row(job_id)
                 raise LedgerError(
                     409,
-                    "JOB_" + current["status"].upper(),
-                    f"cannot {verb} a {current['status']} job",
+                    "JOB_" + current.status.upper(),
+                    f"cannot {verb} a {current.status} job",
                 )
             self.log.info("job {job_id} {status}", job_id=job_id, status=status)
             if job is not None:
@@ -478,7 +482,7 @@ class JobRunner:
         return job
 
     def _untrack_if_done(self, job: _Job) -> None:
-        if job.row["status"] in ACTIVE or job.in_flight():
+        if job.row.status in ACTIVE or job.in_flight():
             return
         self._cancel_timer(job)
         self._jobs.pop(job.job_id, None)
@@ -502,9 +506,7 @@ class JobRunner:
         elif event.type == "agent.online":
             agent_id = event.data.get("agent_id")
             for job in list(self._jobs.values()):
-                if job.row["status"] == RUNNING and any(
-                    t.agent_id == agent_id for t in job.pending()
-                ):
+                if job.row.status == RUNNING and any(t.agent_id == agent_id for t in job.pending()):
                     # Next turn: the session's own delivery of its backlog goes first.
                     self.clock.callLater(0, self._kick, job)
 
@@ -528,10 +530,10 @@ class JobRunner:
             job.lock.release()
 
     async def _pump(self, job: _Job) -> None:
-        if job.row["status"] == RUNNING:
+        if job.row.status == RUNNING:
             await self._advance(job)
-        if job.row["status"] in ACTIVE and not job.pending() and not job.in_flight():
-            stopped = job.errors() >= job.row["max_errors_limit"]
+        if job.row.status in ACTIVE and not job.pending() and not job.in_flight():
+            stopped = job.errors() >= job.row.max_errors_limit
             await self._set_status(
                 job,
                 STOPPED if stopped else COMPLETED,
@@ -543,16 +545,16 @@ class JobRunner:
     async def _advance(self, job: _Job) -> None:
         """Start pending targets while the window, the error budget and the canary allow."""
         row = job.row
-        if job.errors() >= row["max_errors_limit"]:
+        if job.errors() >= row.max_errors_limit:
             await self._set_status(job, STOPPED, error=self._max_errors_error(job))
             return
         eligible = job.targets
-        canary = row["canary"]
-        if canary and not row["canary_passed"]:
+        canary = row.canary
+        if canary and not row.canary_passed:
             eligible = job.targets[:canary]
             if all(t.status in DONE for t in eligible):
                 succeeded = all(t.status == lifecycle.SUCCEEDED for t in eligible)
-                if succeeded and row["canary_auto"]:
+                if succeeded and row.canary_auto:
                     await self._set_status(job, RUNNING, canary_passed=True)
                     self.log.info("job {job_id}: canary succeeded, continuing", job_id=job.job_id)
                     eligible = job.targets
@@ -583,21 +585,21 @@ class JobRunner:
             )
             return
         now = self.clock.seconds()
-        deadline = row["created_at"] + row["ttl"]
+        deadline = row.created_at + row.ttl
         waiting = False
         queue = deque(pending)
         while queue:
-            if job.row["status"] != RUNNING:
+            if job.row.status != RUNNING:
                 return
             # Start targets together, as many as the window and the error budget allow:
             # even if every one of them fails, no more errors than max_errors are made,
             # exactly as if they were started one by one (and their store writes share
             # transactions).
-            budget = job.row["max_errors_limit"] - job.errors()
+            budget = job.row.max_errors_limit - job.errors()
             if budget <= 0:
                 await self._set_status(job, STOPPED, error=self._max_errors_error(job))
                 return
-            room = min(budget, job.row["concurrency_limit"] - job.in_flight())
+            room = min(budget, job.row.concurrency_limit - job.in_flight())
             if room <= 0:
                 break
             chunk: list[_Target] = []
@@ -618,7 +620,7 @@ class JobRunner:
             await gatherResults(
                 [Deferred.fromCoroutine(self._start(job, t)) for t in chunk], consumeErrors=True
             )
-        if job.row["status"] == RUNNING and job.errors() >= job.row["max_errors_limit"]:
+        if job.row.status == RUNNING and job.errors() >= job.row.max_errors_limit:
             await self._set_status(job, STOPPED, error=self._max_errors_error(job))
         elif waiting:
             self._wake_at(job, deadline)
@@ -628,10 +630,10 @@ class JobRunner:
         try:
             command, _ = await self.ledger.submit(
                 target.agent_id,
-                row["verb"],
+                row.verb,
                 job.args,
-                row["timeout"],
-                row["ttl"],
+                row.timeout,
+                row.ttl,
                 Idempotency(f"job:{job.job_id}", target.agent_id, "job"),
             )
         except LedgerError as e:
@@ -645,7 +647,7 @@ class JobRunner:
             )
             self._wake_at(job, self.clock.seconds() + RETRY_AFTER)
             return
-        job.update(target, command["status"], command["command_id"])
+        job.update(target, command.status, command.command_id)
         if target.status not in DONE:
             self._by_command[target.command_id] = (job, target)
         await self.store.settle_job_target(
@@ -656,7 +658,7 @@ class JobRunner:
         self.log.debug(
             "job {job_id}: started {verb} on {agent_id} as command {command_id}",
             job_id=job.job_id,
-            verb=row["verb"],
+            verb=row.verb,
             agent_id=target.agent_id,
             command_id=target.command_id,
         )
@@ -684,7 +686,7 @@ class JobRunner:
         )
         if row is None:  # changed meanwhile by another backend: take it as it is
             row = await self.store.get_job(job.job_id) or job.row
-        elif row["status"] != job.row["status"]:
+        elif row.status != job.row.status:
             self.log.info(
                 "job {job_id} {status}{why}",
                 job_id=job.job_id,
@@ -697,19 +699,19 @@ class JobRunner:
     def _max_errors_error(self, job: _Job) -> dict:
         return {
             "code": "MAX_ERRORS",
-            "message": f"{job.errors()} agents failed (max_errors {job.row['max_errors_limit']});"
+            "message": f"{job.errors()} agents failed (max_errors {job.row.max_errors_limit});"
             " no further agents are started",
         }
 
     def _progress(self, job: _Job) -> None:
         counts = job.counts()
-        state = (job.row["status"], sorted(counts.items()))
+        state = (job.row.status, sorted(counts.items()))
         if state == job.last_progress:
             return
         job.last_progress = state
         self.hub.publish(
             "job.progress",
-            {"job_id": job.job_id, "status": job.row["status"], "counts": {PENDING: 0, **counts}},
+            {"job_id": job.job_id, "status": job.row.status, "counts": {PENDING: 0, **counts}},
         )
 
     def _wake_at(self, job: _Job, when: float) -> None:

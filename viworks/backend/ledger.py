@@ -21,10 +21,11 @@ from viworks import lifecycle, protocol, signing
 from viworks.backend.audit import AuditLog
 from viworks.backend.events import EventHub
 from viworks.backend.metrics import Metrics
+from viworks.backend.model import Command, NewCommand
 from viworks.backend.output_cap import STREAMS, OutputBudget, cap_text, utf8_size
 from viworks.backend.registry import LiveSession, SessionRegistry
 from viworks.backend.secrecy import SecretParams
-from viworks.backend.store import IdempotencyConflict
+from viworks.backend.store import IdempotencyConflict, Store
 from viworks.logs import Logger
 from viworks.schema import ArgsError, validate_args
 
@@ -83,7 +84,7 @@ class CommandLedger:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         registry: SessionRegistry,
         clock: IReactorTime,
         default_timeout: float = 60.0,
@@ -136,7 +137,7 @@ class CommandLedger:
         self._lose_from = self.clock.seconds() + self.startup_grace
         # What agents announced before this process started still counts.
         for agent in await self.store.list_agents():
-            self.secrets.learn(agent["verbs"])
+            self.secrets.learn(agent.verbs)
         await self._sweep()
 
     def stop(self) -> None:
@@ -171,8 +172,8 @@ class CommandLedger:
         for command in await self.store.expire_due(now):
             self.log.info(
                 "command {command_id} expired: not delivered to {agent_id} in time",
-                command_id=command["command_id"],
-                agent_id=command["agent_id"],
+                command_id=command.command_id,
+                agent_id=command.agent_id,
             )
             self._changed(command)
         # During the start-up grace agents may still be reconnecting: nothing is lost yet.
@@ -180,8 +181,8 @@ class CommandLedger:
         for command in lost:
             self.log.warn(
                 "command {command_id} lost: no result from {agent_id} within its timeout",
-                command_id=command["command_id"],
-                agent_id=command["agent_id"],
+                command_id=command.command_id,
+                agent_id=command.agent_id,
             )
             self._changed(command)
         await self._rearm()
@@ -204,7 +205,7 @@ class CommandLedger:
         timeout: Any = None,
         ttl: Any = None,
         idempotency: Idempotency | None = None,
-    ) -> tuple[dict, bool]:
+    ) -> tuple[Command, bool]:
         """Validate and record a command, then deliver it if the agent is online.
 
         Returns ``(command, created)``; ``created`` is False when an earlier
@@ -225,26 +226,25 @@ class CommandLedger:
         timeout = _seconds("timeout", timeout, self.default_timeout, MAX_TIMEOUT)
         ttl = _seconds("ttl", ttl, self.default_ttl, MAX_TTL)
         now = self.clock.seconds()
-        command = {
-            "command_id": self._new_id(),
-            "agent_id": agent_id,
-            "verb": verb,
-            "args": self.secrets.redact(verb, params, args),
-            "status": lifecycle.QUEUED,
-            "timeout": timeout,
-            "created_at": now,
-            "expires_at": now + ttl,
-        }
+        new = NewCommand(
+            command_id=self._new_id(),
+            agent_id=agent_id,
+            verb=verb,
+            args=self.secrets.redact(verb, params, args),
+            timeout=timeout,
+            created_at=now,
+            expires_at=now + ttl,
+        )
         # Agent online: stored as dispatched and sent in one go (one transaction less
         # on the way to the agent); otherwise queued until its next HELLO.
         dispatched_at = now if self.registry.get(agent_id) is not None else None
         if idempotency is None:
-            command = await self.store.create_command(command, dispatched_at=dispatched_at)
+            command = await self.store.create_command(new, dispatched_at=dispatched_at)
             created = True
         else:
             try:
                 command, created = await self.store.create_command_idempotent(
-                    command,
+                    new,
                     token_name=idempotency.token_name,
                     key=idempotency.key,
                     request_hash=idempotency.request_hash,
@@ -258,7 +258,7 @@ class CommandLedger:
                 ) from None
         if not created:
             return command, False
-        command_id = command["command_id"]
+        command_id = command.command_id
         inflight = self._inflight[command_id] = InFlight(agent_id, args)
         self.log.debug(
             "command {command_id} {verb} queued for {agent_id}",
@@ -266,17 +266,17 @@ class CommandLedger:
             verb=verb,
             agent_id=agent_id,
         )
-        self._wake_at(command["expires_at"])
-        if command["status"] == lifecycle.DISPATCHED:
+        self._wake_at(command.expires_at)
+        if dispatched_at is not None:  # stored dispatched
             inflight.dispatched = True
-            self.metrics.command_dispatched(command, command["dispatched_at"])
+            self.metrics.command_dispatched(command, dispatched_at)
             self._changed(command)
-            self._wake_at(command["dispatched_at"] + command["timeout"] + self.lost_grace)
+            self._wake_at(dispatched_at + timeout + self.lost_grace)
             # The session may have changed while the row was written: send to the
             # current one. None: the next HELLO's delivery sends it (dispatched ones too).
             session = self.registry.get(agent_id)
             if session is not None:
-                self._send(session, command, args, command["dispatched_at"])
+                self._send(session, command, args, dispatched_at)
         return command, True
 
     async def _verbs_of(self, agent_id: str) -> dict:
@@ -290,9 +290,9 @@ class CommandLedger:
         agent = await self.store.get_agent(agent_id)
         if agent is None:
             raise LedgerError(404, "AGENT_NOT_FOUND", f"no agent {agent_id!r} is known")
-        if session is not None and agent["session_id"] == session.session_id:
-            self._verbs[agent_id] = (session.session_id, agent["verbs"])
-        return agent["verbs"]
+        if session is not None and agent.session_id == session.session_id:
+            self._verbs[agent_id] = (session.session_id, agent.verbs)
+        return agent.verbs
 
     # -- delivery -------------------------------------------------------------------------
 
@@ -313,19 +313,20 @@ class CommandLedger:
                 sent += 1
         # Cancellations asked for while the agent was away.
         for command in await self.store.cancels_pending(session.agent_id):
-            self._send_cancel(session, command["command_id"])
+            self._send_cancel(session, command.command_id)
         return sent
 
-    async def _dispatch(self, session: LiveSession, command: dict) -> dict | None:
-        command_id = command["command_id"]
+    async def _dispatch(self, session: LiveSession, command: Command) -> Command | None:
+        command_id = command.command_id
         now = self.clock.seconds()
-        if command["status"] == lifecycle.QUEUED and command["expires_at"] <= now:
+        expires_at = command.expires_at
+        if command.status == lifecycle.QUEUED and expires_at is not None and expires_at <= now:
             return None  # the deadline sweep expires it
         inflight = self._inflight.get(command_id)
         args = None if inflight is None else inflight.args
         # After a backend restart the secret args of an unfinished command are gone.
         redacted = args is None and await self._has_secrets(command)
-        if redacted and command["status"] == lifecycle.QUEUED:
+        if redacted and command.status == lifecycle.QUEUED:
             await self._transition(
                 command_id,
                 lifecycle.FAILED,
@@ -339,13 +340,13 @@ class CommandLedger:
             return None
         # Compare-and-set on the status we read: of two racing dispatchers only one sends.
         updated = await self._transition(
-            command_id, lifecycle.DISPATCHED, expected=(command["status"],), dispatched_at=now
+            command_id, lifecycle.DISPATCHED, expected=(command.status,), dispatched_at=now
         )
         if updated is None:
             return None
         if inflight is not None:
             inflight.dispatched = True
-        if command["status"] == lifecycle.QUEUED:
+        if command.status == lifecycle.QUEUED:
             self.metrics.command_dispatched(command, now)
         self._send(session, command, args, now, redacted=redacted)
         return updated
@@ -353,14 +354,14 @@ class CommandLedger:
     def _send(
         self,
         session: LiveSession,
-        command: dict,
+        command: Command,
         args: dict | None,
         now: float,
         redacted: bool = False,
     ) -> None:
         """Send the command frame (signed when signing is on) and watch for its loss."""
-        command_id = command["command_id"]
-        sent_args = command["args"] if args is None else args
+        command_id = command.command_id
+        sent_args = command.args if args is None else args
         extra: dict[str, Any] = {}
         if redacted:
             extra["redacted"] = True  # a redelivery the agent may answer from its journal
@@ -369,10 +370,10 @@ class CommandLedger:
             envelope = signing.envelope_for(
                 command_id=command_id,
                 agent_id=session.agent_id,
-                verb=command["verb"],
+                verb=command.verb,
                 args=sent_args,
-                expires_at=command["expires_at"],
-                timeout=command["timeout"],
+                expires_at=command.expires_at,
+                timeout=command.timeout,
                 redacted=redacted,
                 now=now,
                 version=signing.command_envelope_version(session.agent_protocol),
@@ -383,10 +384,10 @@ class CommandLedger:
                 "command",
                 command_id=command_id,
                 agent_id=session.agent_id,
-                verb=command["verb"],
+                verb=command.verb,
                 args=sent_args,
-                timeout=command["timeout"],
-                expires_at=command["expires_at"],
+                timeout=command.timeout,
+                expires_at=command.expires_at,
                 **extra,
             )
         )
@@ -395,7 +396,7 @@ class CommandLedger:
             command_id=command_id,
             agent_id=session.agent_id,
         )
-        self._wake_at(now + command["timeout"] + self.lost_grace)
+        self._wake_at(now + command.timeout + self.lost_grace)
 
     def _send_cancel(self, session: LiveSession, command_id: str) -> None:
         """Send a ``cancel`` frame, signed when signing is on (agents without [signing]
@@ -414,10 +415,10 @@ class CommandLedger:
         """Sign the next deliveries with ``key`` (SIGHUP); None sends them unsigned."""
         self.signing_key = key
 
-    async def _has_secrets(self, command: dict) -> bool:
-        agent = await self.store.get_agent(command["agent_id"])
-        params = (agent or {}).get("verbs", {}).get(command["verb"], {}).get("params", {})
-        return any(name in command["args"] for name in self.secrets.of(command["verb"], params))
+    async def _has_secrets(self, command: Command) -> bool:
+        agent = await self.store.get_agent(command.agent_id)
+        params = (agent.verbs if agent else {}).get(command.verb, {}).get("params", {})
+        return any(name in command.args for name in self.secrets.of(command.verb, params))
 
     # -- what agents report ---------------------------------------------------------------
 
@@ -485,8 +486,8 @@ class CommandLedger:
             command = await self.store.get_command(command_id)
             if (
                 command is None
-                or command["agent_id"] != agent_id
-                or command["status"] not in (lifecycle.DISPATCHED, lifecycle.RUNNING)
+                or command.agent_id != agent_id
+                or command.status not in (lifecycle.DISPATCHED, lifecycle.RUNNING)
             ):
                 return None
             stored = await self.store.output_text(command_id)
@@ -496,7 +497,7 @@ class CommandLedger:
                     agent_id,
                     self.max_output_bytes,
                     {stream: utf8_size(text) for stream, text in zip(STREAMS, stored, strict=True)},
-                    [stream for stream in STREAMS if command[f"{stream}_truncated"]],
+                    [stream for stream in STREAMS if command.truncated(stream)],
                 ),
             )
         return budget if budget.agent_id == agent_id else None
@@ -515,12 +516,12 @@ class CommandLedger:
             kept[f"{stream}_truncated"] = fields[f"{stream}_truncated"] or cut or streamed_cut
         return kept
 
-    async def cancel(self, command_id: str) -> dict:
+    async def cancel(self, command_id: str) -> Command:
         """Cancel a command: a queued one at once, a running one through its agent."""
         command = await self.store.get_command(command_id)
         if command is None:
             raise LedgerError(404, "COMMAND_NOT_FOUND", f"no command {command_id!r}")
-        if command["status"] == lifecycle.QUEUED:
+        if command.status == lifecycle.QUEUED:
             cancelled = await self._transition(
                 command_id,
                 lifecycle.CANCELLED,
@@ -532,17 +533,19 @@ class CommandLedger:
                 return cancelled
         requested = await self.store.request_cancel(command_id, self.clock.seconds())
         if requested is None:
-            command = await self.store.get_command(command_id)
+            current = await self.store.get_command(command_id)
             raise LedgerError(
-                409, "ALREADY_FINISHED", f"the command is already {command['status']}"
+                409,
+                "ALREADY_FINISHED",
+                f"the command is already {current.status if current else 'gone'}",
             )
-        session = self.registry.get(requested["agent_id"])
+        session = self.registry.get(requested.agent_id)
         if session is not None:
             self._send_cancel(session, command_id)
         self.log.info(
             "command {command_id}: cancel requested",
             command_id=command_id,
-            agent_id=requested["agent_id"],
+            agent_id=requested.agent_id,
         )
         return requested
 
@@ -587,14 +590,18 @@ class CommandLedger:
         replaces ``lost`` (the backend's guess, e.g. after an outage longer than the
         command's timeout plus ``lost_grace``); any other final status stays."""
         command = await self.store.get_command(command_id)
-        if command["status"] == lifecycle.LOST and status in lifecycle.LATE_OUTCOMES:
+        if (
+            command is not None
+            and command.status == lifecycle.LOST
+            and status in lifecycle.LATE_OUTCOMES
+        ):
             # The history keeps the lost event; this one says what it replaced.
             replaced = await self.store.transition(
                 command_id,
                 status,
                 self.clock.seconds(),
                 expected=(lifecycle.LOST,),
-                detail={"replaces": lifecycle.LOST, "lost_at": command["finished_at"]},
+                detail={"replaces": lifecycle.LOST, "lost_at": command.finished_at},
                 **outcome,
             )
             if replaced is not None:
@@ -611,7 +618,7 @@ class CommandLedger:
             "result {status} for {command_id} ignored: the command is already {current}",
             status=status,
             command_id=command_id,
-            current=command["status"],
+            current=command.status if command else None,
         )
 
     def _in_flight(self, command_id: str, agent_id: str) -> InFlight | None:
@@ -640,7 +647,7 @@ class CommandLedger:
         if inflight is not None:
             return True, inflight.started_at
         command = await self.store.get_command(command_id)
-        if command is None or command["agent_id"] != session.agent_id:
+        if command is None or command.agent_id != session.agent_id:
             session.complain(
                 "agent {agent_id} reported on command {command_id} that is not its own",
                 agent_id=session.agent_id,
@@ -650,15 +657,15 @@ class CommandLedger:
                 protocol.error_frame(protocol.UNKNOWN_COMMAND, "no such command here", command_id)
             )
             return False, None
-        return True, command["started_at"]
+        return True, command.started_at
 
-    async def _transition(self, command_id: str, status: str, **fields: Any) -> dict | None:
+    async def _transition(self, command_id: str, status: str, **fields: Any) -> Command | None:
         command = await self.store.transition(command_id, status, self.clock.seconds(), **fields)
         if command is not None:
             self._changed(command)
         return command
 
-    def _changed(self, command: dict, replaces: str | None = None) -> None:
+    def _changed(self, command: Command, replaces: str | None = None) -> None:
         """Tell followers; wake waiters and forget the secrets once the command is final.
 
         ``replaces``: the final status this one took the place of (a late result).
@@ -666,44 +673,44 @@ class CommandLedger:
         self.hub.publish(
             "command.status",
             {
-                "command_id": command["command_id"],
-                "agent_id": command["agent_id"],
-                "verb": command["verb"],
-                "status": command["status"],
+                "command_id": command.command_id,
+                "agent_id": command.agent_id,
+                "verb": command.verb,
+                "status": command.status,
             },
         )
-        if command["status"] in lifecycle.FINAL:
+        if command.status in lifecycle.FINAL:
             self.metrics.command_final(command)
             self._finished(command, replaces)
 
-    def _finished(self, command: dict, replaces: str | None = None) -> None:
-        command_id = command["command_id"]
+    def _finished(self, command: Command, replaces: str | None = None) -> None:
+        command_id = command.command_id
         self._inflight.pop(command_id, None)
         self._outputs.pop(command_id, None)
         # Successes are the bulk of a busy fleet's traffic (the audit log, the events and
         # /metrics have every one): only outcomes that need a look are logged at info.
-        emit = self.log.debug if command["status"] == lifecycle.SUCCEEDED else self.log.info
+        emit = self.log.debug if command.status == lifecycle.SUCCEEDED else self.log.info
         emit(
             "command {command_id} {status}",
             command_id=command_id,
-            status=command["status"],
-            agent_id=command["agent_id"],
+            status=command.status,
+            agent_id=command.agent_id,
         )
         # Reported by the agent if it got the command; decided here otherwise.
         agent_reported = replaces is not None or (
-            command.get("dispatched_at") is not None
-            and command["status"] not in (lifecycle.EXPIRED, lifecycle.LOST)
+            command.dispatched_at is not None
+            and command.status not in (lifecycle.EXPIRED, lifecycle.LOST)
         )
         self.audit.record_later(
-            command["agent_id"] if agent_reported else "system",
+            command.agent_id if agent_reported else "system",
             "command.finished",
             f"command:{command_id}",
-            command["status"],
+            command.status,
             {
-                "agent_id": command["agent_id"],
-                "verb": command["verb"],
-                "exit_code": command.get("exit_code"),
-                "error": (command.get("error") or {}).get("code"),
+                "agent_id": command.agent_id,
+                "verb": command.verb,
+                "exit_code": command.exit_code,
+                "error": (command.error or {}).get("code"),
                 # The audit log keeps both: the earlier record says lost, this one why not.
                 **({"replaces": replaces} if replaces is not None else {}),
             },
@@ -720,7 +727,7 @@ class CommandLedger:
         d.addBoth(lambda r: (timer.active() and timer.cancel(), r)[1])
         return d
 
-    async def wait_final(self, command_id: str, seconds: float) -> dict | None:
+    async def wait_final(self, command_id: str, seconds: float) -> Command | None:
         """The command once final, or None after ``seconds``.
 
         Unlike ``wait`` this also covers a command that finished just before the
@@ -730,11 +737,11 @@ class CommandLedger:
         if command_id not in self._inflight:
             # Finished already, or made before a restart: the store knows.
             command = await self.store.get_command(command_id)
-            if command is not None and command["status"] in lifecycle.FINAL:
+            if command is not None and command.status in lifecycle.FINAL:
                 self._release(command_id, d, command)
         return await d
 
-    def _release(self, command_id: str, d: Deferred, value: dict | None) -> None:
+    def _release(self, command_id: str, d: Deferred, value: Command | None) -> None:
         waiters = self._waiters.get(command_id, [])
         if d in waiters:
             waiters.remove(d)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
@@ -18,6 +18,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.internet.defer import ensureDeferred
 
 from viworks import lifecycle
+from viworks.backend.model import OUTPUT_STREAMS, Command
+from viworks.backend.store import Store
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -135,14 +137,14 @@ class Metrics:
 
             self.handshake_tokens.set_function(tokens)
 
-    def timed_store(self, store: Any) -> Any:
+    def timed_store(self, store: Store) -> Store:
         """``store`` with every method call timed into ``viworks_store_seconds``; its
         group-commit figures (``viworks_store_transactions/calls_total``) read when scraped."""
         batches = getattr(store, "batches", None)
         if batches is not None and not self._batches_watched:
             self._batches_watched = True
             self.registry.register(_BatchFigures(batches))
-        return _TimedStore(store, self.store_latency)
+        return cast(Store, _TimedStore(store, self.store_latency))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -173,20 +175,18 @@ class Metrics:
     def session_refused(self, reason: str) -> None:
         self.sessions_refused.labels(reason).inc()
 
-    def command_dispatched(self, command: dict, now: float) -> None:
-        created = command.get("created_at")
-        if created is not None:
-            self.dispatch_latency.observe(max(0.0, now - created))
+    def command_dispatched(self, command: Command, now: float) -> None:
+        self.dispatch_latency.observe(max(0.0, now - command.created_at))
 
-    def command_final(self, command: dict) -> None:
-        if command.get("status") not in lifecycle.FINAL:
+    def command_final(self, command: Command) -> None:
+        if command.status not in lifecycle.FINAL:
             return
-        self.commands.labels(command.get("verb") or "", command["status"]).inc()
-        started, finished = command.get("started_at"), command.get("finished_at")
+        self.commands.labels(command.verb, command.status).inc()
+        started, finished = command.started_at, command.finished_at
         if started is not None and finished is not None:
             self.execution_latency.observe(max(0.0, finished - started))
-        for stream in ("stdout", "stderr"):
-            if command.get(f"{stream}_truncated"):
+        for stream in OUTPUT_STREAMS:
+            if command.truncated(stream):
                 self.output_truncations.labels(stream).inc()
 
 
@@ -221,7 +221,7 @@ class _BatchFigures:
 class _TimedStore:
     """A transparent proxy timing each call (its Deferred or coroutine) by method name."""
 
-    def __init__(self, store: Any, histogram: Histogram) -> None:
+    def __init__(self, store: Store, histogram: Histogram) -> None:
         self._store = store
         self._histogram = histogram
 

@@ -19,6 +19,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 from viworks.backend import audit
+from viworks.backend.model import AgentCertificate
+from viworks.backend.store import Store
 from viworks.logs import Logger
 from viworks.tls import peer_certificate
 
@@ -37,7 +39,6 @@ def parse_serial(text: str) -> str:
     if not digits or any(c not in "0123456789abcdef" for c in digits):
         raise ValueError(f"{text!r} is not a hexadecimal certificate serial")
     return format(int(digits, 16), "x")
-
 
 
 def _agent_certificate(transport: Any, request: Any) -> Any:
@@ -65,25 +66,25 @@ def peer_cert_not_after(transport: Any, request: Any = None) -> float | None:
 
 
 async def revoke_agent_certificates(
-    store: Any, agent_id: str, actor: str, now: float, reason: str | None = None
-) -> list[tuple[dict[str, Any], bool]]:
+    store: Store, agent_id: str, actor: str, now: float, reason: str | None = None
+) -> list[tuple[AgentCertificate, bool]]:
     """Revoke every certificate ``agent_id`` ever connected with (``agent_certificates``,
     and the one of its last HELLO); audited as one ``certificate.revoke`` by ``actor``.
 
-    Returns ``(certificate, revoked)`` pairs, first seen first: each certificate
-    ``{serial[, agent_id, first_seen, last_seen]}`` and False when it was already
-    revoked; empty when no certificate is known for the agent (nothing revoked).
+    Returns ``(certificate, revoked)`` pairs, first seen first: each certificate (the
+    one of its last HELLO without times if it was never recorded) and False when it was
+    already revoked; empty when no certificate is known for the agent (nothing revoked).
     Running backends drop the sessions using them within ``POLL_INTERVAL``.
     """
-    seen = {c["serial"]: c for c in await store.agent_certificates(agent_id=agent_id)}
+    seen = {c.serial: c for c in await store.agent_certificates(agent_id=agent_id)}
     agent = await store.get_agent(agent_id)
-    if agent is not None and agent.get("cert_serial") and agent["cert_serial"] not in seen:
-        seen[agent["cert_serial"]] = {"serial": agent["cert_serial"]}
+    if agent is not None and agent.cert_serial and agent.cert_serial not in seen:
+        seen[agent.cert_serial] = AgentCertificate(agent_id, agent.cert_serial, None, None)
     done = [
-        (cert, await store.revoke_certificate(cert["serial"], agent_id, now, reason))
+        (cert, await store.revoke_certificate(cert.serial, agent_id, now, reason))
         for cert in seen.values()
     ]
-    new = [cert["serial"] for cert, revoked in done if revoked]
+    new = [cert.serial for cert, revoked in done if revoked]
     await store.append_audit(
         now,
         actor,
@@ -92,7 +93,7 @@ async def revoke_agent_certificates(
         audit.OK if new else audit.REFUSED,
         {
             "serials": new,
-            "already": [cert["serial"] for cert, revoked in done if not revoked],
+            "already": [cert.serial for cert, revoked in done if not revoked],
             "reason": reason if done else "no certificate serial known",
         },
     )
@@ -100,7 +101,7 @@ async def revoke_agent_certificates(
 
 
 async def revoke_serial(
-    store: Any, serial: str, actor: str, now: float, reason: str | None = None
+    store: Store, serial: str, actor: str, now: float, reason: str | None = None
 ) -> tuple[str, bool]:
     """Revoke one certificate by serial, audited as ``certificate.revoke`` by ``actor``.
 
@@ -108,7 +109,7 @@ async def revoke_serial(
     certificate not used yet is revoked all the same), False when already revoked.
     """
     seen = await store.agent_certificates(serial=serial)
-    agent_id = seen[0]["agent_id"] if seen else ""
+    agent_id = seen[0].agent_id if seen else ""
     done = await store.revoke_certificate(serial, agent_id, now, reason)
     await store.append_audit(
         now,
@@ -128,7 +129,7 @@ class RevocationWatcher:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         factories: list[Any],
         clock: IReactorTime,
         interval: float = POLL_INTERVAL,
@@ -163,8 +164,8 @@ class RevocationWatcher:
         rows = await self.store.revocations_since(self.last_seq)
         if not rows:
             return 0
-        self.last_seq = rows[-1]["seq"]
-        serials = {row["serial"] for row in rows}
+        self.last_seq = rows[-1].seq
+        serials = {row.serial for row in rows}
         for factory in self.factories:
             factory.revoked_serials.update(serials)
             for session in list(factory.registry):

@@ -25,6 +25,7 @@ from viworks.backend.ledger import CommandLedger
 from viworks.backend.metrics import Metrics
 from viworks.backend.registry import LiveSession, SessionRegistry
 from viworks.backend.revocation import peer_cert_not_after, peer_cert_serial
+from viworks.backend.store import Store
 from viworks.backend.store.batch import StoreClosed
 from viworks.logs import Logger, ThrottledWarnings
 from viworks.net import SkipPeerCertificateDetails, no_delay
@@ -451,13 +452,13 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         )
         factory.ledger.hub.publish(
             "agent.online",
-            {"agent_id": self.agent_id, "session_id": self.session_id, "epoch": agent["epoch"]},
+            {"agent_id": self.agent_id, "session_id": self.session_id, "epoch": agent.epoch},
         )
         self.send_frame(
             protocol.encode(
                 "welcome",
                 session_id=self.session_id,
-                epoch=agent["epoch"],
+                epoch=agent.epoch,
                 heartbeat_interval=factory.heartbeat_interval,
                 heartbeat_timeout=2 * factory.heartbeat_interval,
                 server_time=factory.clock.seconds(),
@@ -566,7 +567,7 @@ class AgentSessionFactory(WebSocketServerFactory):
         self,
         *,
         registry: SessionRegistry,
-        store: Any,
+        store: Store,
         ledger: CommandLedger,
         clock: IReactorTime,
         identify: Callable[[Any, Any], str | None],

@@ -26,7 +26,7 @@ from viworks.backend.ledger import CommandLedger
 from viworks.backend.registry import SessionRegistry
 from viworks.backend.revocation import RevocationWatcher
 from viworks.backend.sessions import AgentSessionFactory
-from viworks.backend.store import open_store
+from viworks.backend.store import Store, open_store
 from viworks.config import BackendConfig, load_backend_config
 from viworks.logs import Logger, set_log_level
 from viworks.net import DrainingSite, ListenError, listen_service
@@ -57,7 +57,7 @@ class BackendService(MultiService):
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         registry: SessionRegistry,
         ledger: CommandLedger,
         sessions: AgentSessionFactory,

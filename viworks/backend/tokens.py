@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from viworks.backend import audit
+from viworks.backend.model import OPERATOR, Token
+from viworks.backend.store import Store
 from viworks.timeutil import rfc3339
 
 # Names show up in audit records and URLs (DELETE /api/v1/tokens/{name}).
@@ -25,37 +27,37 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def token_state(token: dict, now: float) -> str:
+def token_state(token: Token, now: float) -> str:
     """``active``, ``expired`` or ``revoked``."""
-    if token["revoked_at"] is not None:
+    if token.revoked_at is not None:
         return "revoked"
-    if token["expires_at"] is not None and token["expires_at"] <= now:
+    if token.expires_at is not None and token.expires_at <= now:
         return "expired"
     return "active"
 
 
-def token_json(token: dict, now: float) -> dict:
+def token_json(token: Token, now: float) -> dict[str, Any]:
     """A token as listed (``viworks token list --json``, ``GET /api/v1/tokens``): never
     its secret or hash."""
     return {
-        "name": token["name"],
-        "role": token["role"],
-        "verbs": token["verbs"],
-        "sites": token["sites"],
+        "name": token.name,
+        "role": token.role,
+        "verbs": token.verbs,
+        "sites": token.sites,
         "state": token_state(token, now),
-        "created_at": rfc3339(token["created_at"]),
-        "expires_at": rfc3339(token["expires_at"]),
-        "revoked_at": rfc3339(token["revoked_at"]),
+        "created_at": rfc3339(token.created_at),
+        "expires_at": rfc3339(token.expires_at),
+        "revoked_at": rfc3339(token.revoked_at),
     }
 
 
 async def create_token(
-    store: Any,
+    store: Store,
     name: str,
     actor: str,
     now: float,
     *,
-    role: str = "operator",
+    role: str = OPERATOR,
     verbs: Sequence[str] | None = None,
     sites: Sequence[str] | None = None,
     expires_in: float | None = None,
@@ -89,7 +91,7 @@ async def create_token(
     return token
 
 
-async def revoke_token(store: Any, name: str, actor: str, now: float) -> bool:
+async def revoke_token(store: Store, name: str, actor: str, now: float) -> bool:
     """Revoke ``name`` (and end its console sessions); audited as ``token.revoke``.
     False when no active token has that name."""
     done = await store.revoke_token(name, now)

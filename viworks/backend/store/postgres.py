@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from twisted.enterprise.adbapi import ConnectionPool, Transaction
 
-from viworks.backend.store.base import SQLStore
+from viworks.backend.store.sql import SQLStore
 
 # Arbitrary constant: the advisory lock that serialises migrations between
 # backends starting at the same time.

@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 
 from twisted.enterprise.adbapi import ConnectionPool, Transaction
 
-from viworks.backend.store.base import SQLStore, StoreError
+from viworks.backend.store.errors import StoreError
+from viworks.backend.store.sql import SQLStore
 
 _BUSY_TIMEOUT_MS = 5000
 # Primary result codes of a database that answers but cannot write: SQLITE_PERM,
