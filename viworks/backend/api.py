@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
 from viworks import __version__, lifecycle
-from viworks.backend import audit, authz, tokens, websession
+from viworks.backend import audit, authz, openapi, tokens, websession
 from viworks.backend.authfailures import AuthFailures, request_source
 from viworks.backend.events import Event, sse_frame
 from viworks.backend.health import StoreHealth
@@ -634,6 +634,12 @@ class BackendAPI:
             },
             200 if healthy else 503,
         )
+
+    @app.route("/api/v1/openapi.json", methods=["GET"])
+    async def openapi_description(self, request: Any) -> bytes:
+        """This API's OpenAPI 3.1 description (viworks/backend/openapi.yaml)."""
+        await self._authenticate(request)
+        return self._json(request, openapi.description())
 
     @app.route("/api/v1/agents", methods=["GET"])
     async def list_agents(self, request: Any) -> bytes:
