@@ -188,9 +188,13 @@ def _last_event_id(request: Any) -> int:
     if raw is None:
         return -1
     try:
-        return int(raw)
+        after = int(raw)
     except ValueError:
-        raise ApiError(400, "BAD_REQUEST", "Last-Event-ID must be an integer", "after") from None
+        after = None
+    # Compared with stored sequence numbers: beyond 64 bits the database refuses it.
+    if after is None or not -(2**63) <= after < 2**63:
+        raise ApiError(400, "BAD_REQUEST", "Last-Event-ID must be a 64-bit integer", "after")
+    return after
 
 
 def _chunk_json(chunk: dict) -> dict:
