@@ -6,7 +6,8 @@ fuzzer must change nothing on this host). schemathesis (its CLI, in a thread, so
 the reactor keeps serving) reads ``GET /api/v1/openapi.json`` with an admin token and
 sends a bounded number of generated requests per operation, valid and invalid. Any 5xx
 fails the test, and so does an answer the description does not allow (status code,
-media type, headers, JSON schema). Seeded, so a run is repeatable.
+media type, headers, JSON schema, each event of a stream) or a method the description
+does not give that is not a 405 with ``Allow``. Seeded, so a run is repeatable.
 
 Left out: ``GET /api/v1/events`` (a stream that ends only when the client goes). Two
 operations run last, each alone and with a token of its own: schemathesis reuses values
@@ -44,6 +45,7 @@ CHECKS = (
     "content_type_conformance",
     "response_headers_conformance",
     "response_schema_conformance",
+    "unsupported_method",
 )
 REVOKE_CERTIFICATE = "/api/v1/agents/{agent_id}/certificate/revoke"
 REVOKE_TOKEN = "/api/v1/tokens/{name}"

@@ -462,6 +462,20 @@ class ConformanceTests(unittest.TestCase):
         job = {"verb": "ping", "selector": "id=gw-1", "concurrency": 2**31 - 1, "canary": 1}
         self.assertEqual((await self.call("POST", "/api/v1/jobs", job))[0], 201)
 
+    async def test_undescribed_method(self) -> None:
+        """A method a path does not take is a JSON 405 whose Allow header lists the ones it
+        does (the methods the description gives, plus HEAD with GET)."""
+        for method, path in (("PUT", "/api/v1/agents"), ("TRACE", "/api/v1/session")):
+            d = self.http.request(method, "http://api" + path)
+            response = await settled(self.http, d)
+            body = json.loads(await settled(self.http, response.content()))
+            self.assertEqual((response.code, body["error"]["code"]), (405, "METHOD_NOT_ALLOWED"))
+            [allow] = response.headers.getRawHeaders(b"allow")
+            described_methods = {m.upper() for m in self.document["paths"][path]} - {"PARAMETERS"}
+            if "GET" in described_methods:
+                described_methods.add("HEAD")
+            self.assertEqual(set(allow.decode().split(", ")), described_methods)
+
     async def test_served_description(self) -> None:
         """GET /api/v1/openapi.json serves the description as JSON to any valid token (a
         viewer's too), and needs one."""

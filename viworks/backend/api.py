@@ -609,6 +609,9 @@ class BackendAPI:
     def _http_error(self, request: Any, failure: Any) -> bytes:
         e = failure.value
         code = (e.name or "error").upper().replace(" ", "_")
+        # A 405 says which methods the path takes (RFC 9110).
+        if getattr(e, "valid_methods", None):
+            request.setHeader(b"allow", ", ".join(e.valid_methods).encode("ascii"))
         return self._json(request, {"error": {"code": code, "message": e.description}}, e.code)
 
     @app.handle_errors(Exception)
