@@ -40,19 +40,22 @@ TRIAL_ARGS ?= tests
 # Every process coverage measures writes its data next to this one (parallel mode).
 export COVERAGE_FILE := $(CURDIR)/.coverage
 
+# ruff and mypy (settings in pyproject.toml), both run; fails if either finds something.
+LINT = status=0; \
+	$(VENV)/bin/ruff check $(LINT_DIRS) || status=1; \
+	$(VENV)/bin/mypy || status=1
+
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check $(LINT_DIRS)
-	$(VENV)/bin/mypy
+	@$(LINT); exit $$status
 
 # What mypy still finds in the modules pyproject.toml lists as not yet clean.
 mypy-pending: $(VENV)/.installed
 	@$(PY) etc/mypy_pending.py
 
-# Lint and tests both run, and the target fails if either failed; the coverage total is
-# printed last.
+# Lint and tests both run, and the target fails if either failed; the line coverage of
+# viworks/ (every process the tests start included) is printed last.
 test: $(VENV)/.installed tools
-	@status=0; \
-	$(MAKE) --no-print-directory lint || status=1; \
+	@$(LINT); \
 	rm -f .coverage .coverage.*; \
 	$(VENV)/bin/coverage run -m twisted.trial -j$(TRIAL_JOBS) $(TRIAL_ARGS) || status=1; \
 	$(VENV)/bin/coverage combine -q \
