@@ -56,7 +56,7 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "Python >= 3.11 is required (found $(python3 -V 2>&1))"
 
 repo=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
-[ -f "$repo/setup.py" ] || die "cannot find the viworks repository at $repo"
+[ -f "$repo/pyproject.toml" ] || die "cannot find the viworks repository at $repo"
 [ -f "$repo/constraints.txt" ] || die "$repo/constraints.txt is missing (make constraints)"
 prefix=$(readlink -m "$prefix")
 root=$(readlink -m "$root")

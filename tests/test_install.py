@@ -100,7 +100,8 @@ class InstallServiceTests(unittest.TestCase):
             self.repo,
             ignore=shutil.ignore_patterns(
                 ".venv", ".git", "_trial_temp*", "build", "*.egg-info", ".dev", "bench",
-                "__pycache__", "dropin.cache",
+                "__pycache__", "dropin.cache", ".mypy_cache", ".ruff_cache", ".hypothesis",
+                ".coverage*",
             ),
         )  # fmt: skip
         self.root = os.path.join(base, "root")

@@ -100,7 +100,8 @@ _below: set = {LogLevel.debug}
 class _Logger(_TwistedLogger):
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
         # The hot path has debug lines; without this each one would still build an
-        # event and walk the filter only to be dropped (4% of the backend under load).
+        # event and walk the filter only to be dropped (docs/benchmarks.md: "Figures
+        # behind the code").
         if level in _below:
             return
         super().emit(level, format, **kwargs)
@@ -137,9 +138,9 @@ class LazyPformat:
 
 def _lazy_autobahn_debug() -> None:
     # Autobahn pretty-prints its whole configuration for a debug line on every new
-    # connection, whatever the log level: ~10% of the backend's CPU in a connect
-    # storm. Its module-level pformat becomes lazy (the text is the same when
-    # debug is on).
+    # connection, whatever the log level: a large part of the backend's CPU in a
+    # connect storm (docs/benchmarks.md). Its module-level pformat becomes lazy (the
+    # text is the same when debug is on).
     from autobahn.websocket import protocol as websocket_protocol
 
     websocket_protocol.pformat = LazyPformat

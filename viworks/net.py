@@ -38,11 +38,12 @@ class SkipPeerCertificateDetails:
     """Mixin for an Autobahn protocol (put it first): open without describing the peer.
 
     Autobahn's ``_onOpen`` fills ``transport_details`` with a description of the peer
-    certificate (three fingerprints, every extension printed: 0.12 ms) and the TLS
-    channel id, then calls ``onOpen``. viworks never reads them (identities and pins
-    come from the certificate itself), and on the backend that was 6-11 % of its CPU
-    in a connect storm. tests/backend/test_sessions.py pins the hook's name, so an
-    Autobahn release that renames it fails a test instead of undoing this silently.
+    certificate (three fingerprints, every extension printed) and the TLS channel id,
+    then calls ``onOpen``. viworks never reads them (identities and pins come from the
+    certificate itself), and on the backend that was a sizeable part of its CPU in a
+    connect storm (docs/benchmarks.md, "Figures behind the code").
+    tests/backend/test_sessions.py pins the hook's name, so an Autobahn release that
+    renames it fails a test instead of undoing this silently.
     """
 
     def _onOpen(self) -> None:

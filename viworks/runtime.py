@@ -4,9 +4,8 @@ how the C allocator serves big buffers.
 A backend holding a thousand agent links keeps about a million long-lived objects
 (connections, TLS and WebSocket state, sessions). With CPython's default thresholds
 (700, 10, 10) every 700 allocations start a young collection and every 7,000 a
-middle one, and full collections walk every object: over a 1,000-agent storm and
-five fan-outs the collector took 1.4-1.8 s of the backend's 6-7 CPU seconds
-(docs/benchmarks.md, round 3).
+middle one, and full collections walk every object: a large share of a busy
+backend's CPU (docs/benchmarks.md, "Figures behind the code").
 Nearly all of a command's allocations die young without cycles (reference counting
 frees them), so collecting rarely loses nothing.
 """
@@ -45,10 +44,9 @@ def release_large_buffers(threshold: int = MMAP_THRESHOLD) -> bool:
     By default glibc raises that threshold to the size of each such block freed (up to
     32 MiB); from then on buffers of a MiB - agent frames, output chunks, an event
     stream's unsent data - come from the heap, and freed heap memory mostly stays with
-    the process. Measured: 40 event-stream viewers dropped after 16 MiB of output
-    events left the backend 62 MiB larger with the dynamic threshold, 37 MiB (the
-    bounded event history) with a fixed one. Returns False where the C library has no
-    mallopt (not glibc): nothing changes.
+    the process: a backend that dropped slow event-stream viewers stayed much larger
+    (docs/benchmarks.md, "Figures behind the code"). Returns False where the C library
+    has no mallopt (not glibc): nothing changes.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt

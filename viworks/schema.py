@@ -49,11 +49,12 @@ __all__ = [
 #: Longest ``pattern`` accepted, in characters.
 MAX_PATTERN_LENGTH = 1000
 #: Memory RE2 may use for one pattern (program and DFA cache). It bounds the time a
-#: compilation takes (about 10 ms at worst) and the work per character matched; a
-#: pattern that needs more is refused. More memory would make both worse.
+#: compilation takes and the work per character matched (docs/benchmarks.md, "Figures
+#: behind the code"); a pattern that needs more is refused. More memory would make both
+#: worse.
 PATTERN_MAX_MEM = 1 << 20
-#: Longest string checked against a pattern: matching is linear in it, up to about
-#: 0.1 ms per character for the worst patterns within PATTERN_MAX_MEM.
+#: Longest string checked against a pattern: matching is linear in it, and the worst
+#: patterns within PATTERN_MAX_MEM are slow per character.
 MAX_PATTERN_SUBJECT = 1024
 #: Longest verb or parameter name.
 MAX_NAME_LENGTH = 64
@@ -112,7 +113,7 @@ class SchemaError(ValueError):
 def compile_pattern(pattern: str) -> Any:
     """The RE2 program for ``pattern``, cached; raises ``re2.error``.
 
-    re2 has a cache of its own, but its lookup reads every option each time (6 us,
+    re2 has a cache of its own, but its lookup reads every option each time (it costs
     more than the match): every argument checked goes through here.
     """
     return re2.compile(pattern, _RE2_OPTIONS)

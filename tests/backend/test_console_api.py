@@ -6,12 +6,12 @@ StubTreq over a real SQLite store, with a fake clock.
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 import gzip
 import json
 import os
 import re
+import tomllib
 from html.parser import HTMLParser
 
 from treq.testing import StubTreq
@@ -154,18 +154,11 @@ class ConsoleFilesTests(ConsoleAPITestCase):
                     self.assertTrue(specifier.startswith((b"./", b"../")), (name, specifier))
 
     def test_every_file_is_packaged(self):
-        """setup.py's package_data ships every file of the console (pip install . works
-        without the source tree)."""
+        """pyproject.toml's package data ships every file of the console (pip install .
+        works without the source tree)."""
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        with open(os.path.join(root, "setup.py")) as f:
-            tree = ast.parse(f.read())
-        [patterns] = [
-            ast.literal_eval(k.value)["viworks.console"]
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Call)
-            for k in node.keywords
-            if k.arg == "package_data"
-        ]
+        with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+            patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["viworks.console"]
         static = os.path.join(root, "viworks", "console")
         for name in load():
             self.assertTrue(any(fnmatch.fnmatch("static/" + name, p) for p in patterns), name)

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
 from viworks import __version__, lifecycle
-from viworks.backend import audit, authz, tokens, websession
+from viworks.backend import audit, authz, openapi, tokens, websession
 from viworks.backend.authfailures import AuthFailures, request_source
 from viworks.backend.events import Event, sse_frame
 from viworks.backend.health import StoreHealth
@@ -186,9 +186,13 @@ def _last_event_id(request: Any) -> int:
     if raw is None:
         return -1
     try:
-        return int(raw)
+        after = int(raw)
     except ValueError:
-        raise ApiError(400, "BAD_REQUEST", "Last-Event-ID must be an integer", "after") from None
+        after = None
+    # Compared with stored sequence numbers: beyond 64 bits the database refuses it.
+    if after is None or not -(2**63) <= after < 2**63:
+        raise ApiError(400, "BAD_REQUEST", "Last-Event-ID must be a 64-bit integer", "after")
+    return after
 
 
 def _chunk_json(chunk: OutputChunk) -> dict[str, Any]:
@@ -608,6 +612,9 @@ class BackendAPI:
     def _http_error(self, request: Any, failure: Any) -> bytes:
         e = failure.value
         code = (e.name or "error").upper().replace(" ", "_")
+        # A 405 says which methods the path takes (RFC 9110).
+        if getattr(e, "valid_methods", None):
+            request.setHeader(b"allow", ", ".join(e.valid_methods).encode("ascii"))
         return self._json(request, {"error": {"code": code, "message": e.description}}, e.code)
 
     @app.handle_errors(Exception)
@@ -637,6 +644,12 @@ class BackendAPI:
             },
             200 if healthy else 503,
         )
+
+    @app.route("/api/v1/openapi.json", methods=["GET"])
+    async def openapi_description(self, request: Any) -> bytes:
+        """This API's OpenAPI 3.1 description (viworks/backend/openapi.yaml)."""
+        await self._authenticate(request)
+        return self._json(request, openapi.description())
 
     @app.route("/api/v1/agents", methods=["GET"])
     async def list_agents(self, request: Any) -> bytes:

@@ -93,20 +93,25 @@ BODY_FIELDS = frozenset(
 )
 DEFAULT_CONCURRENCY = 1
 DEFAULT_MAX_ERRORS = 1
+#: The largest count a job takes (concurrency, max_errors, canary): what the store's
+#: INTEGER columns hold on every engine (32 bits on PostgreSQL).
+MAX_COUNT = 2**31 - 1
 RETRY_AFTER = 5.0
 
 
 def resolve_limit(field_name: str, value: Any, targets: int, default: int) -> tuple[str, int]:
     """``(as given, resolved)`` for a count or a percentage of ``targets``.
 
-    An integer must be >= 1; ``"N%"`` (0 < N <= 100) is N percent of the
+    An integer must be in [1, MAX_COUNT]; ``"N%"`` (0 < N <= 100) is N percent of the
     targets rounded down, but at least 1. Anything else is a 400.
     """
     if value is None:
         value = default
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise LedgerError(400, "BAD_REQUEST", f"{field_name} must be >= 1", field_name)
+        if not 1 <= value <= MAX_COUNT:
+            raise LedgerError(
+                400, "BAD_REQUEST", f"{field_name} must be >= 1 (at most {MAX_COUNT})", field_name
+            )
         return str(value), value
     if isinstance(value, str) and value.strip().endswith("%"):
         try:
@@ -323,9 +328,14 @@ class JobRunner:
         )
         canary = body.get("canary")
         if canary is not None and (
-            isinstance(canary, bool) or not isinstance(canary, int) or canary < 1
+            isinstance(canary, bool) or not isinstance(canary, int) or not 1 <= canary <= MAX_COUNT
         ):
-            raise LedgerError(400, "BAD_REQUEST", "canary must be an integer >= 1", "canary")
+            raise LedgerError(
+                400,
+                "BAD_REQUEST",
+                f"canary must be an integer >= 1 (at most {MAX_COUNT})",
+                "canary",
+            )
         canary_auto = body.get("canary_auto", False)
         if not isinstance(canary_auto, bool):
             raise LedgerError(400, "BAD_REQUEST", "canary_auto must be a boolean", "canary_auto")

@@ -200,7 +200,7 @@ def build_backend(config: BackendConfig, reactor: Any) -> BackendService:
         session_ttl=config.api.session_ttl,
     )
     # A JSON API: Twisted's parse of form bodies (an email-module Content-Type parse
-    # on every POST, ~5% of the backend under load) has nothing to find.
+    # on every POST, measurable under load: docs/benchmarks.md) has nothing to find.
     site = DrainingSite(api.resource(), parsePOSTFormSubmission=False)
     top = BackendService(store, registry, ledger, sessions, site, reactor)
     top.jobs = jobs
