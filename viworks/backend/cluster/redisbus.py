@@ -147,11 +147,11 @@ class _LinkProtocol:
         self.link.lost(self, why)
 
 
-class _CommandProtocol(_LinkProtocol, txredisapi.RedisProtocol):  # type: ignore[misc]
+class _CommandProtocol(_LinkProtocol, txredisapi.RedisProtocol):
     pass
 
 
-class _SubscriberProtocol(_LinkProtocol, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _SubscriberProtocol(_LinkProtocol, txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
         self.link.bus._message(channel, message)
 
