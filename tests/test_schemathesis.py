@@ -28,7 +28,7 @@ from twisted.trial import unittest
 
 from tests.processes import create_token
 from tests.stack import Stack, eventually
-from viworks.config import BUILTIN_VERBS
+from viworks.gateway.verbs.builtin import BUILTIN_VERBS
 
 SCHEMATHESIS = os.path.join(os.path.dirname(sys.executable), "schemathesis")
 #: Generated requests per operation and phase (examples, coverage, fuzzing); a longer
