@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import io
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from typing import Any
 from twisted.trial import unittest
 
 from viworks import cli
+from viworks.cli import completion, terminal
+from viworks.cli.parser import build_parser
 
 AGENTS = {
     "agents": [
@@ -181,7 +184,7 @@ class CLITestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.api = FakeAPI()
         self.addCleanup(self.api.close)
-        self.patch(cli, "_stdin_is_tty", lambda: False)
+        self.patch(terminal, "stdin_is_tty", lambda: False)
 
     def viworks(self, *argv: str) -> tuple[int, str, str]:
         """Run the CLI in-process against the fake API: (exit code, stdout, stderr)."""
@@ -234,7 +237,7 @@ class AgentsTests(CLITestCase):
             if len(sleeps) == 2:
                 raise KeyboardInterrupt
 
-        self.patch(cli, "_sleep", sleep)
+        self.patch(terminal, "sleep", sleep)
         code, out, _ = self.viworks("agents", "--watch")
         self.assertEqual(code, 0)
         self.assertEqual(sleeps, [2.0, 2.0])
@@ -243,7 +246,7 @@ class AgentsTests(CLITestCase):
 
     def test_no_token(self):
         """Without a token: a usage error (2), and no request is made."""
-        self.patch(cli.os, "environ", {})
+        self.patch(os, "environ", {})
         err = io.StringIO()
         self.patch(sys, "stderr", err)
         self.assertEqual(cli.main(["agents", "--url", self.api.url]), 2)
@@ -346,7 +349,7 @@ class RunTests(CLITestCase):
 
     def test_resumes_a_broken_stream(self):
         """A stream cut before the final status is reopened with Last-Event-ID."""
-        self.patch(cli, "_sleep", lambda s: None)
+        self.patch(terminal, "sleep", lambda s: None)
         streams = [
             [sse("command.output", {"seq": 0, "stream": "stdout", "data": "one\n"}, 0)],
             [
@@ -472,8 +475,8 @@ class JobTests(CLITestCase):
 
     def test_ctrl_c_then_cancel(self):
         """Ctrl-C at a terminal asks; "c" cancels the job and shows how it ended."""
-        self.patch(cli, "_stdin_is_tty", lambda: True)
-        self.patch(cli, "_ask", lambda prompt: "c")
+        self.patch(terminal, "stdin_is_tty", lambda: True)
+        self.patch(terminal, "ask", lambda prompt: "c")
         states = [job("running", ["running"] * 3)]
         self.ctrl_c_on_first_read(states)
 
@@ -657,7 +660,7 @@ class OtherCommandsTests(CLITestCase):
 
 class CompletionTests(unittest.TestCase):
     def complete(self, *words: str) -> list[str]:
-        script = cli.completion_script("bash", cli.build_parser())
+        script = completion.completion_script("bash", build_parser())
         line = " ".join(words)
         test = (
             f"{script}\nCOMP_WORDS=(viworks {line}); COMP_CWORD={len(words)}; _viworks; "

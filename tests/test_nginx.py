@@ -35,7 +35,7 @@ from twisted.trial import unittest
 
 from tests.processes import Api
 from tests.stack import Stack, eventually, free_port, stays, write
-from viworks.cli import store_token
+from viworks.cli.admin import store_token
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, "etc", "nginx", "viworks.conf")

@@ -16,13 +16,15 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from tests.backend.helpers import sqlite_store
 from tests.processes import ENV, ROOT, WAIT, twistd, wait_for
 from tests.stack import Stack, free_port
 from viworks.config import ConfigError
-from viworks.dev import DEV_AGENT, banner
+from viworks.dev import DEV_AGENT, banner, dev_token
 from viworks.gateway.tap import build_gateway
 from viworks.net import ListenError, listen_service
 
@@ -204,6 +206,41 @@ class DevStackTests(unittest.TestCase):
         self.assertIn("`make tools`", text)
         self.assertIn("TOOL_NOT_FOUND", text)
         self.assertIn("  console: http://127.0.0.1:1/ui/", text)
+
+
+class DevTokenTests(unittest.TestCase):
+    async def test_made_once_audited_and_reused(self) -> None:
+        """`viworks dev` makes its token through the backend's token module (an operator
+        token, its creation audited as whoever runs it, the secret only in DIR/token,
+        0600) and reuses it while it is active; a revoked or forgotten one is replaced."""
+        store = await sqlite_store(self)
+        directory = self.mktemp()
+        os.makedirs(directory)
+        clock = Clock()
+        clock.advance(1000)
+        token = await dev_token(store, directory, clock, "cli:alice")
+        path = os.path.join(directory, "token")
+        with open(path) as f:
+            self.assertEqual(f.read(), token + "\n")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        [made] = await store.list_tokens()
+        self.assertEqual((made.name, made.role), ("dev-1000", "operator"))
+        [record] = await store.audit_records()
+        self.assertEqual(
+            (record.actor, record.action, record.target),
+            ("cli:alice", "token.create", "token:dev-1000"),
+        )
+        self.assertNotIn(token, record.detail or "")
+        clock.advance(1)
+        self.assertEqual(await dev_token(store, directory, clock, "cli:alice"), token)
+        self.assertEqual(len(await store.list_tokens()), 1)
+        await store.revoke_token("dev-1000", clock.seconds())
+        other = await dev_token(store, directory, clock, "cli:bob")
+        self.assertNotEqual(other, token)
+        self.assertEqual([t.name for t in await store.list_tokens()], ["dev-1000", "dev-1001"])
+        clock.advance(1)
+        other_store = await sqlite_store(self)  # a new database: the token is forgotten
+        self.assertNotEqual(await dev_token(other_store, directory, clock, "cli:bob"), other)
 
 
 class MakefileTests(unittest.TestCase):

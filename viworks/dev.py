@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -100,26 +101,30 @@ def prepare(directory: str, http_port: int, ws_port: int, api_port: int) -> tupl
     return paths[0], paths[1]
 
 
-async def dev_token(store: Store, directory: str, clock: Any) -> str:
-    """Reuse the token saved in DIR/token while the store still knows it; else make one."""
-    from viworks.backend.tokens import hash_token, new_token
+async def dev_token(store: Store, directory: str, clock: IReactorTime, actor: str) -> str:
+    """Reuse the token saved in DIR/token while it is active in the store; else make one
+    (an operator token, audited as created by ``actor``)."""
+    from viworks.backend.tokens import create_token, hash_token, token_state
 
     path = os.path.join(directory, "token")
+    now = clock.seconds()
     if os.path.exists(path):
         with open(path) as f:
             token = f.read().strip()
-        if await store.token_name_for_hash(hash_token(token)):
+        known = await store.token_for_hash(hash_token(token))
+        if known is not None and token_state(known, now) == "active":
             return token
-    token = new_token()
-    await store.create_token(f"dev-{int(clock.seconds())}", hash_token(token), clock.seconds())
+    token = await create_token(store, f"dev-{int(now)}", actor, now)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
 
 
-def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
-    """Run the stack until Ctrl-C or SIGTERM; the exit status (2: a port is taken)."""
+def run_dev(directory: str, http_port: int, ws_port: int, api_port: int, actor: str) -> int:
+    """Run the stack until Ctrl-C or SIGTERM; the exit status (2: a port is taken).
+
+    ``actor`` is who runs it, for the audit log (the CLI's ``cli:<login name>``)."""
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
 
@@ -154,8 +159,8 @@ def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
         _say(message)
         status = code
 
-    async def announce(_: Any) -> None:
-        token = await dev_token(backend.store, directory, reactor)
+    async def announce(_: object) -> None:
+        token = await dev_token(backend.store, directory, reactor, actor)
         try:
             gateway.startService()
         except ListenError as e:  # taken since the check above
@@ -181,7 +186,13 @@ def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
     return status
 
 
-def banner(directory: str, http_port: int, api_port: int, token: str, catalog: Any) -> str:
+class ToolReport(Protocol):
+    """What the banner asks the gateway's verb catalog."""
+
+    def missing_tools(self) -> dict[str, list[str]]: ...
+
+
+def banner(directory: str, http_port: int, api_port: int, token: str, catalog: ToolReport) -> str:
     """What ``viworks dev`` prints once the stack is up, with the verbs that cannot run here."""
     url = f"http://127.0.0.1:{http_port}"
     text = (
