@@ -76,7 +76,7 @@ def _flatten_escaped(event: LogEvent) -> None:
             value = _formatter.get_field(name[:-2] if call else name, (), event)[0]
             if call:
                 value = value()
-            text = _formatter.format_field(_formatter.convert_field(value, conversion), spec)
+            text = _formatter.format_field(_formatter.convert_field(value, conversion), spec or "")
             flattened[flat_key] = escape_controls(text)
             flattened[structured_key] = value
     except Exception:
@@ -143,7 +143,8 @@ def _lazy_autobahn_debug() -> None:
     # text is the same when debug is on).
     from autobahn.websocket import protocol as websocket_protocol
 
-    websocket_protocol.pformat = LazyPformat
+    # A class where a function was: it is only ever called with one object to format.
+    websocket_protocol.pformat = LazyPformat  # type: ignore[assignment]
 
 
 def set_log_level(name: str) -> None:
@@ -154,7 +155,7 @@ def set_log_level(name: str) -> None:
     _levels.setLogLevelForNamespace("", level)
     _below.clear()
     _below.update(_ORDER[: _ORDER.index(level)])
-    txaio.set_global_log_level(name)
+    txaio.set_global_log_level(name)  # type: ignore[attr-defined]  # txaio's stubs lack it
 
 
 class ThrottledWarnings:

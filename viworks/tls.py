@@ -91,9 +91,11 @@ def server_context_factory(
     (combining it with C{verify}/C{requireCertificate} is a TypeError).
     """
     cert, key = _load_pair(cert_path, key_path)
+    # Twisted's annotations name pyOpenSSL's types; it takes cryptography's too (and
+    # converts them without warnings), which is what _load_pair returns.
     return ssl.CertificateOptions(
-        privateKey=key,
-        certificate=cert,
+        privateKey=key,  # type: ignore[arg-type]
+        certificate=cert,  # type: ignore[arg-type]
         trustRoot=_trust_root(client_ca_path),
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
     )
