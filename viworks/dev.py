@@ -155,7 +155,7 @@ def run_dev(directory: str, http_port: int, ws_port: int, api_port: int) -> int:
         status = code
 
     async def announce(_: Any) -> None:
-        token = await dev_token(backend.store, directory, reactor)
+        token = await dev_token(backend.parts.store, directory, reactor)
         try:
             gateway.startService()
         except ListenError as e:  # taken since the check above

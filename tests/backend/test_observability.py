@@ -15,11 +15,11 @@ from tests.backend.helpers import (
     result_fields,
     settled,
     sqlite_store,
+    wire,
 )
 from tests.stack import eventually
-from viworks.backend.api import BackendAPI, hash_token
+from viworks.backend.api import hash_token
 from viworks.backend.events import EventHub
-from viworks.backend.ledger import CommandLedger
 from viworks.backend.metrics import Metrics
 from viworks.backend.registry import SessionRegistry
 
@@ -53,13 +53,9 @@ class _Base(unittest.TestCase):
         self.clock.advance(2000)
         self.registry = SessionRegistry()
         self.hub = EventHub(history=5)
-        self.metrics = Metrics()
-        self.ledger = CommandLedger(
-            self.store, self.registry, self.clock, hub=self.hub, metrics=self.metrics
-        )
-        self.api = BackendAPI(
-            self.store, self.registry, self.ledger, self.clock, metrics_token=self.metrics_token
-        )
+        backend = wire(self, self.store, self.clock, registry=self.registry, hub=self.hub)
+        self.metrics, self.ledger = backend.metrics, backend.ledger
+        self.api = backend.api(metrics_token=self.metrics_token)
         self.http = StubTreq(self.api.resource())
 
     def setUp(self):

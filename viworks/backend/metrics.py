@@ -15,7 +15,7 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred
 
 from viworks import lifecycle
 from viworks.backend.model import OUTPUT_STREAMS, Command
@@ -241,10 +241,14 @@ class _TimedStore:
         def call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             result = getattr(store, name)(*args, **kwargs)
-            if not inspect.isawaitable(result):
+            d: Deferred[Any]
+            if inspect.iscoroutine(result):
+                d = Deferred.fromCoroutine(result)
+            elif isinstance(result, Deferred):
+                d = result
+            else:
                 child.observe(time.perf_counter() - start)
                 return result
-            d = ensureDeferred(result)
 
             def done(outcome: Any) -> Any:
                 child.observe(time.perf_counter() - start)

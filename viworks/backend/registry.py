@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 
 class LiveSession(Protocol):
-    """What the rest of the backend needs from a connected agent session."""
+    """What the rest of the backend needs from a welcomed agent session."""
 
-    agent_id: str
-    session_id: str
-    # hello.protocol: which signatures the agent verifies (viworks.protocol.HELLO_PROTOCOL).
-    agent_protocol: int
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def agent_protocol(self) -> int:
+        """hello.protocol: which signatures the agent verifies
+        (viworks.protocol.HELLO_PROTOCOL)."""
 
     def send_frame(self, payload: bytes) -> None: ...
 
@@ -53,5 +60,5 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[LiveSession]:
         return iter(list(self._sessions.values()))
