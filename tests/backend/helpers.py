@@ -50,7 +50,10 @@ VERBS = {
 
 
 class FakeSession:
-    """Stands in for an AgentSession: records the frames the backend sends."""
+    """Stands in for a welcomed agent session: records the frames the backend sends."""
+
+    peer = "tcp:192.0.2.1:40000"
+    cert_serial = None
 
     def __init__(self, agent_id: str, session_id: str = "s1") -> None:
         self.agent_id = agent_id
@@ -58,6 +61,7 @@ class FakeSession:
         self.agent_protocol = protocol.HELLO_PROTOCOL
         self.sent: list[protocol.Frame] = []
         self.replaced = False
+        self.revoked = False
         self.complaints: list[str] = []
 
     def send_frame(self, payload: bytes) -> None:
@@ -65,6 +69,15 @@ class FakeSession:
 
     def close_replaced(self) -> None:
         self.replaced = True
+
+    def close_going_away(self, retry_after: float) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def close_revoked(self) -> None:
+        self.revoked = True
 
     def complain(self, log_format: str, **fields: object) -> None:
         self.complaints.append(log_format.format(**fields))

@@ -37,6 +37,9 @@ class Fleet:
 class FleetSession:
     """A live session of one fake agent: records commands it is sent, like a journal would."""
 
+    peer = "tcp:192.0.2.1:40000"
+    cert_serial = None
+
     def __init__(self, fleet: Fleet, agent_id: str) -> None:
         self.fleet = fleet
         self.agent_id = agent_id
@@ -63,6 +66,9 @@ class FleetSession:
         pass
 
     def abort(self) -> None:
+        pass
+
+    def close_revoked(self) -> None:
         pass
 
 

@@ -20,6 +20,14 @@ class LiveSession(Protocol):
         """hello.protocol: which signatures the agent verifies
         (viworks.protocol.HELLO_PROTOCOL)."""
 
+    @property
+    def peer(self) -> str | None:
+        """Where it connects from (for logs and the audit)."""
+
+    @property
+    def cert_serial(self) -> str | None:
+        """The hex serial of its client certificate (None when unknown)."""
+
     def send_frame(self, payload: bytes) -> None: ...
 
     def complain(self, log_format: str, **fields: object) -> None:
@@ -30,6 +38,9 @@ class LiveSession(Protocol):
     def close_going_away(self, retry_after: float) -> None: ...
 
     def abort(self) -> None: ...
+
+    def close_revoked(self) -> None:
+        """Its certificate was revoked: close now (audited)."""
 
 
 class SessionRegistry:

@@ -32,7 +32,7 @@ from viworks.backend.dispatcher import Dispatcher
 from viworks.backend.events import EventHub
 from viworks.backend.ledger import CommandLedger
 from viworks.backend.metrics import Metrics
-from viworks.backend.registry import LiveSession, SessionRegistry
+from viworks.backend.registry import SessionRegistry
 from viworks.backend.revocation import peer_cert_not_after, peer_cert_serial
 from viworks.backend.secrecy import SecretParams
 from viworks.backend.store import Store
@@ -381,41 +381,9 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):  # type
         replaced = self.factory.registry.register(live)
         self.factory.metrics.session_opened(live.agent_id)
         if replaced is not None:
-            self._replacing(live, replaced)
+            live.replacing(replaced, self.factory.audit)
             replaced.close_replaced()
         self._run(self._welcome(live, frame))
-
-    def _replacing(self, live: WelcomedSession, old: LiveSession) -> None:
-        """Taking over ``old``'s place: with another certificate, say so (logged, audited):
-        two live certificates for one agent id may mean that one of them was stolen."""
-        old_serial = getattr(old, "cert_serial", None)
-        if old_serial == self.cert_serial:
-            return
-        old_peer = getattr(old, "peer", None)
-        self.log.warn(
-            "agent {agent_id}: session {old_session} (certificate {old_serial}, {old_peer})"
-            " replaced by certificate {new_serial} from {peer}",
-            agent_id=live.agent_id,
-            old_session=old.session_id,
-            old_serial=old_serial,
-            old_peer=old_peer,
-            new_serial=self.cert_serial,
-            peer=self.peer,
-        )
-        self.factory.audit.record_later(
-            live.agent_id,
-            "session.replaced",
-            f"agent:{live.agent_id}",
-            audit.OK,
-            {
-                "old_serial": old_serial,
-                "new_serial": self.cert_serial,
-                "old_peer": old_peer,
-                "new_peer": self.peer,
-                "old_session": old.session_id,
-                "new_session": live.session_id,
-            },
-        )
 
     async def _welcome(self, live: WelcomedSession, hello: protocol.Frame) -> None:
         factory = self.factory
@@ -597,7 +565,7 @@ class AgentSessionFactory(WebSocketServerFactory):
         self.telemetry_history_bytes = telemetry_history_bytes
         self.telemetry_min_interval = telemetry_min_interval
         self.metrics = metrics
-        metrics.watch_sessions(registry, lambda: self.admission)
+        metrics.watch_sessions(registry, admission)
         # Don't advertise our version; no status page on a plain GET.
         self.server = "viworks"
         self.setProtocolOptions(

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -444,7 +445,7 @@ def signing_key(config: BackendConfig) -> Ed25519PrivateKey | None:
     return signing.load_private_key(config.signing.key)
 
 
-def _server_tls(config: BackendConfig) -> Any:
+def _server_tls(config: BackendConfig) -> CertificateOptions:
     return server_context_factory(config.tls.cert, config.tls.key, config.tls.client_ca)
 
 

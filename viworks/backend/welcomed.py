@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from viworks.backend import audit
+from viworks.backend.registry import LiveSession
+from viworks.logs import Logger
+
 
 class AgentConnection(Protocol):
     """What a welcomed session needs from its connection."""
@@ -35,6 +39,8 @@ class AgentConnection(Protocol):
 
 class WelcomedSession:
     """One agent's session after its HELLO (``LiveSession``)."""
+
+    log = Logger()
 
     def __init__(
         self, connection: AgentConnection, agent_id: str, session_id: str, agent_protocol: int
@@ -71,3 +77,33 @@ class WelcomedSession:
 
     def abort(self) -> None:
         self.connection.abort()
+
+    def replacing(self, old: LiveSession, audit_log: audit.AuditLog) -> None:
+        """This session takes ``old``'s place: with another certificate, say so (logged,
+        audited): two live certificates for one agent id may mean one was stolen."""
+        if old.cert_serial == self.cert_serial:
+            return
+        self.log.warn(
+            "agent {agent_id}: session {old_session} (certificate {old_serial}, {old_peer})"
+            " replaced by certificate {new_serial} from {peer}",
+            agent_id=self.agent_id,
+            old_session=old.session_id,
+            old_serial=old.cert_serial,
+            old_peer=old.peer,
+            new_serial=self.cert_serial,
+            peer=self.peer,
+        )
+        audit_log.record_later(
+            self.agent_id,
+            "session.replaced",
+            f"agent:{self.agent_id}",
+            audit.OK,
+            {
+                "old_serial": old.cert_serial,
+                "new_serial": self.cert_serial,
+                "old_peer": old.peer,
+                "new_peer": self.peer,
+                "old_session": old.session_id,
+                "new_session": self.session_id,
+            },
+        )
