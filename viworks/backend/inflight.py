@@ -44,9 +44,3 @@ class InFlightCommands:
 
     def forget(self, command_id: str) -> None:
         self._commands.pop(command_id, None)
-
-    def __contains__(self, command_id: object) -> bool:
-        return command_id in self._commands
-
-    def __len__(self) -> int:
-        return len(self._commands)
