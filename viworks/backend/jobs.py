@@ -22,9 +22,9 @@ never with more than ``concurrency`` of them unfinished at once:
 The store is the truth: a job and its targets (with their command ids) are
 rows, so a restarted backend reloads its running and paused jobs and
 continues where they were. Command completions arrive as the hub's
-``command.status`` events (their wire form is enough); each target is started with an idempotency key
-(the job and the agent), so a crash between creating a command and recording
-it in the job cannot run the verb twice. Secret arguments are never stored:
+``command.status`` events (their wire form is enough); each target is started
+with an idempotency key (the job and the agent), so a crash between creating a
+command and recording it in the job cannot run the verb twice. Secret arguments are never stored:
 after a restart, a job that has them cannot start further agents and stops.
 
 All decisions about one job are serialised by a lock (starting agents,
