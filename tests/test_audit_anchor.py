@@ -96,7 +96,7 @@ class RunningBackendTruncationTests(unittest.TestCase):
             response = await treq.post(url, json={"verb": "ping"}, headers=headers, pool=pool)
             await response.content()
             self.assertEqual(response.code, 404)
-        await backend.ledger.audit.flush()
+        await backend.parts.audit.flush()
         with sqlite3.connect(config.backend.database) as conn:
             conn.execute("DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)")
         response = await treq.post(url, json={"verb": "ping"}, headers=headers, pool=pool)

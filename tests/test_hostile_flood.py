@@ -237,10 +237,10 @@ class StalledViewerTests(unittest.TestCase):
         Today the backend buffered everything for it, without end."""
         stack = Stack(self)
         backend = await stack.start_backend()
-        api, hub = backend.api, backend.ledger.hub
-        await backend.store.create_token("viewer", hash_token("vw_viewer"), 1.0)
+        api, hub = backend.parts.api, backend.parts.hub
+        await backend.parts.store.create_token("viewer", hash_token("vw_viewer"), 1.0)
         now = reactor.seconds()
-        await backend.store.create_console_session(
+        await backend.parts.store.create_console_session(
             websession.session_hash("console-tab"), "viewer", now, now + 3600
         )
         logged: list[dict] = []

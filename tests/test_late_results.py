@@ -34,15 +34,15 @@ class OutageTests(unittest.TestCase):
         await self.stack.start_backend(lost_grace=LOST_GRACE, startup_grace=startup_grace)
 
     async def command(self, command_id: str) -> Command | None:
-        return await self.stack.backend.store.get_command(command_id)
+        return await self.stack.backend.parts.store.get_command(command_id)
 
     async def outage(self, startup_grace: float) -> str:
         """gw-1 runs a 1 s verb; the backend stops while it runs and starts again once the
         command's timeout + lost_grace have passed. Returns the command's id."""
         await self.start_backend(startup_grace)
         self.stack.start_gateway(marks=self.marks)
-        await eventually(lambda: self.stack.backend.registry.get("gw-1") is not None)
-        command, _ = await self.stack.backend.ledger.submit(
+        await eventually(lambda: self.stack.backend.parts.registry.get("gw-1") is not None)
+        command, _ = await self.stack.backend.parts.commands.ledger.submit(
             "gw-1", "mark", {"tag": "late", "sleep": 1.0}, timeout=TIMEOUT
         )
         command_id = command.command_id
@@ -59,11 +59,13 @@ class OutageTests(unittest.TestCase):
         self.assertEqual(done.exit_code, 0)
         with open(self.marks) as f:
             self.assertEqual(f.read().split(), ["late"])  # ran once
-        history = [e.status for e in await self.stack.backend.store.command_events(command_id)]
-        await self.stack.backend.ledger.audit.flush()
+        history = [
+            e.status for e in await self.stack.backend.parts.store.command_events(command_id)
+        ]
+        await self.stack.backend.parts.audit.flush()
         audited = [
             (r.actor, r.outcome, json.loads(r.detail))
-            for r in await self.stack.backend.store.audit_records(limit=10000)
+            for r in await self.stack.backend.parts.store.audit_records(limit=10000)
             if r.action == "command.finished" and r.target == f"command:{command_id}"
         ]
         return history, audited

@@ -40,12 +40,12 @@ class LinkTests(unittest.TestCase):
         await eventually(lambda: any(why in line for line in self.outage))
 
     def online(self, agent_id="gw-1") -> bool:
-        return self.stack.backend.registry.get(agent_id) is not None
+        return self.stack.backend.parts.registry.get(agent_id) is not None
 
     async def run_verb(self, agent_id, verb, args=None, timeout=None):
-        ledger = self.stack.backend.ledger
-        command, _ = await ledger.submit(agent_id, verb, args or {}, timeout)
-        finished = await ledger.wait(command.command_id, 20)
+        commands = self.stack.backend.parts.commands
+        command, _ = await commands.ledger.submit(agent_id, verb, args or {}, timeout)
+        finished = await commands.waiters.wait(command.command_id, 20)
         self.assertIsNotNone(finished, "the command did not finish in time")
         return finished
 
@@ -54,7 +54,7 @@ class LinkTests(unittest.TestCase):
         await self.stack.start_backend()
         gateway = self.stack.start_gateway()
         await eventually(self.online)
-        agent = await self.stack.backend.store.get_agent("gw-1")
+        agent = await self.stack.backend.parts.store.get_agent("gw-1")
         self.assertEqual(agent.site, "test")
         self.assertIn("ping", agent.verbs)
         self.assertIn("username", agent.verbs["create_panel_user"]["params"])
@@ -70,11 +70,11 @@ class LinkTests(unittest.TestCase):
         await eventually(self.online)
         await gateway.stopService()
         await eventually(lambda: not self.online())
-        ledger = self.stack.backend.ledger
-        command, _ = await ledger.submit("gw-1", "ping", {}, None)
+        commands = self.stack.backend.parts.commands
+        command, _ = await commands.ledger.submit("gw-1", "ping", {}, None)
         self.assertEqual(command.status, "queued")
         self.stack.start_gateway()
-        finished = await ledger.wait(command.command_id, 20)
+        finished = await commands.waiters.wait(command.command_id, 20)
         self.assertEqual(finished.status, "succeeded")
 
     async def test_reconnects_after_backend_restart(self):
@@ -84,7 +84,7 @@ class LinkTests(unittest.TestCase):
         await eventually(self.online)
         await self.stack.stop_backend()
         await self.stack.start_backend()
-        agent = await self.stack.backend.store.get_agent("gw-1")
+        agent = await self.stack.backend.parts.store.get_agent("gw-1")
         self.assertEqual(agent.status, "offline")
         await eventually(self.online)
         command = await self.run_verb("gw-1", "ping")
@@ -95,11 +95,11 @@ class LinkTests(unittest.TestCase):
         await self.stack.start_backend()
         self.stack.start_gateway()
         await eventually(self.online)
-        registry = self.stack.backend.registry
+        registry = self.stack.backend.parts.registry
         first = registry.get("gw-1")
         self.stack.start_gateway()
         await eventually(lambda: registry.get("gw-1") not in (None, first))
-        agents = await self.stack.backend.store.list_agents()
+        agents = await self.stack.backend.parts.store.list_agents()
         self.assertEqual([a.agent_id for a in agents], ["gw-1"])
 
     async def test_identity_mismatch_refused(self):
@@ -113,23 +113,23 @@ class LinkTests(unittest.TestCase):
         gateway.link.agent_id = "gw-2"
         gateway.startService()
         self.addCleanup(gateway.stopService)
-        await stays(lambda: len(self.stack.backend.registry) == 0)
-        self.assertEqual(await self.stack.backend.store.list_agents(), [])
+        await stays(lambda: len(self.stack.backend.parts.registry) == 0)
+        self.assertEqual(await self.stack.backend.parts.store.list_agents(), [])
         await self.link_down_because("code 4001 (hello refused: hello names 'gw-2'")
 
     async def test_foreign_ca_refused(self):
         """An agent whose certificate comes from another CA never gets a session."""
         await self.stack.start_backend()
         self.stack.start_gateway(ca="theirs")
-        await stays(lambda: len(self.stack.backend.registry) == 0)
-        self.assertEqual(await self.stack.backend.store.list_agents(), [])
+        await stays(lambda: len(self.stack.backend.parts.registry) == 0)
+        self.assertEqual(await self.stack.backend.parts.store.list_agents(), [])
         await self.link_down_because("the backend refused our certificate")
 
     async def test_untrusted_backend_refused(self):
         """An agent whose [tls] ca did not issue the backend's certificate never connects."""
         await self.stack.start_backend()
         self.stack.start_gateway(trust="theirs")
-        await stays(lambda: len(self.stack.backend.registry) == 0)
+        await stays(lambda: len(self.stack.backend.parts.registry) == 0)
         await self.link_down_because("we do not trust the backend's certificate")
 
     async def test_unreachable_backend_reported(self):
@@ -177,7 +177,7 @@ class LinkTests(unittest.TestCase):
         await self.stack.start_backend()
         wrong = "sha256/" + base64.b64encode(b"\x01" * 32).decode()
         self.stack.start_gateway(pins=(wrong,))
-        await stays(lambda: len(self.stack.backend.registry) == 0)
+        await stays(lambda: len(self.stack.backend.parts.registry) == 0)
         await self.link_down_because("matches none of [tls] backend_spki_pins")
 
     async def test_pin_match_accepted(self):
@@ -192,7 +192,7 @@ class LinkTests(unittest.TestCase):
         # The backend's certificate names localhost and 127.0.0.1, not 127.0.0.2.
         await self.stack.start_backend(ws_bind=f"127.0.0.2:{self.stack.ws_port}")
         self.stack.start_gateway(host="127.0.0.2")
-        await stays(lambda: len(self.stack.backend.registry) == 0)
+        await stays(lambda: len(self.stack.backend.parts.registry) == 0)
         await self.link_down_because("the backend's certificate is not valid for 127.0.0.2")
 
 
@@ -206,17 +206,17 @@ class LiveOutputTests(unittest.TestCase):
         self.pids = os.path.join(self.stack.dir, "tick.pids")
         await self.stack.start_backend()
         self.stack.start_gateway(extra=tick_verb(self.pids))
-        registry = self.stack.backend.registry
+        registry = self.stack.backend.parts.registry
         await eventually(lambda: registry.get("gw-1") is not None)
-        return self.stack.backend.ledger
+        return self.stack.backend.parts.commands
 
     async def test_output_streams_before_the_result(self):
         """Output chunks reach the backend while the verb runs, before its final status."""
-        ledger = await self.start()
+        commands = await self.start()
         seen = []
-        self.addCleanup(ledger.hub.subscribe(lambda e: seen.append(e)))
-        command, _ = await ledger.submit("gw-1", "tick", {"count": 3, "interval": 0.3})
-        finished = await ledger.wait(command.command_id, 20)
+        self.addCleanup(self.stack.backend.parts.hub.subscribe(lambda e: seen.append(e)))
+        command, _ = await commands.ledger.submit("gw-1", "tick", {"count": 3, "interval": 0.3})
+        finished = await commands.waiters.wait(command.command_id, 20)
         self.assertEqual(finished.status, "succeeded")
         mine = [e for e in seen if e.data.get("command_id") == command.command_id]
         outputs = [e for e in mine if e.type == "command.output"]
@@ -224,18 +224,18 @@ class LiveOutputTests(unittest.TestCase):
         self.assertEqual([e.data["seq"] for e in outputs], list(range(len(outputs))))
         self.assertEqual("".join(e.data["data"] for e in outputs), "tick 0\ntick 1\ntick 2\n")
         self.assertEqual(mine[-1].data["status"], "succeeded")
-        stdout, _ = await self.stack.backend.store.output_text(command.command_id)
+        stdout, _ = await self.stack.backend.parts.store.output_text(command.command_id)
         self.assertEqual(stdout, finished.stdout)
 
     async def test_cancel_kills_the_process_group(self):
         """Cancelling a running command stops it and its children; it ends cancelled."""
-        ledger = await self.start()
-        command, _ = await ledger.submit("gw-1", "tick", {"count": 200, "interval": 0.1})
+        commands = await self.start()
+        command, _ = await commands.ledger.submit("gw-1", "tick", {"count": 200, "interval": 0.1})
         cid = command.command_id
-        store = self.stack.backend.store
+        store = self.stack.backend.parts.store
         await poll(lambda: store.output_text(cid), lambda out: "tick 1" in out[0])
-        await ledger.cancel(cid)
-        finished = await ledger.wait(cid, 20)
+        await commands.ledger.cancel(cid)
+        finished = await commands.waiters.wait(cid, 20)
         self.assertEqual(finished.status, "cancelled")
         with open(self.pids) as f:
             pids = [int(p) for p in f.read().split()]

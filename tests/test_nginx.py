@@ -176,12 +176,12 @@ class NginxTestCase(unittest.TestCase):
             self.fail(f"nginx exited at once: {process.stderr.read().decode()}")
 
     def session(self, agent_id="gw-1"):
-        return self.stack.backend.registry.get(agent_id)
+        return self.stack.backend.parts.registry.get(agent_id)
 
     async def agent_runs_ping(self) -> None:
-        ledger = self.stack.backend.ledger
-        command, _ = await ledger.submit("gw-1", "ping", {}, None)
-        finished = await ledger.wait(command.command_id, 20)
+        commands = self.stack.backend.parts.commands
+        command, _ = await commands.ledger.submit("gw-1", "ping", {}, None)
+        finished = await commands.waiters.wait(command.command_id, 20)
         self.assertEqual(finished.status, "succeeded")
 
 
@@ -196,7 +196,9 @@ class NginxPassThroughTests(NginxTestCase):
         pin = pki.spki_pin(os.path.join(self.stack.pki["ours"], "server.crt"))
         self.stack.start_gateway(port=self.front_port, pins=(pin,))
         await eventually(lambda: self.session() is not None)
-        self.assertIs(self.session().factory, self.stack.backend.sessions)  # its mTLS listener
+        self.assertIs(
+            self.session().connection.factory, self.stack.backend.parts.sessions
+        )  # its mTLS listener
         await self.agent_runs_ping()
 
         database = os.path.join(self.stack.dir, "backend.db")
@@ -221,14 +223,14 @@ class NginxTerminationTests(NginxTestCase):
         await self.start()
         self.stack.start_gateway(port=self.front_port)
         await eventually(lambda: self.session() is not None)
-        self.assertIs(self.session().factory, self.stack.backend.proxied_sessions)
+        self.assertIs(self.session().connection.factory, self.stack.backend.parts.proxied_sessions)
         await self.agent_runs_ping()
 
     async def test_foreign_certificate_refused_by_nginx(self):
         """nginx refuses a certificate from another CA: the agent never gets a session."""
         await self.start()
         self.stack.start_gateway(ca="theirs", port=self.front_port)
-        await stays(lambda: len(self.stack.backend.registry) == 0)
+        await stays(lambda: len(self.stack.backend.parts.registry) == 0)
 
     async def test_forged_header_from_untrusted_address_refused(self):
         """Verified-certificate headers sent from outside trusted_proxies are refused (403).
@@ -247,7 +249,7 @@ class NginxTerminationTests(NginxTestCase):
         trusted = await self.raw(forged, source="127.0.0.1")
         await eventually(lambda: trusted.status)
         self.assertIn(" 101 ", trusted.status)
-        self.assertEqual(len(self.stack.backend.registry), 0)
+        self.assertEqual(len(self.stack.backend.parts.registry), 0)
 
     async def test_headers_without_success_refused(self):
         """From the trusted proxy too, a verdict other than SUCCESS gives no session."""

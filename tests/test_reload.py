@@ -81,7 +81,7 @@ class BackendReloadTests(unittest.TestCase):
         self.stack = RotatingStack(self)
 
     def session(self, agent_id="gw-1"):
-        return self.stack.backend.registry.get(agent_id)
+        return self.stack.backend.parts.registry.get(agent_id)
 
     async def test_rotation_with_pins_current_and_next(self):
         """After a reload new connections get the next key; the open link stays up."""
@@ -93,7 +93,7 @@ class BackendReloadTests(unittest.TestCase):
         self.assertEqual(peer_spki_pin(first.link._current.transport), stack.current_pin)
 
         stack.rotate_backend()
-        self.assertEqual(backend.reloader.reload(), [])
+        self.assertEqual(backend.parts.reloader.reload(), [])
 
         # An agent that pins only the old key is now refused...
         old = stack.start_gateway(
@@ -113,8 +113,8 @@ class BackendReloadTests(unittest.TestCase):
         before.abort()
         await eventually(lambda: self.session() not in (None, before) and first.link.connected)
         self.assertEqual(peer_spki_pin(first.link._current.transport), stack.next_pin)
-        command, _ = await backend.ledger.submit("gw-1", "ping", {}, None)
-        finished = await backend.ledger.wait(command.command_id, 20)
+        command, _ = await backend.parts.commands.ledger.submit("gw-1", "ping", {}, None)
+        finished = await backend.parts.commands.waiters.wait(command.command_id, 20)
         self.assertEqual(finished.status, "succeeded")
 
     async def test_bad_files_keep_the_old_material(self):
@@ -125,28 +125,28 @@ class BackendReloadTests(unittest.TestCase):
         good_key = read(key)
         # A key that does not match the certificate (the next one), then garbage.
         replace_file(key, read(stack.next_key))
-        self.assertEqual(backend.reloader.reload(), ["TLS certificate, key and client CA"])
+        self.assertEqual(backend.parts.reloader.reload(), ["TLS certificate, key and client CA"])
         replace_file(key, "not a key\n")
-        self.assertEqual(backend.reloader.reload(), ["TLS certificate, key and client CA"])
+        self.assertEqual(backend.parts.reloader.reload(), ["TLS certificate, key and client CA"])
         # A configuration that no longer parses changes nothing either.
-        config = backend.reloader.load_config().path
+        config = backend.parts.reloader.load_config().path
         good = read(config)
         replace_file(config, good + "\n[backend\n")
-        self.assertEqual(backend.reloader.reload(), ["configuration"])
+        self.assertEqual(backend.parts.reloader.reload(), ["configuration"])
         replace_file(config, good)
         # The listener still serves the current certificate.
         gateway = stack.start_gateway(pins=(stack.current_pin,))
         await eventually(lambda: self.session() is not None and gateway.link.connected)
         # Fixing the files and reloading works again.
         replace_file(key, good_key)
-        self.assertEqual(backend.reloader.reload(), [])
+        self.assertEqual(backend.parts.reloader.reload(), [])
 
     async def test_log_level(self):
         """The log level follows the file on reload."""
         self.addCleanup(logs.set_log_level, "info")
         backend = await self.stack.start_backend(log_level="info")
-        edit(backend.reloader.load_config().path, 'log_level = "info"', 'log_level = "debug"')
-        self.assertEqual(backend.reloader.reload(), [])
+        edit(backend.parts.reloader.load_config().path, 'log_level = "info"', 'log_level = "debug"')
+        self.assertEqual(backend.parts.reloader.reload(), [])
         self.assertEqual(logs._levels.logLevelForNamespace("viworks"), LogLevel.debug)
 
 
@@ -176,21 +176,21 @@ class GatewayReloadTests(unittest.TestCase):
 
         # The backend rotates; this agent pins only the old key: its next connect would fail.
         stack.rotate_backend()
-        self.assertEqual(backend.reloader.reload(), [])
+        self.assertEqual(backend.parts.reloader.reload(), [])
         # The operator gives it [current, next] and a fresh certificate, then SIGHUP.
         edit(path, f'["{stack.current_pin}"]', f'["{stack.current_pin}", "{stack.next_pin}"]')
         crt, key = pki.issue_agent(stack.ca, "gw-1")
         for source, name in ((key, "gw-1.key"), (crt, "gw-1.crt")):
             replace_file(os.path.join(agent_dir, name), read(source))
-        before = backend.registry.get("gw-1")
+        before = backend.parts.registry.get("gw-1")
         self.assertEqual(gateway.reloader.reload(), [])
         self.assertTrue(gateway.link.connected)
-        self.assertIs(backend.registry.get("gw-1"), before)
+        self.assertIs(backend.parts.registry.get("gw-1"), before)
 
         before.abort()
-        await eventually(lambda: backend.registry.get("gw-1") not in (None, before))
-        session = backend.registry.get("gw-1")
-        self.assertEqual(peer_spki_pin(session.transport), pki.spki_pin(crt))
+        await eventually(lambda: backend.parts.registry.get("gw-1") not in (None, before))
+        session = backend.parts.registry.get("gw-1")
+        self.assertEqual(peer_spki_pin(session.connection.transport), pki.spki_pin(crt))
 
     async def test_bad_agent_files_keep_the_old_material(self):
         stack = self.stack

@@ -29,7 +29,7 @@ class RevocationTestCase(unittest.TestCase):
         self.stack = Stack(self)
 
     def online(self, agent_id="gw-1") -> bool:
-        return self.stack.backend.registry.get(agent_id) is not None
+        return self.stack.backend.parts.registry.get(agent_id) is not None
 
     def renewed_pki(self) -> None:
         """A new certificate for gw-1 from the same CA (re-enrolment), as pki "renewed"."""
@@ -50,7 +50,7 @@ class RevocationTests(RevocationTestCase):
         config = os.path.join(self.stack.dir, "backend.toml")
         gateway = self.stack.start_gateway()
         await eventually(self.online)
-        store = self.stack.backend.store
+        store = self.stack.backend.parts.store
         first_serial = (await store.get_agent("gw-1")).cert_serial
         self.assertRegex(first_serial, r"^[0-9a-f]+$")
 
@@ -60,7 +60,7 @@ class RevocationTests(RevocationTestCase):
         await eventually(lambda: not self.online(), timeout=5.0)
         # The gateway keeps retrying (reconnect_max 0.5 s): every attempt is refused.
         await stays(lambda: not self.online(), duration=2.0)
-        await self.stack.backend.ledger.audit.flush()
+        await self.stack.backend.parts.audit.flush()
         records = await store.audit_records(limit=1000)
         refused = [json.loads(r.detail) for r in records if r.action == "connection.refused"]
         self.assertTrue(refused, records)
@@ -86,7 +86,7 @@ class StolenCertificateTests(RevocationTestCase):
     async def serials(self) -> tuple[str, str]:
         """The legitimate gateway online, then the thief taking its session over: both
         serials (legitimate first), once the backend has recorded and audited both."""
-        store = self.stack.backend.store
+        store = self.stack.backend.parts.store
         self.stack.start_gateway()
         await eventually(self.online)
         legit = (await store.get_agent("gw-1")).cert_serial
@@ -100,12 +100,12 @@ class StolenCertificateTests(RevocationTestCase):
         return legit, thief
 
     def current_serial(self) -> str | None:
-        session = self.stack.backend.registry.get("gw-1")
+        session = self.stack.backend.parts.registry.get("gw-1")
         return None if session is None else session.cert_serial
 
     async def audited(self, action: str) -> list[dict]:
-        await self.stack.backend.ledger.audit.flush()
-        records = await self.stack.backend.store.audit_records(limit=10000)
+        await self.stack.backend.parts.audit.flush()
+        records = await self.stack.backend.parts.store.audit_records(limit=10000)
         return [json.loads(r.detail) for r in records if r.action == action]
 
     async def test_revoke_agent_revokes_every_serial_it_used(self):
@@ -124,14 +124,14 @@ class StolenCertificateTests(RevocationTestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn(legit, done.stdout)
         self.assertIn(thief, done.stdout)
-        revoked = self.stack.backend.sessions.revoked_serials
+        revoked = self.stack.backend.parts.sessions.revoked_serials
         await eventually(lambda: {legit, thief} <= revoked, timeout=5.0)
         await eventually(lambda: not self.online(), timeout=5.0)
         # Both gateways keep retrying (reconnect_max 0.5 s): every attempt is refused.
         await stays(lambda: not self.online(), duration=2.5)
         refused = await self.audited("connection.refused")
         self.assertEqual({r["serial"] for r in refused}, {legit, thief})
-        stored = await self.stack.backend.store.revocations_since(0)
+        stored = await self.stack.backend.parts.store.revocations_since(0)
         self.assertEqual(sorted(r.serial for r in stored), sorted([legit, thief]))
         verified = await deferToThread(viworks, "audit", "verify", "--config", config)
         self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
@@ -149,10 +149,10 @@ class StolenCertificateTests(RevocationTestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn(f"certificate {thief} of agent 'gw-1' revoked", done.stdout)
         # The backend polls revocations every 2 s; until then the two still take turns.
-        await eventually(lambda: thief in self.stack.backend.sessions.revoked_serials)
+        await eventually(lambda: thief in self.stack.backend.parts.sessions.revoked_serials)
         await eventually(lambda: self.current_serial() == legit, timeout=5.0)
         await stays(lambda: self.current_serial() == legit, duration=2.5)
-        revoked = await self.stack.backend.store.revocations_since(0)
+        revoked = await self.stack.backend.parts.store.revocations_since(0)
         self.assertEqual([r.serial for r in revoked], [thief])
         refused = await self.audited("connection.refused")
         self.assertEqual({r["serial"] for r in refused}, {thief})

@@ -87,7 +87,7 @@ class SchemathesisTests(unittest.TestCase):
         stack = Stack(self)
         backend = await stack.start_backend(extra=API)
         stack.start_gateway(extra=VERBS)
-        await eventually(lambda: backend.registry.get("gw-1") is not None, timeout=30)
+        await eventually(lambda: backend.parts.registry.get("gw-1") is not None, timeout=30)
         base = f"http://127.0.0.1:{stack.http_port}"
         reports = os.path.join(stack.dir, "schemathesis")
         for n, (name, selection) in enumerate(RUNS):

@@ -20,7 +20,7 @@ class SignedLinkTests(unittest.TestCase):
         self.marks = os.path.join(self.stack.dir, "marks")
 
     def online(self, agent_id="gw-1") -> bool:
-        return self.stack.backend.registry.get(agent_id) is not None
+        return self.stack.backend.parts.registry.get(agent_id) is not None
 
     def marked(self) -> list[str]:
         if not os.path.exists(self.marks):
@@ -29,9 +29,9 @@ class SignedLinkTests(unittest.TestCase):
             return f.read().split()
 
     async def run_verb(self, verb, args):
-        ledger = self.stack.backend.ledger
-        command, _ = await ledger.submit("gw-1", verb, args, None)
-        finished = await ledger.wait(command.command_id, 20)
+        commands = self.stack.backend.parts.commands
+        command, _ = await commands.ledger.submit("gw-1", verb, args, None)
+        finished = await commands.waiters.wait(command.command_id, 20)
         self.assertIsNotNone(finished, "the command did not finish in time")
         return finished
 
@@ -40,7 +40,7 @@ class SignedLinkTests(unittest.TestCase):
         await self.stack.start_backend(extra=self.stack.signing_backend())
         gateway = self.stack.start_gateway(marks=self.marks, extra=self.stack.signing_agent())
         await eventually(self.online)
-        agent = await self.stack.backend.store.get_agent("gw-1")
+        agent = await self.stack.backend.parts.store.get_agent("gw-1")
         self.assertEqual(agent_json(agent, True)["signing"], "on")
 
         command = await self.run_verb("mark", {"tag": "genuine", "sleep": 0})
@@ -49,7 +49,7 @@ class SignedLinkTests(unittest.TestCase):
 
         # What a compromised proxy could put on the link: a command signed by another key,
         # one with no signature, one signed for another agent.
-        session = self.stack.backend.registry.get("gw-1")
+        session = self.stack.backend.parts.registry.get("gw-1")
         theirs = signing.load_private_key(os.path.join(self.stack.pki["theirs"], "signing.key"))
         ours = signing.load_private_key(os.path.join(self.stack.pki["ours"], "signing.key"))
         injected = {}
@@ -102,11 +102,13 @@ class SignedLinkTests(unittest.TestCase):
         await self.stack.start_backend(extra=self.stack.signing_backend())
         gateway = self.stack.start_gateway(marks=self.marks, extra=self.stack.signing_agent())
         await eventually(self.online)
-        ledger = self.stack.backend.ledger
-        command, _ = await ledger.submit("gw-1", "mark", {"tag": "genuine", "sleep": 2}, None)
+        commands = self.stack.backend.parts.commands
+        command, _ = await commands.ledger.submit(
+            "gw-1", "mark", {"tag": "genuine", "sleep": 2}, None
+        )
         command_id = command.command_id
         await eventually(lambda: command_id in gateway.link._running)
-        session = self.stack.backend.registry.get("gw-1")
+        session = self.stack.backend.parts.registry.get("gw-1")
         theirs = signing.load_private_key(os.path.join(self.stack.pki["theirs"], "signing.key"))
         forged = signing.sign(
             theirs,
@@ -118,15 +120,17 @@ class SignedLinkTests(unittest.TestCase):
             session.send_frame(
                 protocol.encode("cancel", command_id=command_id, agent_id="gw-1", **extra)
             )
-        finished = await ledger.wait(command_id, 20)
+        finished = await commands.waiters.wait(command_id, 20)
         self.assertEqual(finished.status, "succeeded", finished.error)
         self.assertEqual(self.marked(), ["genuine"])
 
-        command, _ = await ledger.submit("gw-1", "mark", {"tag": "stopped", "sleep": 20}, None)
+        command, _ = await commands.ledger.submit(
+            "gw-1", "mark", {"tag": "stopped", "sleep": 20}, None
+        )
         command_id = command.command_id
         await eventually(lambda: command_id in gateway.link._running)
-        await ledger.cancel(command_id)
-        finished = await ledger.wait(command_id, 20)
+        await commands.ledger.cancel(command_id)
+        finished = await commands.waiters.wait(command_id, 20)
         self.assertEqual(finished.status, "cancelled", finished.error)
 
     async def test_unsigned_backend_is_refused_by_a_signing_agent(self):
@@ -144,7 +148,7 @@ class SignedLinkTests(unittest.TestCase):
         await self.stack.start_backend(extra=self.stack.signing_backend())
         self.stack.start_gateway()
         await eventually(self.online)
-        agent = await self.stack.backend.store.get_agent("gw-1")
+        agent = await self.stack.backend.parts.store.get_agent("gw-1")
         self.assertEqual(agent_json(agent, True)["signing"], "off")
         command = await self.run_verb("ping", {})
         self.assertEqual(command.status, "succeeded")

@@ -160,7 +160,7 @@ def run_dev(directory: str, http_port: int, ws_port: int, api_port: int, actor: 
         status = code
 
     async def announce(_: object) -> None:
-        token = await dev_token(backend.store, directory, reactor, actor)
+        token = await dev_token(backend.parts.store, directory, reactor, actor)
         try:
             gateway.startService()
         except ListenError as e:  # taken since the check above

@@ -35,6 +35,11 @@ class TokenBucket:
         self._refill()
         return self._tokens >= self.burst
 
+    def available(self) -> float:
+        """Tokens in the bucket now."""
+        self._refill()
+        return self._tokens
+
     def wait_time(self) -> float:
         """Seconds until the next token."""
         self._refill()

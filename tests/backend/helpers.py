@@ -1,18 +1,35 @@
-"""Shared fixtures for backend tests: a real SQLite store and a fake live session."""
+"""Shared fixtures for backend tests: a real SQLite store, a fake live session, and the
+backend's parts wired as ``build_backend`` wires them (``wire``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from tests.stack import eventually
 from viworks import protocol
+from viworks.backend.api import BackendAPI
+from viworks.backend.audit import AuditLog
+from viworks.backend.events import EventHub
+from viworks.backend.jobs import JobRunner
+from viworks.backend.ledger import CommandLedger
+from viworks.backend.metrics import Metrics
 from viworks.backend.model import Agent
+from viworks.backend.registry import SessionRegistry
+from viworks.backend.sessions import AgentSessionFactory
 from viworks.backend.store import SQLStore, Store, open_store
+from viworks.backend.tap import CommandPath, build_api, build_command_path
+from viworks.backend.waiters import CommandWaiters
+from viworks.config.backend import ApiSection, BackendSection
+from viworks.config.spec import Ctx, load_section
+from viworks.ratelimit import TokenBucket
 
 VERBS = {
     "ping": {"params": {}, "description": "liveness", "changes_state": False},
@@ -33,7 +50,10 @@ VERBS = {
 
 
 class FakeSession:
-    """Stands in for an AgentSession: records the frames the backend sends."""
+    """Stands in for a welcomed agent session: records the frames the backend sends."""
+
+    peer = "tcp:192.0.2.1:40000"
+    cert_serial = None
 
     def __init__(self, agent_id: str, session_id: str = "s1") -> None:
         self.agent_id = agent_id
@@ -41,6 +61,7 @@ class FakeSession:
         self.agent_protocol = protocol.HELLO_PROTOCOL
         self.sent: list[protocol.Frame] = []
         self.replaced = False
+        self.revoked = False
         self.complaints: list[str] = []
 
     def send_frame(self, payload: bytes) -> None:
@@ -48,6 +69,15 @@ class FakeSession:
 
     def close_replaced(self) -> None:
         self.replaced = True
+
+    def close_going_away(self, retry_after: float) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def close_revoked(self) -> None:
+        self.revoked = True
 
     def complain(self, log_format: str, **fields: object) -> None:
         self.complaints.append(log_format.format(**fields))
@@ -117,3 +147,101 @@ async def json_call(
     d.addCallback(lambda r: r.content().addCallback(lambda c: (r, c)))
     response, content = await settled(http, d)
     return response, json.loads(content)
+
+
+def config_section(cls: type, **keys: Any) -> Any:
+    """A section of backend.toml with these keys (TOML values), defaults for the rest."""
+    return load_section("(test)", cls.__name__, cls, (), keys, Ctx("/", check_files=False))
+
+
+@attrs.frozen
+class Backend:
+    """A backend's parts over one store, wired as ``build_backend`` wires them (its own
+    builders: ``build_command_path``, ``build_api``), without listeners."""
+
+    store: Store
+    clock: IReactorTime
+    registry: SessionRegistry
+    hub: EventHub
+    metrics: Metrics
+    audit: AuditLog
+    commands: CommandPath
+
+    @property
+    def ledger(self) -> CommandLedger:
+        return self.commands.ledger
+
+    @property
+    def waiters(self) -> CommandWaiters:
+        return self.commands.waiters
+
+    @property
+    def jobs(self) -> JobRunner:
+        return self.commands.jobs
+
+    def api(self, trusted_proxies: tuple[Any, ...] = (), **api_keys: Any) -> BackendAPI:
+        """The HTTP API; ``api_keys`` are ``[api]`` keys (``rate_limit_per_token=...``)."""
+        return build_api(
+            config_section(ApiSection, **api_keys),
+            store=self.store,
+            registry=self.registry,
+            clock=self.clock,
+            hub=self.hub,
+            metrics=self.metrics,
+            audit_log=self.audit,
+            commands=self.commands,
+            trusted_proxies=trusted_proxies,
+        )
+
+    def sessions(
+        self, identify: Callable[[Any, Any], str | None], **options: Any
+    ) -> AgentSessionFactory:
+        """An agent listener's factory (``options``: its settings, e.g. ``ws_path``)."""
+        return AgentSessionFactory(
+            registry=self.registry,
+            store=self.store,
+            ledger=self.commands.ledger,
+            dispatcher=self.commands.dispatcher,
+            hub=self.hub,
+            secrets=self.commands.secrets,
+            metrics=self.metrics,
+            audit_log=self.audit,
+            admission=TokenBucket(200.0, 200.0, self.clock),
+            clock=self.clock,
+            identify=identify,
+            **options,
+        )
+
+
+def wire(
+    testcase: Any,
+    store: Store,
+    clock: IReactorTime,
+    *,
+    registry: SessionRegistry | None = None,
+    hub: EventHub | None = None,
+    signing_key: Any = None,
+    new_id: Callable[[], str] | None = None,
+    **backend_keys: Any,
+) -> Backend:
+    """A backend's parts over ``store``; ``backend_keys`` are ``[backend]`` keys
+    (``lost_grace=3``; ``startup_grace`` is 0 unless given). A new call with the same
+    store and registry is a restarted backend. The command path stops at cleanup."""
+    backend_keys.setdefault("startup_grace", 0.0)
+    registry = SessionRegistry() if registry is None else registry
+    hub = EventHub() if hub is None else hub
+    metrics = Metrics()
+    audit_log = AuditLog(store, clock)
+    commands = build_command_path(
+        config_section(BackendSection, **backend_keys),
+        store=store,
+        registry=registry,
+        clock=clock,
+        hub=hub,
+        metrics=metrics,
+        audit_log=audit_log,
+        signing_key=signing_key,
+        **({} if new_id is None else {"new_id": new_id}),
+    )
+    testcase.addCleanup(commands.stop)
+    return Backend(store, clock, registry, hub, metrics, audit_log, commands)

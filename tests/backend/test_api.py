@@ -16,10 +16,10 @@ from tests.backend.helpers import (
     result_fields,
     settled,
     sqlite_store,
+    wire,
 )
 from tests.stack import eventually
-from viworks.backend.api import BackendAPI, hash_token
-from viworks.backend.ledger import CommandLedger
+from viworks.backend.api import hash_token
 from viworks.backend.registry import SessionRegistry
 
 TOKEN = "vw_test-token"
@@ -33,8 +33,9 @@ class APITests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(2000)
         self.registry = SessionRegistry()
-        self.ledger = CommandLedger(self.store, self.registry, self.clock)
-        self.api = BackendAPI(self.store, self.registry, self.ledger, self.clock)
+        self.backend = wire(self, self.store, self.clock, registry=self.registry)
+        self.ledger = self.backend.ledger
+        self.api = self.backend.api()
         self.http = StubTreq(self.api.resource())
 
     def setUp(self):
@@ -104,7 +105,7 @@ class APITests(unittest.TestCase):
         code, command = await self.call("POST", "/api/v1/agents/gw-1/commands", {"verb": "ping"})
         self.assertEqual((code, command["status"]), (201, "queued"))
         session = self.go_online()
-        sent = await self.ledger.deliver_pending(session)
+        sent = await self.backend.commands.dispatcher.deliver_pending(session)
         self.assertEqual(sent, 1)
         [frame] = session.commands()
         self.assertEqual(frame["command_id"], command["command_id"])
@@ -298,7 +299,7 @@ class APITests(unittest.TestCase):
         code, body = await self.call("POST", f"/api/v1/commands/{command['command_id']}/cancel")
         self.assertEqual((code, body["status"]), (200, "cancelled"))
         session = self.go_online()
-        self.assertEqual(await self.ledger.deliver_pending(session), 0)
+        self.assertEqual(await self.backend.commands.dispatcher.deliver_pending(session), 0)
 
     async def test_cancel_running(self):
         """Cancelling a running command asks its agent (202); the agent's result says cancelled."""
@@ -319,7 +320,7 @@ class APITests(unittest.TestCase):
         self.registry.unregister(session)
         await self.call("POST", f"/api/v1/commands/{command['command_id']}/cancel")
         again = self.go_online()
-        await self.ledger.deliver_pending(again)
+        await self.backend.commands.dispatcher.deliver_pending(again)
         self.assertEqual([f["command_id"] for f in again.sent if f.type == "cancel"],
                          [command["command_id"]])  # fmt: skip
 

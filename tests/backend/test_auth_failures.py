@@ -11,12 +11,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.backend.helpers import json_call, sqlite_store
+from tests.backend.helpers import json_call, sqlite_store, wire
 from viworks.backend import auditchain
 from viworks.backend.api import BackendAPI, hash_token
-from viworks.backend.authfailures import OVERFLOW, AuthFailures, source_key
-from viworks.backend.ledger import CommandLedger
-from viworks.backend.registry import SessionRegistry
+from viworks.backend.authfailures import OVERFLOW, source_key
 
 BURST = 5
 RATE = 0.5  # one more failure every 2 s
@@ -34,24 +32,12 @@ class AuthFailureTests(unittest.TestCase):
         self.api = self.make_api()
 
     def make_api(self, max_sources: int = 4096, trusted: tuple[str, ...] = ()) -> BackendAPI:
-        registry = SessionRegistry()
-        ledger = CommandLedger(self.store, registry, self.clock)
-        failures = AuthFailures(
-            ledger.audit,
-            self.clock,
-            rate=RATE,
-            burst=BURST,
-            max_sources=max_sources,
-            interval=INTERVAL,
-        )
-        api = BackendAPI(
-            self.store,
-            registry,
-            ledger,
-            self.clock,
-            audit_log=ledger.audit,
-            auth_failures=failures,
-            trusted_proxies=[ipaddress.ip_network(p) for p in trusted],
+        api = wire(self, self.store, self.clock).api(
+            trusted_proxies=tuple(ipaddress.ip_network(p) for p in trusted),
+            auth_failure_rate=RATE,
+            auth_failure_burst=BURST,
+            auth_failure_sources=max_sources,
+            auth_failure_audit_interval=INTERVAL,
         )
         self.http = StubTreq(api.resource())
         return api

@@ -20,10 +20,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.backend.helpers import FakeSession, add_agent, json_call, settled, sqlite_store
+from tests.backend.helpers import FakeSession, add_agent, json_call, settled, sqlite_store, wire
 from viworks.backend.api import BackendAPI
-from viworks.backend.authfailures import AuthFailures
-from viworks.backend.ledger import CommandLedger
 from viworks.backend.registry import SessionRegistry
 from viworks.backend.tokens import hash_token
 from viworks.console.files import ConsoleFiles, load
@@ -44,23 +42,21 @@ class ConsoleAPITestCase(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(2000)
         self.registry = SessionRegistry()
-        self.ledger = CommandLedger(self.store, self.registry, self.clock)
+        self.backend = wire(self, self.store, self.clock, registry=self.registry)
+        self.ledger = self.backend.ledger
         self.api = self.make_api()
         self.resource = self.api.resource()
 
     def setUp(self) -> Deferred:
         return Deferred.fromCoroutine(self._setUp())
 
-    def make_api(self, **options) -> BackendAPI:
-        return BackendAPI(
-            self.store,
-            self.registry,
-            self.ledger,
-            self.clock,
+    def make_api(self, **api_keys) -> BackendAPI:
+        """An API over the test's backend (``api_keys``: more ``[api]`` keys)."""
+        return self.backend.api(
             session_ttl=self.session_ttl,
             rate_limit_per_token=1000.0,
             rate_limit_burst=1000,
-            **options,
+            **api_keys,
         )
 
     async def call(self, method, path, body=None, token="admin", cookie=None, headers=None):
@@ -279,8 +275,9 @@ class SessionTests(ConsoleAPITestCase):
         """An unknown or ended session cookie and a wrong token at the login count as
         failed authentications of their source, as a bad bearer token does: past the
         source's burst they get 429 with Retry-After, while a valid token still logs in."""
-        failures = AuthFailures(self.api.audit, self.clock, rate=0.5, burst=3)
-        self.resource = self.make_api(auth_failures=failures).resource()
+        api = self.make_api(auth_failure_rate=0.5, auth_failure_burst=3)
+        failures = api.auth_failures
+        self.resource = api.resource()
         session_id, _, _ = await self.login("operator")
         self.clock.advance(self.session_ttl + 1)  # the session has ended
         codes = []

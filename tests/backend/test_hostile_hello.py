@@ -22,13 +22,11 @@ from twisted.logger import (
 from twisted.trial import unittest
 
 from tests.backend import test_sessions
-from tests.backend.helpers import VERBS, json_call
+from tests.backend.helpers import VERBS, json_call, wire
 from tests.test_patterns import builtin_params
 from viworks import logs, protocol
 from viworks.backend import secrecy
-from viworks.backend.api import BackendAPI, hash_token
-from viworks.backend.jobs import JobRunner
-from viworks.backend.ledger import CommandLedger
+from viworks.backend.api import hash_token
 from viworks.backend.model import AuditRecord
 from viworks.schema import MAX_VERBS
 
@@ -49,6 +47,7 @@ HOSTILE = {**DOWNGRADED, "rotate_key": {"params": {"key": {"type": "string"}}}}
 class HostileHelloBase(unittest.TestCase):
     # The session fixtures of the AgentSession tests, without their tests.
     _base_setUp = test_sessions.AgentSessionTests._setUp
+    session_factory = test_sessions.AgentSessionTests.session_factory
     connect = test_sessions.AgentSessionTests.connect
     flush = test_sessions.AgentSessionTests.flush
     until = test_sessions.AgentSessionTests.until
@@ -74,7 +73,7 @@ class HostileHelloBase(unittest.TestCase):
         return client
 
     async def audit_rows(self, action: str) -> list[AuditRecord]:
-        await self.ledger.audit.flush()
+        await self.backend.audit.flush()
         return [r for r in await self.store.audit_records() if r.action == action]
 
     def log_lines(self) -> list[str]:
@@ -127,9 +126,7 @@ class SecretDowngradeTests(HostileHelloBase):
         await super()._setUp()
         await self.store.create_token("viewer", hash_token(VIEWER), 1.0, role="viewer")
         await self.store.create_token("operator", hash_token(OPERATOR), 1.0)
-        self.jobs = JobRunner(self.store, self.ledger, self.registry, self.clock)
-        self.addCleanup(self.jobs.stop)
-        self.api = BackendAPI(self.store, self.registry, self.ledger, self.clock, jobs=self.jobs)
+        self.api = self.backend.api()
         self.http = StubTreq(self.api.resource())
 
     async def call(self, method: str, path: str, body=None, token: str = OPERATOR):
@@ -142,7 +139,7 @@ class SecretDowngradeTests(HostileHelloBase):
             response, body = await self.call("GET", path, token=VIEWER)
             self.assertEqual(response.code, 200, body)
             self.assertNotIn(SECRET, json.dumps(body), path)
-        await self.ledger.audit.flush()
+        await self.backend.audit.flush()
         self.assertNotIn(SECRET, repr(await self.store.audit_records()))
         for name in glob.glob(self.store.path + "*"):  # the database, its WAL
             with open(name, "rb") as f:
@@ -213,14 +210,14 @@ class SecretDowngradeTests(HostileHelloBase):
         honest.dropConnection(abort=True)
         await self.until(lambda: self.registry.get("gw-2") is None)
         lost, _ = await self.ledger.submit("gw-2", "rotate_key", args)
-        restarted = CommandLedger(self.store, self.registry, self.clock)
-        self.addCleanup(restarted.stop)
-        await restarted.start()
-        self.assertIn("key", restarted.secrets.of("rotate_key", HOSTILE["rotate_key"]["params"]))
-        queued, _ = await restarted.submit("gw-2", "rotate_key", args)
+        restarted = wire(self, self.store, self.clock, registry=self.registry)
+        await restarted.commands.start()
+        secrets = restarted.commands.secrets
+        self.assertIn("key", secrets.of("rotate_key", HOSTILE["rotate_key"]["params"]))
+        queued, _ = await restarted.ledger.submit("gw-2", "rotate_key", args)
         self.assertEqual(queued.args, {"key": "***"})
         # Its value is gone with the old process: it fails rather than run with "***".
-        self.factory.ledger = restarted
+        self.factory = self.session_factory(restarted)
         back = await self.hello("gw-2", HOSTILE)
         failed = await self.command_row(lost.command_id, "failed")
         self.assertEqual(failed.error["code"], "SECRETS_UNAVAILABLE")

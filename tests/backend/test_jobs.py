@@ -11,13 +11,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.backend.helpers import VERBS, json_call, result_fields, sqlite_store
+from tests.backend.helpers import VERBS, json_call, result_fields, sqlite_store, wire
 from tests.stack import eventually, poll, stays
 from viworks import protocol
-from viworks.backend.api import BackendAPI, hash_token
-from viworks.backend.events import EventHub
-from viworks.backend.jobs import JobRunner, resolve_limit
-from viworks.backend.ledger import CommandLedger, LedgerError
+from viworks.backend.api import DOMAIN_STATUS, hash_token
+from viworks.backend.errors import DomainError
+from viworks.backend.jobs import JobRunner
+from viworks.backend.jobspec import parse_job_spec, parse_limit, resolve_limit
 from viworks.backend.registry import SessionRegistry
 
 TOKEN = "vw_jobs-token"
@@ -36,6 +36,9 @@ class Fleet:
 
 class FleetSession:
     """A live session of one fake agent: records commands it is sent, like a journal would."""
+
+    peer = "tcp:192.0.2.1:40000"
+    cert_serial = None
 
     def __init__(self, fleet: Fleet, agent_id: str) -> None:
         self.fleet = fleet
@@ -65,6 +68,9 @@ class FleetSession:
     def abort(self) -> None:
         pass
 
+    def close_revoked(self) -> None:
+        pass
+
 
 class JobTestsBase(unittest.TestCase):
     agents = 6
@@ -78,20 +84,20 @@ class JobTestsBase(unittest.TestCase):
         for i in range(self.agents):
             site = "prod" if i % 3 else "lab"
             await self.add_agent(f"gw-{i}", site=site, labels={"role": "edge" if i % 2 else "core"})
-        self.start_backend()
-        await self.ledger.start()
-        await self.runner.start()
+        await self.start_backend()
 
     def setUp(self):
         return Deferred.fromCoroutine(self._setUp())
 
-    def start_backend(self) -> None:
-        """A ledger and a job runner on the store (a new pair is a backend restart)."""
-        self.hub = EventHub()
-        self.ledger = CommandLedger(self.store, self.registry, self.clock, hub=self.hub)
-        self.runner = JobRunner(self.store, self.ledger, self.registry, self.clock)
-        self.addCleanup(self.ledger.stop)
-        self.addCleanup(self.runner.stop)
+    async def start_backend(self) -> None:
+        """The command path and its job runner on the store (again: a backend restart)."""
+        self.backend = wire(self, self.store, self.clock, registry=self.registry)
+        self.hub, self.ledger, self.runner = (
+            self.backend.hub,
+            self.backend.ledger,
+            self.backend.jobs,
+        )
+        await self.backend.commands.start()
 
     async def add_agent(self, agent_id: str, site: str = "prod", labels=None, verbs=VERBS):
         await self.store.upsert_agent_online(
@@ -113,7 +119,7 @@ class JobTestsBase(unittest.TestCase):
             session = FleetSession(self.fleet, agent_id)
             self.registry.register(session)
             self.hub.publish("agent.online", {"agent_id": agent_id})
-            Deferred.fromCoroutine(self.ledger.deliver_pending(session))
+            Deferred.fromCoroutine(self.backend.commands.dispatcher.deliver_pending(session))
         self.clock.advance(0)  # the runner starts newly online agents on the next turn
 
     def all_online(self) -> None:
@@ -143,7 +149,8 @@ class JobTestsBase(unittest.TestCase):
         await eventually(lambda: len(self.fleet.running) == count)
 
     async def create(self, **body) -> dict:
-        return await self.runner.create({"verb": "ping", "selector": "role=edge|core", **body})
+        spec = parse_job_spec({"verb": "ping", "selector": "role=edge|core", **body})
+        return await self.runner.create(spec)
 
 
 class JobRunnerTests(JobTestsBase):
@@ -304,9 +311,10 @@ class JobRunnerTests(JobTestsBase):
         for command_id in list(self.fleet.running):
             await self.finish(command_id)
         await stays(lambda: len(self.fleet.ran) == 2, 0.3)
-        with self.assertRaises(LedgerError) as caught:
+        with self.assertRaises(DomainError) as caught:
             await self.runner.pause(job["job_id"])
-        self.assertEqual(caught.exception.status, 409)
+        self.assertEqual(caught.exception.code, "JOB_PAUSED")
+        self.assertEqual(DOMAIN_STATUS[caught.exception.code], 409)
         await self.runner.resume(job["job_id"])
         await self.until_running(2)
         in_flight = set(self.fleet.running)
@@ -318,9 +326,10 @@ class JobRunnerTests(JobTestsBase):
         final = await self.until(job["job_id"], lambda j: j["counts"].get("cancelled") == 2)
         self.assertEqual(final["counts"], {"pending": 6, "succeeded": 2, "cancelled": 2})
         await stays(lambda: len(self.fleet.ran) == 4, 0.2)
-        with self.assertRaises(LedgerError) as caught:
+        with self.assertRaises(DomainError) as caught:
             await self.runner.resume(job["job_id"])
-        self.assertEqual(caught.exception.status, 409)
+        self.assertEqual(caught.exception.code, "JOB_CANCELLED")
+        self.assertEqual(DOMAIN_STATUS[caught.exception.code], 409)
 
     async def test_offline_targets_wait_until_ttl_then_expire(self):
         """Offline targets are started when they come online; still offline at the TTL: expired."""
@@ -368,13 +377,10 @@ class JobRunnerTests(JobTestsBase):
         await self.until_running(2)
         before = set(self.fleet.running)
         # The backend stops: no live sessions survive it.
-        self.runner.stop()
-        self.ledger.stop()
+        self.backend.commands.stop()
         for i in range(self.agents):
             self.offline(f"gw-{i}")
-        self.start_backend()
-        await self.ledger.start()
-        await self.runner.start()
+        await self.start_backend()
         reloaded = await self.job(job["job_id"])
         self.assertEqual(reloaded["status"], "running")
         self.assertEqual(reloaded["counts"], {"pending": 2, "dispatched": 2})
@@ -404,7 +410,16 @@ class JobRunnerTests(JobTestsBase):
         await self.store._run(
             self.store._update_count_txn, "UPDATE job_targets SET command_id = NULL", ()
         )
-        self.runner = JobRunner(self.store, self.ledger, self.registry, self.clock)
+        self.runner = JobRunner(
+            store=self.store,
+            ledger=self.ledger,
+            registry=self.registry,
+            hub=self.hub,
+            secrets=self.backend.commands.secrets,
+            clock=self.clock,
+            default_timeout=60.0,
+            default_ttl=3600.0,
+        )
         self.addCleanup(self.runner.stop)
         await self.runner.start()
         again = await self.until(job["job_id"], lambda j: j["commands"][0]["command_id"])
@@ -417,20 +432,20 @@ class JobRunnerTests(JobTestsBase):
         """Secret args are never stored: after a restart, remaining targets cannot start."""
         self.all_online()
         job = await self.runner.create(
-            {
-                "verb": "create_panel_user",
-                "args": {"username": "alice", "password": "s3cret-pw!"},
-                "selector": "id=gw-0|gw-1",
-            }
+            parse_job_spec(
+                {
+                    "verb": "create_panel_user",
+                    "args": {"username": "alice", "password": "s3cret-pw!"},
+                    "selector": "id=gw-0|gw-1",
+                }
+            )
         )
         self.assertEqual(job["args"], {"username": "alice", "password": "***"})
         await self.until_running(1)
         row = await self.store._run(self.store._select_txn, "SELECT args FROM jobs", ())
         self.assertNotIn("s3cret", row[0][0])
         self.runner.stop()
-        self.start_backend()
-        await self.ledger.start()
-        await self.runner.start()
+        await self.start_backend()
         await self.finish(next(iter(self.fleet.running)))
         stopped = await self.until(job["job_id"], lambda j: j["status"] == "stopped")
         self.assertEqual(stopped["error"]["code"], "SECRETS_UNAVAILABLE")
@@ -459,17 +474,24 @@ class JobRunnerTests(JobTestsBase):
         self.assertIn(("running", (("dispatched", 1), ("pending", 0), ("succeeded", 1))), seen)
 
     def test_resolve_limit(self):
-        """Counts are >= 1; percentages are of the targets, rounded down, at least 1."""
-        self.assertEqual(resolve_limit("c", 3, 10, 1), ("3", 3))
-        self.assertEqual(resolve_limit("c", "10%", 10, 1), ("10%", 1))
-        self.assertEqual(resolve_limit("c", "10%", 5, 1), ("10%", 1))
-        self.assertEqual(resolve_limit("c", "25%", 10, 1), ("25%", 2))
-        self.assertEqual(resolve_limit("c", "100%", 7, 1), ("100%", 7))
-        self.assertEqual(resolve_limit("c", None, 7, 1), ("1", 1))
+        """Counts are >= 1; percentages are of the targets, rounded down, at least 1;
+        anything else is a 400 BAD_REQUEST naming the field."""
+
+        def resolve(value, targets, default):
+            return resolve_limit(parse_limit("c", value), targets, default)
+
+        self.assertEqual(resolve(3, 10, 1), ("3", 3))
+        self.assertEqual(resolve("10%", 10, 1), ("10%", 1))
+        self.assertEqual(resolve("10%", 5, 1), ("10%", 1))
+        self.assertEqual(resolve("25%", 10, 1), ("25%", 2))
+        self.assertEqual(resolve(" 25% ", 10, 1), ("25%", 2))
+        self.assertEqual(resolve("100%", 7, 1), ("100%", 7))
+        self.assertEqual(resolve(None, 7, 1), ("1", 1))
         for bad in (0, -1, True, 1.5, "0%", "101%", "abc", "%", "5", [1]):
-            with self.assertRaises(LedgerError, msg=repr(bad)) as caught:
-                resolve_limit("c", bad, 10, 1)
-            self.assertEqual((caught.exception.status, caught.exception.field), (400, "c"))
+            with self.assertRaises(DomainError, msg=repr(bad)) as caught:
+                parse_limit("c", bad)
+            self.assertEqual((caught.exception.code, caught.exception.field), ("BAD_REQUEST", "c"))
+            self.assertEqual(DOMAIN_STATUS[caught.exception.code], 400)
 
 
 class JobAPITests(JobTestsBase):
@@ -479,7 +501,7 @@ class JobAPITests(JobTestsBase):
         await super()._setUp()
         await self.store.create_token("tester", hash_token(TOKEN), 1.0)
         await self.add_agent("gw-x", site="prod", labels={"role": "edge"}, verbs={})
-        self.api = BackendAPI(self.store, self.registry, self.ledger, self.clock, jobs=self.runner)
+        self.api = self.backend.api()
         self.http = StubTreq(self.api.resource())
 
     async def call(self, method, path, body=None):

@@ -8,9 +8,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.backend.helpers import FakeSession, add_agent, result_fields, sqlite_store
+from tests.backend.helpers import Backend, FakeSession, add_agent, result_fields, sqlite_store, wire
 from tests.stack import poll
-from viworks.backend.ledger import CommandLedger
 from viworks.backend.registry import SessionRegistry
 
 SECRET_ARGS = {"username": "alice", "password": "s3cret-pw!"}
@@ -23,15 +22,17 @@ class LedgerTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(5000)
         self.registry = SessionRegistry()
-        self.ledger = self.new_ledger()
+        self.backend = self.new_backend()
+        self.ledger = self.backend.ledger
 
     def setUp(self):
         return Deferred.fromCoroutine(self._setUp())
 
-    def new_ledger(self) -> CommandLedger:
-        ledger = CommandLedger(self.store, self.registry, self.clock, lost_grace=3)
-        self.addCleanup(ledger.stop)
-        return ledger
+    def new_backend(self, **backend_keys) -> Backend:
+        """The command path over the test's store and registry (again: a restart)."""
+        return wire(
+            self, self.store, self.clock, registry=self.registry, lost_grace=3, **backend_keys
+        )
 
     async def status(self, command_id: str) -> str:
         return (await self.store.get_command(command_id)).status
@@ -47,10 +48,10 @@ class LedgerTests(unittest.TestCase):
 
     async def test_expires_at_deadline(self):
         """A queued command expires at its TTL deadline, wakes its waiters, and is never sent."""
-        await self.ledger.start()
+        await self.backend.commands.start()
         command, created = await self.ledger.submit("gw-1", "ping", {}, ttl=10)
         self.assertTrue(created)
-        waiter = self.ledger.wait(command.command_id, 60)
+        waiter = self.backend.waiters.wait(command.command_id, 60)
         self.clock.advance(9)
         self.assertEqual(await self.status(command.command_id), "queued")
         self.clock.advance(1)
@@ -58,16 +59,15 @@ class LedgerTests(unittest.TestCase):
         finished = await waiter
         self.assertEqual(finished.error["code"], "EXPIRED")
         session = self.online()
-        self.assertEqual(await self.ledger.deliver_pending(session), 0)
+        self.assertEqual(await self.backend.commands.dispatcher.deliver_pending(session), 0)
         self.assertEqual(session.commands(), [])
 
     async def test_deadlines_survive_restart(self):
         """A new ledger (backend restart) re-arms the deadline of commands already stored."""
         command, _ = await self.ledger.submit("gw-1", "ping", {}, ttl=30)
-        self.ledger.stop()
-        restarted = self.new_ledger()
-        await restarted.start()
-        self.addCleanup(restarted.stop)
+        self.backend.commands.stop()
+        restarted = self.new_backend()
+        await restarted.commands.start()
         self.clock.advance(30)
         await self.settle(command.command_id, "expired")
 
@@ -79,7 +79,7 @@ class LedgerTests(unittest.TestCase):
 
     async def finished_audit(self, command_id: str) -> list[tuple[str, str, dict]]:
         """``(actor, outcome, detail)`` of the command's ``command.finished`` records."""
-        await self.ledger.audit.flush()
+        await self.backend.audit.flush()
         return [
             (r.actor, r.outcome, json.loads(r.detail))
             for r in await self.store.audit_records()
@@ -88,7 +88,7 @@ class LedgerTests(unittest.TestCase):
 
     async def test_lost_after_timeout_and_grace(self):
         """A running command with no result becomes lost after timeout + grace."""
-        await self.ledger.start()
+        await self.backend.commands.start()
         command_id = await self.running(self.online())
         self.assertEqual(await self.status(command_id), "running")
         self.clock.advance(7.9)
@@ -100,13 +100,13 @@ class LedgerTests(unittest.TestCase):
         """The real outcome its own agent reports for a lost command replaces lost, once;
         the history and the audit log keep both. Another agent's result, the agent's own
         "lost" and a second result change nothing (each is acknowledged)."""
-        await self.ledger.start()
+        await self.backend.commands.start()
         session = self.online()
         command_id = await self.running(session)
         self.clock.advance(8)
         await self.settle(command_id, "lost")
         statuses = []
-        self.ledger.hub.subscribe(lambda e: statuses.append(e.data.get("status")))
+        self.backend.hub.subscribe(lambda e: statuses.append(e.data.get("status")))
 
         stranger = FakeSession("gw-2")
         await self.ledger.on_result(stranger, result_fields(command_id))
@@ -142,22 +142,19 @@ class LedgerTests(unittest.TestCase):
         """After an outage longer than timeout + lost_grace, a restarted ledger declares
         nothing lost during its startup_grace: an agent reconnecting meanwhile reports
         its real outcome (no lost in its history); what is still unreported then is lost."""
-        await self.ledger.start()
+        await self.backend.commands.start()
         session = self.online()
         reported, silent = await self.running(session), await self.running(session)
-        self.ledger.stop()
+        self.backend.commands.stop()
         self.registry.unregister(session)
         self.clock.advance(600)  # the outage: far beyond timeout (5) + lost_grace (3)
 
-        restarted = CommandLedger(
-            self.store, self.registry, self.clock, lost_grace=3, startup_grace=30
-        )
-        self.addCleanup(restarted.stop)
-        await restarted.start()
+        restarted = self.new_backend(startup_grace=30)
+        await restarted.commands.start()
         self.clock.advance(29.9)
         for command_id in (reported, silent):
             self.assertEqual(await self.status(command_id), "running")
-        await restarted.on_result(self.online(), result_fields(reported))
+        await restarted.ledger.on_result(self.online(), result_fields(reported))
         self.assertEqual(await self.status(reported), "succeeded")
         self.clock.advance(0.1)
         await self.settle(silent, "lost")
@@ -179,7 +176,7 @@ class LedgerTests(unittest.TestCase):
         self.registry.unregister(first)
         queued, _ = await self.ledger.submit("gw-1", "ping", {})
         second = self.online()
-        self.assertEqual(await self.ledger.deliver_pending(second), 2)
+        self.assertEqual(await self.backend.commands.dispatcher.deliver_pending(second), 2)
         self.assertEqual(
             [f["command_id"] for f in second.commands()],
             [sent.command_id, queued.command_id],
@@ -192,9 +189,9 @@ class LedgerTests(unittest.TestCase):
         dispatched, _ = await self.ledger.submit("gw-1", "create_panel_user", SECRET_ARGS)
         self.registry.unregister(session)
         queued, _ = await self.ledger.submit("gw-1", "create_panel_user", SECRET_ARGS)
-        restarted = self.new_ledger()
+        restarted = self.new_backend()
         session = self.online()
-        await restarted.deliver_pending(session)
+        await restarted.commands.dispatcher.deliver_pending(session)
         [frame] = session.commands()
         self.assertEqual(frame["command_id"], dispatched.command_id)
         self.assertTrue(frame.get("redacted"))
@@ -239,7 +236,7 @@ class LedgerTests(unittest.TestCase):
         self.assertEqual(gone.status, "dispatched")
         self.assertNotIn(gone.command_id, [f["command_id"] for f in session.commands()])
         back = self.online()
-        self.assertEqual(await self.ledger.deliver_pending(back), 2)
+        self.assertEqual(await self.backend.commands.dispatcher.deliver_pending(back), 2)
         self.assertIn(gone.command_id, [f["command_id"] for f in back.commands()])
 
     async def test_another_agents_answers_do_not_use_up_the_owed_ones(self):
@@ -261,6 +258,6 @@ class LedgerTests(unittest.TestCase):
         session = self.online()
         command, _ = await self.ledger.submit("gw-1", "ping", {})
         await self.ledger.on_result(session, result_fields(command.command_id))
-        finished = await self.ledger.wait_final(command.command_id, 30)
+        finished = await self.backend.waiters.wait_final(command.command_id, 30)
         self.assertEqual(finished.status, "succeeded")
         self.assertEqual(self.clock.getDelayedCalls(), [])

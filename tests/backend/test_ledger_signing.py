@@ -6,10 +6,9 @@ from __future__ import annotations
 import base64
 import dataclasses
 
-from tests.backend.helpers import FakeSession
+from tests.backend.helpers import Backend, FakeSession
 from tests.backend.test_ledger import SECRET_ARGS, LedgerTests
 from viworks import signing
-from viworks.backend.ledger import CommandLedger
 
 KEY = signing.generate_private_key()
 
@@ -21,10 +20,8 @@ class LedgerSigningTests(LedgerTests):
         self.verifier = signing.Verifier([KEY.public_key()])
         await super()._setUp()
 
-    def new_ledger(self) -> CommandLedger:
-        ledger = CommandLedger(self.store, self.registry, self.clock, lost_grace=3, signing_key=KEY)
-        self.addCleanup(ledger.stop)
-        return ledger
+    def new_backend(self, **backend_keys) -> Backend:
+        return super().new_backend(signing_key=KEY, **backend_keys)
 
     def online(self, agent_protocol: int = 2) -> FakeSession:
         session = super().online()
@@ -55,9 +52,9 @@ class LedgerSigningTests(LedgerTests):
         session = self.online()
         await self.ledger.submit("gw-1", "create_panel_user", SECRET_ARGS)
         self.registry.unregister(session)
-        restarted = self.new_ledger()
+        restarted = self.new_backend()
         session = self.online()
-        await restarted.deliver_pending(session)
+        await restarted.commands.dispatcher.deliver_pending(session)
         [frame] = session.commands()
         self.assertTrue(frame["redacted"])
         self.assertTrue(self.verify(frame).redacted)
@@ -77,7 +74,7 @@ class LedgerSigningTests(LedgerTests):
         await self.ledger.cancel(command.command_id)
         self.registry.unregister(session)
         again = self.online()
-        await self.ledger.deliver_pending(again)
+        await self.backend.commands.dispatcher.deliver_pending(again)
         cancels = [f for f in session.sent + again.sent if f.type == "cancel"]
         self.assertEqual(len(cancels), 2)
         nonces = set()

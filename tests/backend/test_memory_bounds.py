@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from tests.backend import test_sessions
-from tests.backend.helpers import FakeSession, add_agent, result_fields, sqlite_store
+from tests.backend.helpers import FakeSession, add_agent, result_fields, sqlite_store, wire
 from viworks import protocol
 from viworks.backend.events import EventHub
 from viworks.backend.ledger import CommandLedger
@@ -56,18 +56,16 @@ class LedgerOutputTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(5000)
         self.registry = SessionRegistry()
-        self.hub = EventHub()
         self.ledger = self.new_ledger()
 
     def setUp(self):
         return Deferred.fromCoroutine(self._setUp())
 
     def new_ledger(self) -> CommandLedger:
-        ledger = CommandLedger(
-            self.store, self.registry, self.clock, hub=self.hub, max_output_bytes=CAP
-        )
-        self.addCleanup(ledger.stop)
-        return ledger
+        """The command path over the test's store and registry (again: a restart)."""
+        backend = wire(self, self.store, self.clock, registry=self.registry, max_output_bytes=CAP)
+        self.hub = backend.hub
+        return backend.ledger
 
     def online(self, agent_id: str = "gw-1") -> FakeSession:
         session = FakeSession(agent_id)
@@ -149,7 +147,6 @@ class LedgerOutputTests(unittest.TestCase):
         command_id = command.command_id
         await self.ledger.on_ack(session, command_id)
         await self.output(session, command_id, "a" * 1000)
-        self.ledger.stop()
         self.ledger = self.new_ledger()
         await self.output(session, command_id, "b" * 100)
         await self.output(self.online("gw-2"), command_id, "c")
@@ -213,6 +210,7 @@ class SessionTelemetryTests(unittest.TestCase):
     ``test_sessions``, borrowed rather than inherited so its tests do not run twice)."""
 
     _setUp = test_sessions.AgentSessionTests._setUp
+    session_factory = test_sessions.AgentSessionTests.session_factory
     connect = test_sessions.AgentSessionTests.connect
     flush = test_sessions.AgentSessionTests.flush
     until = test_sessions.AgentSessionTests.until

@@ -15,11 +15,12 @@ from tests.backend.helpers import (
     result_fields,
     settled,
     sqlite_store,
+    wire,
 )
-from tests.stack import eventually
-from viworks.backend.api import BackendAPI, hash_token
+from tests.stack import eventually, poll
+from viworks.backend.api import hash_token
 from viworks.backend.events import EventHub
-from viworks.backend.ledger import CommandLedger
+from viworks.backend.jobspec import parse_job_spec
 from viworks.backend.metrics import Metrics
 from viworks.backend.registry import SessionRegistry
 
@@ -53,13 +54,9 @@ class _Base(unittest.TestCase):
         self.clock.advance(2000)
         self.registry = SessionRegistry()
         self.hub = EventHub(history=5)
-        self.metrics = Metrics()
-        self.ledger = CommandLedger(
-            self.store, self.registry, self.clock, hub=self.hub, metrics=self.metrics
-        )
-        self.api = BackendAPI(
-            self.store, self.registry, self.ledger, self.clock, metrics_token=self.metrics_token
-        )
+        self.backend = wire(self, self.store, self.clock, registry=self.registry, hub=self.hub)
+        self.metrics, self.ledger = self.backend.metrics, self.backend.ledger
+        self.api = self.backend.api(metrics_token=self.metrics_token)
         self.http = StubTreq(self.api.resource())
 
     def setUp(self):
@@ -111,6 +108,32 @@ class EventsTests(_Base):
         self.assertEqual(ids, sorted(ids))
         self.assertEqual(messages[0]["data"], {"agent_id": "gw-1"})
         self.assertEqual(self.hub._listeners, listeners, "the stream unsubscribed")
+
+    async def test_job_events_none_dropped(self):
+        """A job's command statuses reach a follower with the job.progress events they
+        cause (published while a status is being delivered), in id order, none dropped.
+        (Delivered nested, a job.progress overtook its command.status, which the stream
+        then skipped as older than the last id it had written.)"""
+        pending = self.open_stream()
+        await eventually(lambda: self.http.flush() or self.api._streams)
+        session = FakeSession("gw-1")
+        self.registry.register(session)
+        jobs = self.backend.jobs
+        job = await jobs.create(parse_job_spec({"verb": "ping", "selector": "id=gw-1"}))
+        [frame] = session.commands()
+        await self.ledger.on_ack(session, frame["command_id"])
+        await self.ledger.on_result(session, result_fields(frame["command_id"]))
+        await poll(lambda: jobs.describe(job["job_id"]), lambda j: j["status"] == "completed")
+        _, text = await self.close_stream(pending)
+        messages = parse_sse(text)
+        ids = [int(m["id"]) for m in messages]
+        self.assertEqual(ids, list(range(ids[0], ids[0] + len(ids))))
+        self.assertEqual(
+            [m["data"]["status"] for m in messages if m["event"] == "command.status"],
+            ["dispatched", "running", "succeeded"],
+        )
+        self.assertEqual(messages[-1]["event"], "job.progress")
+        self.assertEqual(messages[-1]["data"]["status"], "completed")
 
     async def test_resume_with_last_event_id(self):
         """Last-Event-ID replays the history after it, then live events follow."""

@@ -29,10 +29,10 @@ from tests.backend.helpers import (
     result_fields,
     settled,
     sqlite_store,
+    wire,
 )
 from viworks.backend import openapi
 from viworks.backend.api import BackendAPI
-from viworks.backend.ledger import CommandLedger
 from viworks.backend.registry import SessionRegistry
 from viworks.backend.tokens import hash_token
 
@@ -172,15 +172,9 @@ class ConformanceTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(2000)
         self.registry = SessionRegistry()
-        self.ledger = CommandLedger(self.store, self.registry, self.clock)
-        self.api = BackendAPI(
-            self.store,
-            self.registry,
-            self.ledger,
-            self.clock,
-            rate_limit_per_token=1000.0,
-            rate_limit_burst=1000,
-        )
+        backend = wire(self, self.store, self.clock, registry=self.registry)
+        self.ledger = backend.ledger
+        self.api = backend.api(rate_limit_per_token=1000.0, rate_limit_burst=1000)
         self.http = StubTreq(self.api.resource())
         self.document = described()
         self.registry_of_schemas = Registry().with_resource(

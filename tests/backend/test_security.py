@@ -18,12 +18,12 @@ from tests.backend.helpers import (
     json_call,
     result_fields,
     sqlite_store,
+    wire,
 )
 from tests.stack import poll
 from viworks import protocol
 from viworks.backend import auditchain, authz
-from viworks.backend.api import BackendAPI, hash_token
-from viworks.backend.ledger import CommandLedger
+from viworks.backend.api import hash_token
 from viworks.backend.registry import SessionRegistry
 
 TOKENS = {
@@ -53,15 +53,9 @@ class RolesAndLimitsTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(2000)
         self.registry = SessionRegistry()
-        self.ledger = CommandLedger(self.store, self.registry, self.clock)
-        self.api = BackendAPI(
-            self.store,
-            self.registry,
-            self.ledger,
-            self.clock,
-            rate_limit_per_token=2.0,
-            rate_limit_burst=3,
-        )
+        self.backend = wire(self, self.store, self.clock, registry=self.registry)
+        self.ledger = self.backend.ledger
+        self.api = self.backend.api(rate_limit_per_token=2.0, rate_limit_burst=3)
         self.http = StubTreq(self.api.resource())
         self.registry.register(FakeSession("gw-1"))
 
@@ -196,7 +190,7 @@ class RolesAndLimitsTests(unittest.TestCase):
                 error={"code": "CANCELLED", "message": "stopped"},
             ),
         )
-        await self.ledger.audit.flush()
+        await self.backend.audit.flush()
         final = [r for r in await self.store.audit_records() if r.action == "command.finished"]
         self.assertEqual([(r.actor, r.outcome) for r in final], [("gw-1", "cancelled")])
         self.assertEqual(final[0].target, f"command:{created['command_id']}")
@@ -206,6 +200,7 @@ class InMemorySessions:
     """The session fixtures of the AgentSession tests, without their tests."""
 
     _base_setUp = test_sessions.AgentSessionTests._setUp
+    session_factory = test_sessions.AgentSessionTests.session_factory
     connect = test_sessions.AgentSessionTests.connect
     flush = test_sessions.AgentSessionTests.flush
     until = test_sessions.AgentSessionTests.until
@@ -253,7 +248,7 @@ class FloodTests(InMemorySessions, unittest.TestCase):
         self.assertEqual(protocol.parse_retry_after(client.closed[1]), 60.0)
         self.assertTrue(client.closed[1].startswith("flood; retry-after="))
         await self.until(lambda: self.registry.get("gw-1") is None)
-        await self.ledger.audit.flush()
+        await self.backend.audit.flush()
         [row] = [r for r in await self.store.audit_records() if r.action == "connection.refused"]
         self.assertEqual((row.actor, row.target, row.outcome), ("gw-1", "agent:gw-1", "refused"))
         self.assertEqual(json.loads(row.detail)["reason"], "flood")
@@ -326,7 +321,7 @@ class FloodTests(InMemorySessions, unittest.TestCase):
         fresh.hello()
         await self.until(lambda: fresh.of_type("welcome"))
         self.assertEqual((await self.store.get_agent("gw-1")).cert_serial, "def")
-        await self.ledger.audit.flush()
+        await self.backend.audit.flush()
         reasons = [
             json.loads(r.detail)["reason"]
             for r in await self.store.audit_records()
@@ -397,16 +392,16 @@ class StolenCertificateTests(InMemorySessions, unittest.TestCase):
         legit = await self.with_serial("aaa")
         thief = await self.with_serial("bbb")
         self.assertClosed(legit, protocol.CLOSE_REPLACED)
-        self.assertIs(self.registry.get("gw-1"), thief.server)
+        self.assertIs(self.registry.get("gw-1").connection, thief.server)
         await self.with_serial("ccc", hello=False)
         again = await self.with_serial("bbb")
         self.assertClosed(thief, protocol.CLOSE_REPLACED)
-        self.assertIs(self.registry.get("gw-1"), again.server)
+        self.assertIs(self.registry.get("gw-1").connection, again.server)
         seen = await poll(
             lambda: self.store.agent_certificates(agent_id="gw-1"), lambda rows: len(rows) == 3
         )
         self.assertEqual([c.serial for c in seen], ["aaa", "bbb", "ccc"])
-        await self.ledger.audit.flush()
+        await self.backend.audit.flush()
         replaced = [
             (r.actor, r.target, json.loads(r.detail))
             for r in await self.store.audit_records()

@@ -24,10 +24,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.trial import unittest
 
-from tests.backend.helpers import VERBS, add_agent, result_fields, sqlite_store
+from tests.backend.helpers import VERBS, Backend, add_agent, result_fields, sqlite_store, wire
 from tests.stack import eventually
 from viworks import protocol
-from viworks.backend.ledger import CommandLedger
 from viworks.backend.registry import SessionRegistry
 from viworks.backend.sessions import AgentSession, AgentSessionFactory
 
@@ -92,12 +91,18 @@ class AgentSessionTests(unittest.TestCase):
         self.clock = Clock()
         self.clock.advance(2000)
         self.registry = SessionRegistry()
-        self.ledger = CommandLedger(self.store, self.registry, self.clock)
-        self.factory = AgentSessionFactory(
-            registry=self.registry,
-            store=self.store,
-            ledger=self.ledger,
-            clock=self.clock,
+        self.backend = wire(self, self.store, self.clock, registry=self.registry)
+        self.ledger = self.backend.ledger
+        self.factory = self.session_factory(self.backend)
+        self.clients: list[AgentClient] = []
+        self.addCleanup(self._close_all)
+
+    def setUp(self) -> Deferred:
+        return Deferred.fromCoroutine(self._setUp())
+
+    def session_factory(self, backend: Backend) -> AgentSessionFactory:
+        """The agent listener's factory of ``backend`` (again: a restarted backend)."""
+        factory = backend.sessions(
             # A certificate would name the agent; here the test sets it per transport.
             identify=lambda transport, request: getattr(transport, "identity", None),
             ws_path=WS_PATH,
@@ -105,12 +110,8 @@ class AgentSessionTests(unittest.TestCase):
             max_message_size=MAX_MESSAGE,
             hello_timeout=HELLO_TIMEOUT,
         )
-        self.factory.setProtocolOptions(**NO_TIMERS)
-        self.clients: list[AgentClient] = []
-        self.addCleanup(self._close_all)
-
-    def setUp(self) -> Deferred:
-        return Deferred.fromCoroutine(self._setUp())
+        factory.setProtocolOptions(**NO_TIMERS)
+        return factory
 
     # -- helpers ----------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class AgentSessionTests(unittest.TestCase):
         )
         # The secret was kept in memory for delivery (the store has it redacted).
         self.assertEqual(second["args"], {"username": "alice", "password": "s3cret-pw"})
-        self.assertIs(self.registry.get("gw-1"), client.server)
+        self.assertIs(self.registry.get("gw-1").connection, client.server)
 
         agent = await self.agent_row(lambda a: a.status == "online")
         self.assertEqual(agent.verbs, VERBS)
@@ -346,7 +347,7 @@ class AgentSessionTests(unittest.TestCase):
         client.hello()
         self.assertClosed(client, protocol.CLOSE_POLICY)
         self.assertEqual(client.error_codes(), [protocol.HELLO_REQUIRED])
-        self.assertIs(self.registry.get("gw-1"), good.server)
+        self.assertIs(self.registry.get("gw-1").connection, good.server)
         self.assertTrue(good.live)
 
     # BUG (sessions.py): same root cause; after the hello timer fired, a late
@@ -398,7 +399,7 @@ class AgentSessionTests(unittest.TestCase):
         self.clock.advance(30)
         client.send("heartbeat", ts=1.0)
         await self.agent_row(lambda a: a.last_seen == self.clock.seconds())
-        self.assertIs(self.registry.get("gw-1"), client.server)
+        self.assertIs(self.registry.get("gw-1").connection, client.server)
 
     # BUG (sessions.py): Autobahn's default failByDrop=True drops the TCP
     # connection without a close frame, so the agent sees 1006, not the 1009
@@ -413,7 +414,7 @@ class AgentSessionTests(unittest.TestCase):
         await self.agent_row(lambda a: a.status == "offline", "gw-1")
 
         self.assertTrue(other.live)
-        self.assertIs(self.registry.get("gw-2"), other.server)
+        self.assertIs(self.registry.get("gw-2").connection, other.server)
         self.clock.advance(30)
         other.send("heartbeat", ts=2.0)
         await self.agent_row(lambda a: a.last_seen == self.clock.seconds(), "gw-2")
@@ -465,7 +466,7 @@ class AgentSessionTests(unittest.TestCase):
         first.send("result", **result_fields(command_id, stdout="stale"))
         await self.until(lambda: first.closed is not None)
         self.assertClosed(first, protocol.CLOSE_REPLACED, "replaced")
-        self.assertIs(self.registry.get("gw-1"), second.server)
+        self.assertIs(self.registry.get("gw-1").connection, second.server)
 
         # The unacknowledged command is sent again to the new session.
         await self.until(lambda: second.of_type("command"))
@@ -516,7 +517,7 @@ class AgentSessionTests(unittest.TestCase):
         nobody = self.connect(None)
         await self.until(lambda: nobody.closed)
         text = self.factory.metrics.render().decode()
-        self.assertIs(self.factory.metrics, self.ledger.metrics)
+        self.assertIs(self.factory.metrics, self.backend.metrics)
         for line in (
             "viworks_agents_connected 1.0",
             "viworks_sessions_opened_total 2.0",

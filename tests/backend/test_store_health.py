@@ -16,25 +16,19 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from tests.backend.helpers import json_call, sqlite_store
+from tests.backend.helpers import json_call, sqlite_store, wire
 from tests.backend.test_store import POSTGRES_URL
-from viworks.backend.api import BackendAPI
 from viworks.backend.health import StoreHealth
-from viworks.backend.ledger import CommandLedger
-from viworks.backend.registry import SessionRegistry
 from viworks.backend.store import open_store
 
 
 class HealthProbe:
     """An API over ``store`` with a deterministic clock, and its health answers."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, testcase, store) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        registry = SessionRegistry()
-        self.api = BackendAPI(
-            store, registry, CommandLedger(store, registry, self.clock), self.clock
-        )
+        self.api = wire(testcase, store, self.clock).api()
         self.http = StubTreq(self.api.resource())
 
     async def health(self) -> tuple[int, dict]:
@@ -58,7 +52,7 @@ class SQLiteHealthTests(unittest.TestCase):
         """A store refusing writes makes health 503 with "store": "read-only" (status
         unhealthy) once the cached answer is older than the TTL; writable again, 200."""
         store = await sqlite_store(self)
-        probe = HealthProbe(store)
+        probe = HealthProbe(self, store)
         code, body = await probe.health()
         self.assertEqual((code, body["status"], body["store"]), (200, "healthy", "ok"))
         await self._query_only(store, True)
@@ -75,7 +69,7 @@ class SQLiteHealthTests(unittest.TestCase):
         """However often health is asked, the store is probed at most once per TTL, and
         concurrent requests share one probe."""
         store = await sqlite_store(self)
-        probe = HealthProbe(store)
+        probe = HealthProbe(self, store)
         health = probe.api.store_health
         for _ in range(20):
             await probe.health()
@@ -120,7 +114,7 @@ class DiskFullHealthTests(unittest.TestCase):
         store = open_store(os.path.join(self.mount, "backend.db"))
         await store.open()
         self.addCleanup(store.close)
-        probe = HealthProbe(store)
+        probe = HealthProbe(self, store)
         self.assertEqual((await probe.health())[0], 200)
         filler = self.fill()
         with self.assertRaises(Exception) as raised:
@@ -161,13 +155,13 @@ class PostgresHealthTests(unittest.TestCase):
         default_transaction_read_only) answers 503 "read-only" and really cannot write."""
         writable = open_store(self.url)
         await writable.open()
-        code, body = await HealthProbe(writable).health()
+        code, body = await HealthProbe(self, writable).health()
         await writable.close()
         self.assertEqual((code, body["store"]), (200, "ok"))
         self.admin(f"ALTER DATABASE {self.database} SET default_transaction_read_only = on")
         store = open_store(self.url)
         self.addCleanup(store.close)
-        code, body = await HealthProbe(store).health()
+        code, body = await HealthProbe(self, store).health()
         self.assertEqual((code, body["status"], body["store"]), (503, "unhealthy", "read-only"))
         with self.assertRaises(Exception) as raised:
             await store.append_audit(1.0, "test", "write", None, "ok")

@@ -20,10 +20,12 @@ from zope.interface import implementer
 from viworks import __version__, lifecycle
 from viworks.backend import audit, authz, openapi, tokens, websession
 from viworks.backend.authfailures import AuthFailures, request_source
-from viworks.backend.events import Event, sse_frame
+from viworks.backend.errors import DomainError
+from viworks.backend.events import Event, EventHub, sse_frame
 from viworks.backend.health import StoreHealth
 from viworks.backend.jobs import JobRunner
-from viworks.backend.ledger import CommandLedger, Idempotency, LedgerError
+from viworks.backend.jobspec import parse_job_spec
+from viworks.backend.ledger import CommandLedger, Idempotency
 from viworks.backend.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from viworks.backend.metrics import Metrics
 from viworks.backend.model import (
@@ -42,6 +44,7 @@ from viworks.backend.registry import SessionRegistry
 from viworks.backend.revocation import revoke_agent_certificates
 from viworks.backend.store import DuplicateToken, Store
 from viworks.backend.tokens import hash_token
+from viworks.backend.waiters import CommandWaiters
 from viworks.console.files import ConsoleFiles
 from viworks.logs import Logger
 from viworks.ratelimit import TokenBucket
@@ -65,6 +68,24 @@ SESSION_TTL = 8 * 3600.0
 CERT_WARNING_DAYS = 30
 # Final statuses the fleet summary lists as recent failures.
 _FAILED = ("failed", "timed_out", "lost", "rejected", "expired")
+
+
+#: The HTTP status of each code the domain refuses with (``DomainError``).
+DOMAIN_STATUS = {
+    "BAD_REQUEST": 400,
+    "BAD_SELECTOR": 400,
+    "FORBIDDEN": 403,
+    "AGENT_NOT_FOUND": 404,
+    "COMMAND_NOT_FOUND": 404,
+    "JOB_NOT_FOUND": 404,
+    "ALREADY_FINISHED": 409,
+    "IDEMPOTENCY_CONFLICT": 409,
+    # A job action its status does not allow (JOB_ + the status).
+    **{"JOB_" + status.upper(): 409 for status in JOB_STATUSES},
+    "INVALID_ARGS": 422,
+    "NO_TARGETS": 422,
+    "UNKNOWN_VERB": 422,
+}
 
 
 class ApiError(Exception):
@@ -382,22 +403,28 @@ class BackendAPI:
         ledger: CommandLedger,
         clock: IReactorTime,
         *,
-        metrics: Metrics | None = None,
+        hub: EventHub,
+        waiters: CommandWaiters,
+        jobs: JobRunner,
+        metrics: Metrics,
+        audit_log: audit.AuditLog,
+        auth_failures: AuthFailures,
+        store_health: StoreHealth,
+        console: ConsoleFiles | None,
         metrics_token: str = "",
         rate_limit_per_token: float = 20.0,
         rate_limit_burst: int = 40,
-        audit_log: audit.AuditLog | None = None,
-        jobs: JobRunner | None = None,
-        auth_failures: AuthFailures | None = None,
         trusted_proxies: Iterable[Any] = (),
         sse_buffer_bytes: int = SSE_BUFFER_BYTES,
         session_ttl: float = SESSION_TTL,
-        console: bool = True,
     ) -> None:
         self.store = store
         self.registry = registry
         self.ledger = ledger
         self.clock = clock
+        # Live events (GET /api/v1/events) and the waits of ?wait=N.
+        self.hub = hub
+        self.waiters = waiters
         # One token bucket per token name ([api] rate_limit_per_token / _burst).
         self.rate_limit = (rate_limit_per_token, rate_limit_burst)
         self._buckets: dict[str, TokenBucket] = {}
@@ -406,26 +433,24 @@ class BackendAPI:
         self._tokens: _RowCache[Token] = _RowCache(clock)
         self._sessions: _RowCache[ConsoleSession] = _RowCache(clock)
         self.session_ttl = session_ttl
-        # GET /ui/: the web console ([api] console = false leaves it out).
-        self.console = ConsoleFiles() if console else None
+        # GET /ui/: the web console ([api] console = false leaves it out: None).
+        self.console = console
         # Every request that changes something (or tries to) is audited.
-        self.audit = audit_log or getattr(ledger, "audit", None) or audit.AuditLog(store, clock)
+        self.audit = audit_log
         # Failed authentications: limited per source, audited in aggregate (authfailures).
-        if auth_failures is None:
-            auth_failures = AuthFailures(self.audit, clock)
         self.auth_failures = auth_failures
         # Proxies whose X-Forwarded-For names the client ([backend] trusted_proxies).
         self.trusted_proxies = list(trusted_proxies)
         # /health probes whether the store takes writes (at most once per TTL).
-        self.store_health = StoreHealth(store, clock)
-        # GET /metrics: shared with the ledger and sessions unless given; a bearer
+        self.store_health = store_health
+        # GET /metrics (shared with the command path and the sessions); a bearer
         # token is needed only when [api] metrics_token is set.
-        self.metrics = metrics or getattr(ledger, "metrics", None) or Metrics()
+        self.metrics = metrics
         self.metrics_token = metrics_token
         self._streams: set[_Follower] = set()
         self.sse_buffer_bytes = sse_buffer_bytes
         # Fan-out jobs (started with the backend service; see viworks.backend.jobs).
-        self.jobs = jobs or JobRunner(store, ledger, registry, clock)
+        self.jobs = jobs
         self.chain = audit.ChainStatus(store, clock)
 
     def resource(self):
@@ -596,17 +621,19 @@ class BackendAPI:
             raise ApiError(400, "BAD_REQUEST", "the body must be a JSON object")
         return body
 
-    @app.handle_errors(ApiError, LedgerError)
+    @app.handle_errors(ApiError, DomainError)
     def _domain_error(self, request: Any, failure: Any) -> bytes:
         e = failure.value
+        # A code missing from DOMAIN_STATUS is a bug (a test checks every raise).
+        status = e.status if isinstance(e, ApiError) else DOMAIN_STATUS.get(e.code, 500)
         error = {"code": e.code, "message": e.message}
         if e.field is not None:
             error["field"] = e.field
-        if e.status == 401:
+        if status == 401:
             request.setHeader(b"www-authenticate", b'Bearer realm="viworks"')
         for name, value in getattr(e, "headers", {}).items():
             request.setHeader(name, value)
-        return self._json(request, {"error": error}, e.status)
+        return self._json(request, {"error": error}, status)
 
     @app.handle_errors(HTTPException)
     def _http_error(self, request: Any, failure: Any) -> bytes:
@@ -755,7 +782,7 @@ class BackendAPI:
         if wait is None:
             return self._json(request, command_json(command), 201 if created else 200)
         if command.status not in lifecycle.FINAL:
-            finished = await self.ledger.wait_final(command.command_id, wait)
+            finished = await self.waiters.wait_final(command.command_id, wait, unfinished=created)
             if finished is None:
                 # Still running: report it as it stands now.
                 command = await self.store.get_command(command.command_id) or command
@@ -824,7 +851,7 @@ class BackendAPI:
                 follower.push(event)
 
         # Subscribe before reading the backlog so that nothing falls in between.
-        unsubscribe = self.ledger.hub.subscribe(listener)
+        unsubscribe = self.hub.subscribe(listener)
         try:
             last = after
             for chunk in await self.store.output_since(command_id, after, limit=100000):
@@ -893,7 +920,7 @@ class BackendAPI:
             else [],
         }
         job = await self.jobs.create(
-            body,
+            parse_job_spec(body),
             created_by=caller.name,
             refusal=lambda agent: caller.refusal(
                 verb if isinstance(verb, str) else None, agent.site
@@ -1238,7 +1265,7 @@ class BackendAPI:
         _sse_headers(request)
         follower = self._follower(request)
         self._streams.add(follower)
-        hub = self.ledger.hub
+        hub = self.hub
 
         def listener(event: Event) -> None:
             if keep(event.type):

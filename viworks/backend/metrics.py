@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sized
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred
 
 from viworks import lifecycle
 from viworks.backend.model import OUTPUT_STREAMS, Command
 from viworks.backend.store import Store
+from viworks.backend.store.batch import BatchRunner
+from viworks.ratelimit import TokenBucket
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -125,17 +127,11 @@ class Metrics:
 
     # -- wiring -------------------------------------------------------------------------
 
-    def watch_sessions(self, registry: Any, admission: Callable[[], Any] | None = None) -> None:
-        """Read the connected agents and the admission bucket (``admission()``) when scraped."""
+    def watch_sessions(self, registry: Sized, admission: TokenBucket | None = None) -> None:
+        """Read the connected agents and the admission bucket when scraped."""
         self.agents_connected.set_function(lambda: len(registry))
         if admission is not None:
-
-            def tokens() -> float:
-                bucket = admission()
-                bucket._refill()
-                return bucket._tokens
-
-            self.handshake_tokens.set_function(tokens)
+            self.handshake_tokens.set_function(admission.available)
 
     def timed_store(self, store: Store) -> Store:
         """``store`` with every method call timed into ``viworks_store_seconds``; its
@@ -204,10 +200,10 @@ def _frame_type(payload: bytes) -> str:
 class _BatchFigures:
     """The store's group commit, as counters: calls per transaction = calls / transactions."""
 
-    def __init__(self, batches: Any) -> None:
+    def __init__(self, batches: BatchRunner) -> None:
         self.batches = batches
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(
             "viworks_store_transactions",
             "Store transactions run (each holds one or more calls).",
@@ -241,10 +237,14 @@ class _TimedStore:
         def call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             result = getattr(store, name)(*args, **kwargs)
-            if not inspect.isawaitable(result):
+            d: Deferred[Any]
+            if inspect.iscoroutine(result):
+                d = Deferred.fromCoroutine(result)
+            elif isinstance(result, Deferred):
+                d = result
+            else:
                 child.observe(time.perf_counter() - start)
                 return result
-            d = ensureDeferred(result)
 
             def done(outcome: Any) -> Any:
                 child.observe(time.perf_counter() - start)

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 
 class LiveSession(Protocol):
-    """What the rest of the backend needs from a connected agent session."""
+    """What the rest of the backend needs from a welcomed agent session."""
 
-    agent_id: str
-    session_id: str
-    # hello.protocol: which signatures the agent verifies (viworks.protocol.HELLO_PROTOCOL).
-    agent_protocol: int
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def agent_protocol(self) -> int:
+        """hello.protocol: which signatures the agent verifies
+        (viworks.protocol.HELLO_PROTOCOL)."""
+
+    @property
+    def peer(self) -> str | None:
+        """Where it connects from (for logs and the audit)."""
+
+    @property
+    def cert_serial(self) -> str | None:
+        """The hex serial of its client certificate (None when unknown)."""
 
     def send_frame(self, payload: bytes) -> None: ...
 
@@ -23,6 +38,9 @@ class LiveSession(Protocol):
     def close_going_away(self, retry_after: float) -> None: ...
 
     def abort(self) -> None: ...
+
+    def close_revoked(self) -> None:
+        """Its certificate was revoked: close now (audited)."""
 
 
 class SessionRegistry:
@@ -53,5 +71,5 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[LiveSession]:
         return iter(list(self._sessions.values()))

@@ -169,6 +169,6 @@ class RevocationWatcher:
         for factory in self.factories:
             factory.revoked_serials.update(serials)
             for session in list(factory.registry):
-                if getattr(session, "cert_serial", None) in serials:
+                if session.cert_serial in serials:
                     session.close_revoked()
         return len(rows)

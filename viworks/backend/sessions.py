@@ -2,63 +2,79 @@
 
 The TLS listener already refused clients without a certificate from our CA;
 ``AgentSession`` takes the agent's identity from that certificate, insists on a
-HELLO that names the same agent, registers the session (replacing an older one)
-and then moves frames between the agent and the command ledger. Nothing an
-agent sends can crash the process or touch another agent's session.
+HELLO that names the same agent, registers the session (its ``WelcomedSession``,
+replacing an older one) and then moves frames between the agent and the command
+ledger. Nothing an agent sends can crash the process or touch another agent's session.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from viworks import protocol
 from viworks.backend import audit
+from viworks.backend.agentlimits import (
+    FLOOD_RETRY_AFTER,
+    FLOOD_WINDOW,
+    FrameBudget,
+    telemetry_refusal,
+)
+from viworks.backend.dispatcher import Dispatcher
+from viworks.backend.events import EventHub
 from viworks.backend.ledger import CommandLedger
 from viworks.backend.metrics import Metrics
-from viworks.backend.registry import LiveSession, SessionRegistry
+from viworks.backend.registry import SessionRegistry
 from viworks.backend.revocation import peer_cert_not_after, peer_cert_serial
+from viworks.backend.secrecy import SecretParams
 from viworks.backend.store import Store
 from viworks.backend.store.batch import StoreClosed
+from viworks.backend.welcomed import WelcomedSession
 from viworks.logs import Logger, ThrottledWarnings
 from viworks.net import SkipPeerCertificateDetails, no_delay
 from viworks.ratelimit import TokenBucket
 from viworks.schema import SchemaError, validate_verbs
 
 HELLO_TIMEOUT = 10.0
-# Flood control: drops counted over this window; beyond the limit the agent is
-# disconnected and told to come back after FLOOD_RETRY_AFTER seconds.
-FLOOD_WINDOW = 10.0
-FLOOD_RETRY_AFTER = 60.0
 
 
-class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
-    """One agent's live connection."""
+# Autobahn's adapter and protocol classes declare a few attributes differently.
+class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):  # type: ignore[misc]
+    """One agent's connection; ``live`` once its HELLO is accepted."""
 
     log = Logger()
     factory: AgentSessionFactory
 
-    agent_id: str | None = None
-    session_id: str | None = None
-    agent_protocol: int = 1
+    live: WelcomedSession | None = None
+    # The agent id of the client certificate (onConnect refuses a connection without one).
     _identity: str | None = None
-    _hello_timer = None
+    _hello_timer: IDelayedCall | None = None
     _refused = False
     # Hex serial of the agent's certificate and the end of its validity (None when unknown).
     cert_serial: str | None = None
     cert_not_after: float | None = None
-    _frames: TokenBucket | None = None
-    _drops: list[float] | None = None
+    _frames: FrameBudget | None = None
     _complaints: ThrottledWarnings | None = None
     # When this session's last telemetry report was stored.
     _telemetry_at: float | None = None
+
+    @property
+    def identity(self) -> str:
+        """The agent id of the client certificate (onConnect refuses a connection
+        without one, so nothing later runs without it)."""
+        return self._identity or "anonymous"
+
+    @property
+    def session_id(self) -> str | None:
+        return None if self.live is None else self.live.session_id
 
     # -- Autobahn callbacks -------------------------------------------------
 
@@ -89,13 +105,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         if identity is None:
             factory.metrics.session_refused("no_certificate")
             self.log.warn("refused {peer}: no client certificate identity", peer=self.peer)
-            factory.audit.record_later(
-                "anonymous",
-                "connection.refused",
-                self.peer,
-                audit.REFUSED,
-                {"reason": "no client certificate identity"},
-            )
+            self._audit_refused("anonymous", self.peer, reason="no client certificate identity")
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "a client certificate is required")
         serial = factory.cert_serial(self.transport, request)
         if serial is not None and serial in factory.revoked_serials:
@@ -106,12 +116,8 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
                 peer=self.peer,
                 serial=serial,
             )
-            factory.audit.record_later(
-                identity,
-                "connection.refused",
-                f"agent:{identity}",
-                audit.REFUSED,
-                {"reason": "certificate revoked", "serial": serial, "peer": self.peer},
+            self._audit_refused(
+                identity, f"agent:{identity}", reason="certificate revoked", serial=serial
             )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "the client certificate is revoked")
         self._identity = identity
@@ -125,8 +131,9 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
     def onOpen(self) -> None:
         factory = self.factory
         self._hello_timer = factory.clock.callLater(factory.hello_timeout, self._no_hello)
-        self._frames = TokenBucket(factory.frame_rate, factory.frame_burst, factory.clock)
-        self._drops = []
+        self._frames = FrameBudget(
+            factory.frame_rate, factory.frame_burst, factory.flood_limit, factory.clock
+        )
         self._complaints = ThrottledWarnings(
             self.log, factory.clock, f"agent {self._identity} from {self.peer}"
         )
@@ -142,7 +149,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
                 return
             self.complain(
                 "bad frame from {agent_id}: {code} {message}",
-                agent_id=self.agent_id or self._identity,
+                agent_id=self._identity,
                 code=e.code,
                 message=e.message,
             )
@@ -154,7 +161,8 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         if not self._owed_answer(frame) and not self._within_rate():
             return
         self.factory.metrics.frame_in(frame.type)
-        if self.agent_id is None:
+        live = self.live
+        if live is None:
             self._on_first_frame(frame)
             return
         handler = self._handlers.get(frame.type)
@@ -165,29 +173,30 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
                 )
             )
             return
-        self._run(handler(self, frame))
+        self._run(handler(self, live, frame))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self._complaints is not None:
             self._complaints.flush()
-        if self._hello_timer is not None and self._hello_timer.active():
-            self._hello_timer.cancel()
-        if self.agent_id is None:
+        self._stop_hello_timer()
+        live = self.live
+        if live is None:
             return
         self.log.info(
             "agent {agent_id} disconnected (session {session_id}, code {code}, {reason})",
-            agent_id=self.agent_id,
-            session_id=self.session_id,
+            agent_id=live.agent_id,
+            session_id=live.session_id,
             code=code,
             reason=reason,
         )
-        if self.factory.registry.unregister(self):
-            self.factory.ledger.hub.publish(
-                "agent.offline", {"agent_id": self.agent_id, "code": code, "reason": reason}
+        factory = self.factory
+        if factory.registry.unregister(live):
+            factory.hub.publish(
+                "agent.offline", {"agent_id": live.agent_id, "code": code, "reason": reason}
             )
             self._run(
-                self.factory.store.mark_agent_offline(
-                    self.agent_id, self.session_id, self.factory.clock.seconds()
+                factory.store.mark_agent_offline(
+                    live.agent_id, live.session_id, factory.clock.seconds()
                 )
             )
 
@@ -208,7 +217,7 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
     def close_replaced(self) -> None:
         self.log.warn(
             "agent {agent_id}: session {session_id} replaced by a newer connection",
-            agent_id=self.agent_id,
+            agent_id=self._identity,
             session_id=self.session_id,
         )
         # "replaced" is the contract; the agent then waits at least reconnect_max.
@@ -223,18 +232,12 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
     def abort(self) -> None:
         self.dropConnection(abort=True)
 
-    def close_revoked_before_hello(self) -> None:
-        if self._hello_timer is not None and self._hello_timer.active():
-            self._hello_timer.cancel()
-        self._refused = False
-        self.close_revoked()
-
     def close_revoked(self) -> None:
         """Its certificate was revoked (RevocationWatcher): close now, audited."""
         if self._refused:
             return
         self._refused = True
-        agent_id = self.agent_id or self._identity
+        agent_id = self._identity
         self.log.warn(
             "agent {agent_id}: certificate {serial} revoked, closing session {session_id}",
             agent_id=agent_id,
@@ -256,26 +259,22 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         """Take a frame from the agent's budget; False (frame dropped) when it is spent."""
         if self._frames is None or self._frames.take():
             return True
-        self._throttle()
+        self._throttle(self._frames.dropped())
         return False
 
     def _owed_answer(self, frame: protocol.Frame) -> bool:
         return (
             frame.type in ("ack", "result")
-            and self.agent_id is not None
-            and self.factory.ledger.expects(frame.type, frame["command_id"], self.agent_id)
+            and self.live is not None
+            and self.factory.ledger.expects(frame.type, frame["command_id"], self.live.agent_id)
         )
 
-    def _throttle(self) -> None:
-        """A frame beyond the agent's rate: drop it; disconnect an agent that keeps on."""
+    def _throttle(self, drops: int) -> None:
+        """A frame beyond the agent's rate was dropped (``drops`` within the window):
+        say so; disconnect an agent that keeps on."""
         factory = self.factory
-        now = factory.clock.seconds()
-        drops = self._drops if self._drops is not None else []
-        drops.append(now)
-        while drops and drops[0] <= now - FLOOD_WINDOW:
-            drops.pop(0)
-        agent_id = self.agent_id or self._identity
-        if len(drops) <= factory.flood_limit:
+        agent_id = self.identity
+        if drops <= factory.flood_limit:
             self.send_frame(
                 protocol.error_frame(
                     protocol.RATE_LIMITED,
@@ -284,33 +283,34 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             )
             return
         self._refused = True
-        if self._hello_timer is not None and self._hello_timer.active():
-            self._hello_timer.cancel()
+        self._stop_hello_timer()
         self.log.warn(
             "agent {agent_id} from {peer}: flood ({drops} frames dropped in {window:g} s),"
             " disconnected",
             agent_id=agent_id,
             peer=self.peer,
-            drops=len(drops),
+            drops=drops,
             window=FLOOD_WINDOW,
         )
         factory.metrics.session_refused("flood")
-        factory.audit.record_later(
-            agent_id or "anonymous",
-            "connection.refused",
+        self._audit_refused(
+            agent_id,
             f"agent:{agent_id}",
-            audit.REFUSED,
-            {
-                "reason": "flood",
-                "dropped": len(drops),
-                "window": FLOOD_WINDOW,
-                "frame_rate": factory.frame_rate,
-                "peer": self.peer,
-            },
+            reason="flood",
+            dropped=drops,
+            window=FLOOD_WINDOW,
+            frame_rate=factory.frame_rate,
         )
         self.sendClose(
             protocol.CLOSE_FLOOD, protocol.retry_after_reason("flood", FLOOD_RETRY_AFTER)
         )
+
+    def _audit_refused(self, actor: str, target: str | None, **detail: object) -> None:
+        """Audit a refused connection (``connection.refused``; the detail names the peer
+        unless it is the target)."""
+        if target != self.peer:
+            detail["peer"] = self.peer
+        self.factory.audit.record_later(actor, "connection.refused", target, audit.REFUSED, detail)
 
     # -- frames ---------------------------------------------------------------
 
@@ -325,10 +325,13 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         )
         self.factory.metrics.session_refused(code)
         self._refused = True
-        if self._hello_timer is not None and self._hello_timer.active():
-            self._hello_timer.cancel()
+        self._stop_hello_timer()
         self.send_frame(protocol.error_frame(code, message))
         self.sendClose(close_code, message[:100])
+
+    def _stop_hello_timer(self) -> None:
+        if self._hello_timer is not None and self._hello_timer.active():
+            self._hello_timer.cancel()
 
     def _no_hello(self) -> None:
         self._refuse(protocol.HELLO_REQUIRED, "no hello received in time", protocol.CLOSE_POLICY)
@@ -340,12 +343,11 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             )
             return
         if frame["agent_id"] != self._identity:
-            self.factory.audit.record_later(
-                self._identity,
-                "connection.refused",
-                f"agent:{self._identity}",
-                audit.REFUSED,
-                {"reason": "identity mismatch", "hello": frame["agent_id"], "peer": self.peer},
+            self._audit_refused(
+                self.identity,
+                f"agent:{self.identity}",
+                reason="identity mismatch",
+                hello=frame["agent_id"],
             )
             self._refuse(
                 protocol.IDENTITY_MISMATCH,
@@ -355,85 +357,46 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             return
         if self.cert_serial is not None and self.cert_serial in self.factory.revoked_serials:
             # Revoked between the upgrade and the HELLO.
-            self._refused = True
-            self.close_revoked_before_hello()
+            self._stop_hello_timer()
+            self.close_revoked()
             return
         try:
             # Bounded cost: counts and name lengths are capped, patterns must run on RE2.
             validate_verbs(frame["verbs"])
         except SchemaError as e:
-            self.factory.audit.record_later(
-                self._identity,
-                "connection.refused",
-                f"agent:{self._identity}",
-                audit.REFUSED,
-                {
-                    "reason": "invalid verb schema",
-                    "verb": e.verb,
-                    "param": e.param,
-                    "message": str(e),
-                    "peer": self.peer,
-                },
+            self._audit_refused(
+                self.identity,
+                f"agent:{self.identity}",
+                reason="invalid verb schema",
+                verb=e.verb,
+                param=e.param,
+                message=str(e),
             )
             self._refuse(protocol.INVALID_FRAME, str(e), protocol.CLOSE_HELLO_REFUSED)
             return
         # Secret by this agent's word is secret for every agent, from now on.
-        self.factory.ledger.secrets.learn(frame["verbs"])
-        self._hello_timer.cancel()
-        self.agent_id = frame["agent_id"]
-        self.agent_protocol = frame["protocol"]
-        self.session_id = uuid.uuid4().hex
-        replaced = self.factory.registry.register(self)
-        self.factory.metrics.session_opened(self.agent_id)
+        self.factory.secrets.learn(frame["verbs"])
+        self._stop_hello_timer()
+        live = self.live = WelcomedSession(self, self.identity, uuid.uuid4().hex, frame["protocol"])
+        replaced = self.factory.registry.register(live)
+        self.factory.metrics.session_opened(live.agent_id)
         if replaced is not None:
-            self._replacing(replaced)
+            live.replacing(replaced, self.factory.audit)
             replaced.close_replaced()
-        self._run(self._welcome(frame))
+        self._run(self._welcome(live, frame))
 
-    def _replacing(self, old: LiveSession) -> None:
-        """Taking over ``old``'s place: with another certificate, say so (logged, audited):
-        two live certificates for one agent id may mean that one of them was stolen."""
-        old_serial = getattr(old, "cert_serial", None)
-        if old_serial == self.cert_serial:
-            return
-        old_peer = getattr(old, "peer", None)
-        self.log.warn(
-            "agent {agent_id}: session {old_session} (certificate {old_serial}, {old_peer})"
-            " replaced by certificate {new_serial} from {peer}",
-            agent_id=self.agent_id,
-            old_session=old.session_id,
-            old_serial=old_serial,
-            old_peer=old_peer,
-            new_serial=self.cert_serial,
-            peer=self.peer,
-        )
-        self.factory.audit.record_later(
-            self.agent_id,
-            "session.replaced",
-            f"agent:{self.agent_id}",
-            audit.OK,
-            {
-                "old_serial": old_serial,
-                "new_serial": self.cert_serial,
-                "old_peer": old_peer,
-                "new_peer": self.peer,
-                "old_session": old.session_id,
-                "new_session": self.session_id,
-            },
-        )
-
-    async def _welcome(self, hello: protocol.Frame) -> None:
+    async def _welcome(self, live: WelcomedSession, hello: protocol.Frame) -> None:
         factory = self.factory
         labels = hello.get("labels")
         agent = await factory.store.upsert_agent_online(
-            self.agent_id,
+            live.agent_id,
             version=hello["version"],
             site=hello["site"],
             hostname=hello["hostname"],
             protocol=hello["protocol"],
             verbs=hello["verbs"],
             peer=self.peer,
-            session_id=self.session_id,
+            session_id=live.session_id,
             labels=labels if isinstance(labels, dict) else {},
             # Older agents do not say: they verify nothing.
             signing="on" if hello.get("signing") == "on" else "off",
@@ -441,23 +404,23 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
             cert_not_after=self.cert_not_after,
             now=factory.clock.seconds(),
         )
-        if not factory.registry.is_current(self):
+        if not factory.registry.is_current(live):
             return
         self.log.info(
             "agent {agent_id} online (session {session_id}, version {version}, site {site})",
-            agent_id=self.agent_id,
-            session_id=self.session_id,
+            agent_id=live.agent_id,
+            session_id=live.session_id,
             version=hello["version"],
             site=hello["site"],
         )
-        factory.ledger.hub.publish(
+        factory.hub.publish(
             "agent.online",
-            {"agent_id": self.agent_id, "session_id": self.session_id, "epoch": agent.epoch},
+            {"agent_id": live.agent_id, "session_id": live.session_id, "epoch": agent.epoch},
         )
         self.send_frame(
             protocol.encode(
                 "welcome",
-                session_id=self.session_id,
+                session_id=live.session_id,
                 epoch=agent.epoch,
                 heartbeat_interval=factory.heartbeat_interval,
                 heartbeat_timeout=2 * factory.heartbeat_interval,
@@ -465,51 +428,52 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
                 protocol=protocol.HELLO_PROTOCOL,
             )
         )
-        await factory.ledger.deliver_pending(self)
+        await factory.dispatcher.deliver_pending(live)
 
-    async def _on_heartbeat(self, frame: protocol.Frame) -> None:
-        await self.factory.store.touch_agent(self.agent_id, self.factory.clock.seconds())
+    # Frames of a welcomed session. Fencing: a replaced session's late frames change nothing.
 
-    async def _on_ack(self, frame: protocol.Frame) -> None:
-        if self.factory.registry.is_current(self):
-            await self.factory.ledger.on_ack(self, frame["command_id"])
+    async def _on_heartbeat(self, live: WelcomedSession, frame: protocol.Frame) -> None:
+        await self.factory.store.touch_agent(live.agent_id, self.factory.clock.seconds())
 
-    async def _on_output(self, frame: protocol.Frame) -> None:
-        if self.factory.registry.is_current(self):
-            await self.factory.ledger.on_output(self, frame.fields)
+    async def _on_ack(self, live: WelcomedSession, frame: protocol.Frame) -> None:
+        if self.factory.registry.is_current(live):
+            await self.factory.ledger.on_ack(live, frame["command_id"])
 
-    async def _on_telemetry(self, frame: protocol.Frame) -> None:
+    async def _on_output(self, live: WelcomedSession, frame: protocol.Frame) -> None:
+        if self.factory.registry.is_current(live):
+            await self.factory.ledger.on_output(live, frame.fields)
+
+    async def _on_result(self, live: WelcomedSession, frame: protocol.Frame) -> None:
+        if self.factory.registry.is_current(live):
+            await self.factory.ledger.on_result(live, frame.fields)
+
+    async def _on_telemetry(self, live: WelcomedSession, frame: protocol.Frame) -> None:
         factory = self.factory
         now = factory.clock.seconds()
-        refusal = _telemetry_refusal(frame, now, self._telemetry_at, factory.telemetry_min_interval)
+        refusal = telemetry_refusal(frame, now, self._telemetry_at, factory.telemetry_min_interval)
         if refusal is not None:
             reason, code, message = refusal
             factory.metrics.frames_refused.labels(reason).inc()
             self.complain(
                 "agent {agent_id}: telemetry refused: {message}",
-                agent_id=self.agent_id,
+                agent_id=live.agent_id,
                 message=message,
             )
             self.send_frame(protocol.error_frame(code, message))
             return
         self._telemetry_at = now
         await factory.store.record_telemetry(
-            self.agent_id,
+            live.agent_id,
             now,
             frame["metrics"],
             keep=factory.telemetry_keep,
             max_bytes=factory.telemetry_history_bytes,
         )
 
-    async def _on_result(self, frame: protocol.Frame) -> None:
-        # Fencing: a replaced session's late frames must not change anything.
-        if self.factory.registry.is_current(self):
-            await self.factory.ledger.on_result(self, frame.fields)
-
-    async def _on_error(self, frame: protocol.Frame) -> None:
+    async def _on_error(self, live: WelcomedSession, frame: protocol.Frame) -> None:
         self.complain(
             "agent {agent_id} reports {code}: {message}",
-            agent_id=self.agent_id,
+            agent_id=live.agent_id,
             code=frame["code"],
             message=frame["message"],
         )
@@ -523,45 +487,29 @@ class AgentSession(SkipPeerCertificateDetails, WebSocketServerProtocol):
         "error": _on_error,
     }
 
-    def _run(self, coro: Any) -> None:
+    def _run(self, coro: Coroutine[Any, Any, object]) -> None:
         d = Deferred.fromCoroutine(coro)
         d.addErrback(self._handling_failed)
 
-    def _handling_failed(self, failure: Any) -> None:
+    def _handling_failed(self, failure: Failure) -> None:
         if failure.check(StoreClosed):
             # The backend is stopping: the frame is answered again after the reconnect.
             self.log.info(
                 "agent {agent_id}: frame not handled, the store is closed (shutting down)",
-                agent_id=self.agent_id,
+                agent_id=self._identity,
             )
             return
-        self.log.failure("agent {agent_id}: handling failed", failure, agent_id=self.agent_id)
-
-
-def _telemetry_refusal(
-    frame: protocol.Frame, now: float, last: float | None, min_interval: float
-) -> tuple[str, str, str] | None:
-    """Why a telemetry report is not stored, as (metric reason, error code, message)."""
-    if frame.size > protocol.MAX_TELEMETRY_BYTES:
-        return (
-            "too_large",
-            protocol.TOO_LARGE,
-            f"telemetry reports are limited to {protocol.MAX_TELEMETRY_BYTES} bytes"
-            f" (got {frame.size})",
-        )
-    if last is not None and now - last < min_interval:
-        return (
-            "too_often",
-            protocol.RATE_LIMITED,
-            f"telemetry is stored at most once every {min_interval:g} s",
-        )
-    return None
+        self.log.failure("agent {agent_id}: handling failed", failure, agent_id=self._identity)
 
 
 class AgentSessionFactory(WebSocketServerFactory):
-    """Builds ``AgentSession``s sharing the registry, store and ledger."""
+    """Builds ``AgentSession``s sharing the registry, the store and the command path.
 
-    protocol = AgentSession
+    ``admission`` is the handshake budget (shared by every listener of a backend);
+    ``identify(transport, request)`` names the agent (viworks.backend.identity).
+    """
+
+    protocol = AgentSession  # type: ignore[assignment]  # Autobahn types it loosely
 
     def __init__(
         self,
@@ -569,22 +517,24 @@ class AgentSessionFactory(WebSocketServerFactory):
         registry: SessionRegistry,
         store: Store,
         ledger: CommandLedger,
+        dispatcher: Dispatcher,
+        hub: EventHub,
+        secrets: SecretParams,
+        metrics: Metrics,
+        audit_log: audit.AuditLog,
+        admission: TokenBucket,
         clock: IReactorTime,
         identify: Callable[[Any, Any], str | None],
         ws_path: str = "/ws/agent",
         heartbeat_interval: float = 15.0,
         max_message_size: int = 1 << 20,
         hello_timeout: float = HELLO_TIMEOUT,
-        handshake_rate: float = 200.0,
-        handshake_burst: float = 200.0,
         telemetry_keep: int = 2880,
         telemetry_history_bytes: int = 4 << 20,
         telemetry_min_interval: float = 1.0,
-        metrics: Metrics | None = None,
         agent_frame_rate: float = 50.0,
         cert_serial: Callable[[Any, Any], str | None] = peer_cert_serial,
         cert_not_after: Callable[[Any, Any], float | None] = peer_cert_not_after,
-        audit_log: audit.AuditLog | None = None,
     ) -> None:
         super().__init__(reactor=clock)
         # Flood control: frames/s per agent, bursts of twice that; more drops than
@@ -597,23 +547,25 @@ class AgentSessionFactory(WebSocketServerFactory):
         self.cert_serial = cert_serial
         self.cert_not_after = cert_not_after
         self.revoked_serials: set[str] = set()
-        self.audit = audit_log or getattr(ledger, "audit", None) or audit.AuditLog(store, clock)
+        self.audit = audit_log
         self.registry = registry
         self.store = store
         self.ledger = ledger
+        self.dispatcher = dispatcher
+        self.hub = hub
+        self.secrets = secrets
         self.clock = clock
         self.identify = identify
         self.ws_path = ws_path
         self.heartbeat_interval = heartbeat_interval
         self.hello_timeout = hello_timeout
-        self.admission = TokenBucket(handshake_rate, handshake_burst, clock)
+        self.admission = admission
         # What one agent's telemetry may take: rows and bytes kept, one report per interval.
         self.telemetry_keep = telemetry_keep
         self.telemetry_history_bytes = telemetry_history_bytes
         self.telemetry_min_interval = telemetry_min_interval
-        # Shared with the ledger (and the API) unless given.
-        self.metrics = metrics or getattr(ledger, "metrics", None) or Metrics()
-        self.metrics.watch_sessions(registry, lambda: self.admission)
+        self.metrics = metrics
+        metrics.watch_sessions(registry, admission)
         # Don't advertise our version; no status page on a plain GET.
         self.server = "viworks"
         self.setProtocolOptions(
