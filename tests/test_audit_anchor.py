@@ -17,8 +17,8 @@ from tests.processes import viworks
 from tests.stack import Stack
 from tests.test_security_cli import CLIDatabase
 from viworks.backend import auditchain
-from viworks.backend.api import hash_token
 from viworks.backend.store import open_store
+from viworks.backend.tokens import hash_token
 
 
 class AuditHeadCLITests(CLIDatabase, unittest.TestCase):

@@ -250,19 +250,19 @@ class StalledViewerTests(unittest.TestCase):
         stalled_viewer(self, stack.http_port, "vw_viewer", session_id="console-tab")
         reader = stalled_viewer(self, stack.http_port, "vw_viewer")  # read below
         received = self.read_all(reader)
-        await eventually(lambda: len(api._streams) == 2)
-        streams = set(api._streams)
+        await eventually(lambda: len(api.streams.open) == 2)
+        streams = set(api.streams.open)
 
         # Until the stalled client is dropped: the kernel's socket buffers take a few MiB
         # first, then the backend's own buffer fills.
         for seq in range(60):
             hub.publish("command.output", {"command_id": "c1", "seq": seq, "data": CHUNK})
             await deferLater(reactor, 0.02, lambda: None)
-            if len(api._streams) < 2:
+            if len(api.streams.open) < 2:
                 break
-        await eventually(lambda: len(api._streams) == 1)
+        await eventually(lambda: len(api.streams.open) == 1)
         self.assertEqual(api.metrics.sse_dropped._value.get(), 1)
-        dropped = streams - api._streams
+        dropped = streams - api.streams.open
         self.assertEqual(len(dropped), 1)
         self.assertTrue(dropped.pop().gone)
         messages = [e.get("log_format", "") for e in logged]

@@ -9,7 +9,7 @@ from twisted.trial import unittest
 
 from tests.stack import Stack, eventually, stays
 from viworks import protocol, signing
-from viworks.backend.api import agent_json
+from viworks.backend.api.views import agent_json
 
 
 class SignedLinkTests(unittest.TestCase):

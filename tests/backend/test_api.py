@@ -19,8 +19,8 @@ from tests.backend.helpers import (
     wire,
 )
 from tests.stack import eventually
-from viworks.backend.api import hash_token
 from viworks.backend.registry import SessionRegistry
+from viworks.backend.tokens import hash_token
 
 TOKEN = "vw_test-token"
 

@@ -13,8 +13,9 @@ from twisted.trial import unittest
 
 from tests.backend.helpers import json_call, sqlite_store, wire
 from viworks.backend import auditchain
-from viworks.backend.api import BackendAPI, hash_token
+from viworks.backend.api import BackendAPI
 from viworks.backend.authfailures import OVERFLOW, source_key
+from viworks.backend.tokens import hash_token
 
 BURST = 5
 RATE = 0.5  # one more failure every 2 s

@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from tests.backend.helpers import FakeSession, add_agent, sqlite_store
 from tests.stack import Stack, free_port
 from viworks import protocol, signing
-from viworks.backend.api import DOMAIN_STATUS
+from viworks.backend.api.errors import STATUS
 from viworks.backend.audit import AuditLog
 from viworks.backend.commandevents import (
     COMMAND_STATUS,
@@ -340,9 +340,9 @@ class DomainErrorTests(unittest.TestCase):
         # jobs.py: DomainError("JOB_" + status.upper(), ...) for a job action refused.
         raised |= {"JOB_" + status.upper() for status in JOB_STATUSES}
         self.assertGreater(len(raised), 10)
-        self.assertEqual(raised - set(DOMAIN_STATUS), set())
+        self.assertEqual(raised - set(STATUS), set())
         self.assertEqual(
-            {code: DOMAIN_STATUS[code] for code in sorted(raised)},
+            {code: STATUS[code] for code in sorted(raised)},
             {
                 "AGENT_NOT_FOUND": 404,
                 "ALREADY_FINISHED": 409,

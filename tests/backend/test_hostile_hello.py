@@ -26,8 +26,8 @@ from tests.backend.helpers import VERBS, json_call, wire
 from tests.test_patterns import builtin_params
 from viworks import logs, protocol
 from viworks.backend import secrecy
-from viworks.backend.api import hash_token
 from viworks.backend.model import AuditRecord
+from viworks.backend.tokens import hash_token
 from viworks.schema import MAX_VERBS
 
 SECRET = "correct-horse-battery-9"

@@ -14,11 +14,12 @@ from twisted.trial import unittest
 from tests.backend.helpers import VERBS, json_call, result_fields, sqlite_store, wire
 from tests.stack import eventually, poll, stays
 from viworks import protocol
-from viworks.backend.api import DOMAIN_STATUS, hash_token
+from viworks.backend.api.errors import STATUS
 from viworks.backend.errors import DomainError
 from viworks.backend.jobs import JobRunner
 from viworks.backend.jobspec import parse_job_spec, parse_limit, resolve_limit
 from viworks.backend.registry import SessionRegistry
+from viworks.backend.tokens import hash_token
 
 TOKEN = "vw_jobs-token"
 
@@ -314,7 +315,7 @@ class JobRunnerTests(JobTestsBase):
         with self.assertRaises(DomainError) as caught:
             await self.runner.pause(job["job_id"])
         self.assertEqual(caught.exception.code, "JOB_PAUSED")
-        self.assertEqual(DOMAIN_STATUS[caught.exception.code], 409)
+        self.assertEqual(STATUS[caught.exception.code], 409)
         await self.runner.resume(job["job_id"])
         await self.until_running(2)
         in_flight = set(self.fleet.running)
@@ -329,7 +330,7 @@ class JobRunnerTests(JobTestsBase):
         with self.assertRaises(DomainError) as caught:
             await self.runner.resume(job["job_id"])
         self.assertEqual(caught.exception.code, "JOB_CANCELLED")
-        self.assertEqual(DOMAIN_STATUS[caught.exception.code], 409)
+        self.assertEqual(STATUS[caught.exception.code], 409)
 
     async def test_offline_targets_wait_until_ttl_then_expire(self):
         """Offline targets are started when they come online; still offline at the TTL: expired."""
@@ -491,7 +492,7 @@ class JobRunnerTests(JobTestsBase):
             with self.assertRaises(DomainError, msg=repr(bad)) as caught:
                 parse_limit("c", bad)
             self.assertEqual((caught.exception.code, caught.exception.field), ("BAD_REQUEST", "c"))
-            self.assertEqual(DOMAIN_STATUS[caught.exception.code], 400)
+            self.assertEqual(STATUS[caught.exception.code], 400)
 
 
 class JobAPITests(JobTestsBase):

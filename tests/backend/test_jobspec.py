@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from viworks.backend.api import DOMAIN_STATUS
+from viworks.backend.api.errors import STATUS
 from viworks.backend.bounds import MAX_TIMEOUT, MAX_TTL
 from viworks.backend.errors import DomainError
 from viworks.backend.jobspec import MAX_COUNT, JobSpec, parse_job_spec
@@ -70,4 +70,4 @@ class JobSpecTests(unittest.TestCase):
                 parse_job_spec(body)
             self.assertEqual((caught.exception.code, caught.exception.field), (code, field))
             expected = {"BAD_REQUEST": 400, "BAD_SELECTOR": 400}.get(code, 422)
-            self.assertEqual(DOMAIN_STATUS[code], expected)
+            self.assertEqual(STATUS[code], expected)

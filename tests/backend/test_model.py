@@ -11,7 +11,8 @@ import sys
 import attrs
 from twisted.trial import unittest
 
-from viworks.backend import api, auditchain, model
+from viworks.backend import auditchain, model
+from viworks.backend.api import views
 from viworks.backend.model import Command, Job, NewCommand
 from viworks.backend.store import columns
 from viworks.backend.store.columns import INT, REAL, Column, Table
@@ -77,7 +78,7 @@ class ModelTests(unittest.TestCase):
             model.api_fields(Command), tuple(n for n in names if n != "cancel_requested_at")
         )
         self.assertNotIn("has_secrets", model.api_fields(Job))
-        self.assertEqual(list(api.command_json(COMMAND)), list(model.api_fields(Command)))
+        self.assertEqual(list(views.command_json(COMMAND)), list(model.api_fields(Command)))
 
     def test_one_definition_of_statuses_and_roles(self) -> None:
         """Job statuses and token roles are model's, wherever they are used."""

@@ -18,11 +18,11 @@ from tests.backend.helpers import (
     wire,
 )
 from tests.stack import eventually, poll
-from viworks.backend.api import hash_token
 from viworks.backend.events import EventHub
 from viworks.backend.jobspec import parse_job_spec
 from viworks.backend.metrics import Metrics
 from viworks.backend.registry import SessionRegistry
+from viworks.backend.tokens import hash_token
 
 TOKEN = "vw_test-token"
 AUTH = {b"authorization": [f"Bearer {TOKEN}".encode()]}
@@ -82,7 +82,7 @@ class EventsTests(_Base):
 
     async def close_stream(self, pending: Deferred) -> tuple:
         """End the stream from the backend's side (as on shutdown) and read all of it."""
-        await eventually(lambda: self.http.flush() or self.api._streams)
+        await eventually(lambda: self.http.flush() or self.api.streams.open)
         self.api.stop_streams()
         return await self.settle(pending)
 
@@ -90,7 +90,7 @@ class EventsTests(_Base):
         """Events published while a client follows arrive as SSE messages with hub ids."""
         listeners = list(self.hub._listeners)
         pending = self.open_stream()
-        await eventually(lambda: self.http.flush() or self.api._streams)
+        await eventually(lambda: self.http.flush() or self.api.streams.open)
         self.hub.publish("agent.online", {"agent_id": "gw-1"})
         session = FakeSession("gw-1")
         self.registry.register(session)
@@ -115,7 +115,7 @@ class EventsTests(_Base):
         (Delivered nested, a job.progress overtook its command.status, which the stream
         then skipped as older than the last id it had written.)"""
         pending = self.open_stream()
-        await eventually(lambda: self.http.flush() or self.api._streams)
+        await eventually(lambda: self.http.flush() or self.api.streams.open)
         session = FakeSession("gw-1")
         self.registry.register(session)
         jobs = self.backend.jobs
@@ -140,7 +140,7 @@ class EventsTests(_Base):
         for i in range(1, 4):
             self.hub.publish("agent.online", {"agent_id": f"gw-{i}"})
         pending = self.open_stream(last_event_id="1")
-        await eventually(lambda: self.http.flush() or self.api._streams)
+        await eventually(lambda: self.http.flush() or self.api.streams.open)
         self.hub.publish("agent.offline", {"agent_id": "gw-9"})
         _, text = await self.close_stream(pending)
         messages = parse_sse(text)
@@ -176,7 +176,7 @@ class EventsTests(_Base):
     async def test_keepalive_and_auth(self):
         """Idle streams get comment keep-alives; without a token the route is a JSON 401."""
         pending = self.open_stream()
-        await eventually(lambda: self.http.flush() or self.api._streams)
+        await eventually(lambda: self.http.flush() or self.api.streams.open)
         self.clock.advance(16)
         _, text = await self.close_stream(pending)
         self.assertIn(": keep-alive\n\n", text)

@@ -23,8 +23,9 @@ from tests.backend.helpers import (
 from tests.stack import poll
 from viworks import protocol
 from viworks.backend import auditchain, authz
-from viworks.backend.api import hash_token
+from viworks.backend.api import BackendAPI
 from viworks.backend.registry import SessionRegistry
+from viworks.backend.tokens import hash_token
 
 TOKENS = {
     "viewer": "vw_viewer",
@@ -79,13 +80,15 @@ class RolesAndLimitsTests(unittest.TestCase):
         return rows
 
     def test_route_table(self):
-        """One table decides: GETs need viewer, commands/cancel operator, the rest admin."""
-        self.assertEqual(authz.required_role("GET", "/api/v1/agents"), "viewer")
-        self.assertEqual(authz.required_role("POST", "/api/v1/agents/x/commands"), "operator")
-        self.assertEqual(authz.required_role("POST", "/api/v1/commands/c/cancel"), "operator")
-        self.assertEqual(authz.required_role("DELETE", "/api/v1/anything"), "admin")
-        self.assertFalse(authz.role_allows("viewer", "POST", "/api/v1/agents/x/commands"))
-        self.assertTrue(authz.role_allows("admin", "PUT", "/api/v1/whatever"))
+        """The routes' declarations decide: GETs need viewer, commands/cancel operator,
+        the rest admin (so does a path no route takes)."""
+        required = BackendAPI.routes.required_role
+        self.assertEqual(required("GET", "/api/v1/agents"), "viewer")
+        self.assertEqual(required("POST", "/api/v1/agents/x/commands"), "operator")
+        self.assertEqual(required("POST", "/api/v1/commands/c/cancel"), "operator")
+        self.assertEqual(required("DELETE", "/api/v1/anything"), "admin")
+        self.assertFalse(authz.role_allows("viewer", required("POST", "/api/v1/agents/x/commands")))
+        self.assertTrue(authz.role_allows("admin", required("PUT", "/api/v1/whatever")))
 
     async def test_viewer_reads_but_cannot_run(self):
         """A viewer lists agents (200) but POSTing a command is a JSON 403 FORBIDDEN."""

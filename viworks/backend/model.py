@@ -8,7 +8,7 @@ dicts and lists, decoded once when the row is read; nobody changes them in place
 Adding a stored field: add it here, declare its column in the store module of its
 aggregate (``store/commands.py``: ``COMMANDS``), append a migration
 (``store/schema.py``). A command field shows up in the API's view unless it is
-marked ``metadata=HIDDEN`` (``viworks.backend.api.command_json``).
+marked ``metadata=HIDDEN`` (``viworks.backend.api.views.command_json``).
 
 The job statuses and the token roles are defined here, once.
 """
